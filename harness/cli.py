@@ -1,0 +1,98 @@
+"""`tinyllm-harness`: export, image, reference, and the end-to-end job.
+
+Every command prints what it wrote; input problems end with `error: <what is wrong>` and
+exit status 2, leaving no partial output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.export import PRECISIONS, SET_DIRS
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    values = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in values if p not in PRECISIONS]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"precision must be a comma list of {', '.join(PRECISIONS)}; got {text!r}")
+    return values
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from harness import pipeline
+
+    return pipeline.export_card(args.model, args.out, args.prompts, args.precision, hf_folder=args.hf_folder)
+
+
+def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
+    from harness.fatimage import build_image
+
+    start = time.perf_counter()
+    info = build_image(args.card, args.out, size=args.size)
+    return {**info.to_json(), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def cmd_reference(args: argparse.Namespace) -> dict[str, Any]:
+    from harness import pipeline
+
+    doc = pipeline.reference_json(args.card, args.prompts, int8=args.int8)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    return {"out": str(args.out), **doc["summary"]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinyllm-harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a model to the SD-card layout (float32 + int8 sets, prompts.txt)")
+    p.add_argument("--model", default="tiny-llm", help="fixture name (tiny-llm, micro) or a model JSON path")
+    p.add_argument("--hf-folder", type=Path, help="a local HF LlamaForCausalLM folder to export instead of synthetic weights")
+    p.add_argument("--out", type=Path, required=True, help="card folder to write (the SD card's root)")
+    p.add_argument("--prompts", default="smoke", help="prompt set for the card's prompts.txt (fixture name or path)")
+    p.add_argument("--precision", type=_precisions, default=PRECISIONS, help="float32,int8 (default both)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("image", help="build a reproducible FAT32 SD image (no partition table) from a card folder")
+    p.add_argument("--card", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--size", type=_size, help="image size, e.g. 128M (default: smallest power of two >= 64 MiB that fits)")
+    p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("reference", help="greedy tokens and per-step top-k logits from the HF reference")
+    p.add_argument("--card", type=Path, required=True, help=f"card folder holding {SET_DIRS['float32']}/")
+    p.add_argument("--prompts", default="smoke")
+    p.add_argument("--int8", action="store_true", help="also run the int8 emulation (needs the int8 set)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_reference)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Export a LLaMA state dict to the SD-card layout of docs/contracts.md §1.
+
+Writes `tinyllm_float32_weights/` and `tinyllm_weights/` (int8), each with model_config.json
+holding the config, dtype, quantization scheme and a manifest (bytes, CRC-32, SHA-256 per file).
+A set is written to a temporary folder and renamed into place only when complete, so an error
+never leaves a half-written set that looks like a good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import quant
+from harness.errors import HarnessError
+from harness.spec import ModelSpec, spec_from_hf_config
+from harness.synth import PER_LAYER_FILES, hf_name
+
+FORMAT = "tinyllm-sd/1"
+SET_DIRS = {"float32": "tinyllm_float32_weights", "int8": "tinyllm_weights"}
+PRECISIONS = tuple(SET_DIRS)
+CONFIG_FILE = "model_config.json"
+NORM_FILES = ("norm1", "norm2", "final_norm")  # stay float32 in the int8 set
+
+
+def file_tensors(spec: ModelSpec, state: dict[str, Any]) -> dict[str, np.ndarray]:
+    """HF state dict -> float32 arrays in SD-file shapes (layers stacked), checking every tensor."""
+    expected = spec.tensor_shapes()
+    out: dict[str, np.ndarray] = {}
+    for stem, shape in expected.items():
+        if stem in PER_LAYER_FILES:
+            names = [hf_name(stem, layer) for layer in range(spec.num_hidden_layers)]
+            want = shape[1:]
+        else:
+            names = [hf_name(stem)]
+            want = shape
+        if stem == "lm_head" and spec.tie_word_embeddings and names[0] not in state:
+            names = [hf_name("embed_tokens")]  # tied checkpoints store the matrix once
+        parts = []
+        for name in names:
+            if name not in state:
+                raise HarnessError(f"missing tensor {name!r} (needed for {stem}.bin)")
+            arr = np.asarray(_to_numpy(state[name]), dtype=np.float32)
+            if tuple(arr.shape) != tuple(want):
+                raise HarnessError(f"tensor {name!r} has shape {tuple(arr.shape)}, expected {tuple(want)}")
+            if not np.all(np.isfinite(arr)):
+                raise HarnessError(f"tensor {name!r} contains NaN or infinity")
+            parts.append(arr)
+        out[stem] = np.stack(parts) if stem in PER_LAYER_FILES else parts[0]
+    return out
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor (any dtype, e.g. bf16 checkpoints)
+        return value.detach().to(dtype=__import__("torch").float32).cpu().numpy()
+    return np.asarray(value)
+
+
+def _file_entry(path: Path, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
+    data = path.read_bytes()
+    return {
+        "shape": list(shape),
+        "dtype": dtype,
+        "bytes": len(data),
+        "crc32": f"{zlib.crc32(data) & 0xFFFFFFFF:08x}",
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def _write(path: Path, arr: np.ndarray, dtype: str) -> None:
+    np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")).tofile(path)
+
+
+def write_set(spec: ModelSpec, tensors: dict[str, np.ndarray], precision: str, dest: Path,
+              source: dict[str, Any]) -> dict[str, Any]:
+    """Write one weight set into `dest` (an empty folder); returns its model_config dict."""
+    files: dict[str, Any] = {}
+    for stem, arr in tensors.items():
+        if precision == "int8" and stem not in NORM_FILES:
+            q, scales = quant.quantize_rows(arr)
+            _write(dest / f"{stem}.bin", q, "i1")
+            files[f"{stem}.bin"] = _file_entry(dest / f"{stem}.bin", q.shape, "int8")
+            _write(dest / f"{stem}_scales.bin", scales, "f4")
+            files[f"{stem}_scales.bin"] = _file_entry(dest / f"{stem}_scales.bin", scales.shape, "float32")
+        else:
+            _write(dest / f"{stem}.bin", arr, "f4")
+            files[f"{stem}.bin"] = _file_entry(dest / f"{stem}.bin", arr.shape, "float32")
+    config = {
+        "format": FORMAT,
+        "model_name": spec.name,
+        "config": spec.hf_config(),
+        "dtype": precision,
+        "quantization": None if precision == "float32" else {
+            "scheme": quant.SCHEME, "qmax": quant.QMAX, "scale_dtype": "float32",
+            "scale_files": "<name>_scales.bin", "norms": "float32",
+        },
+        "source": source,
+        "files": files,
+    }
+    (dest / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def export_sets(spec: ModelSpec, state: dict[str, Any], out_dir: Path,
+                precisions: tuple[str, ...] = PRECISIONS, source: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Export the requested precisions under `out_dir` (the card root). Atomic per set."""
+    for precision in precisions:
+        if precision not in SET_DIRS:
+            raise HarnessError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    tensors = file_tensors(spec, state)  # validates everything before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for precision in precisions:
+        final = out_dir / SET_DIRS[precision]
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out_dir))
+        try:
+            write_set(spec, tensors, precision, tmp, source or {"kind": "unknown"})
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        written[precision] = final
+    return written
+
+
+def load_hf_folder(folder: Path) -> tuple[ModelSpec, dict[str, Any]]:
+    """Read a local HF model folder (config.json + safetensors or pytorch_model.bin)."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise HarnessError(f"{folder}: no config.json (expected a Hugging Face model folder)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    spec = spec_from_hf_config(cfg, name=cfg.get("_name_or_path") or folder.name)
+    state: dict[str, Any] = {}
+    safetensors = sorted(folder.glob("*.safetensors"))
+    if safetensors:
+        from safetensors.numpy import load_file
+
+        for path in safetensors:
+            try:
+                state.update(load_file(str(path)))
+            except Exception as exc:  # bf16 tensors need torch
+                if "bfloat16" not in str(exc) and "bf16" not in str(exc).lower():
+                    raise HarnessError(f"{path}: cannot read safetensors ({exc})") from exc
+                from safetensors.torch import load_file as load_torch
+
+                state.update(load_torch(str(path)))
+    elif (folder / "pytorch_model.bin").is_file():
+        import torch
+
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise HarnessError(f"{folder}: no *.safetensors or pytorch_model.bin weights")
+    return spec, state

@@ -1,0 +1,92 @@
+"""Prompt sets (fixtures/prompts/*.json) resolved against a model, and the card's prompts.txt."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import FIXTURES
+from harness.errors import HarnessError
+from harness.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Prompt:
+    name: str
+    ids: tuple[int, ...]
+    n_new: int
+
+    def command(self, k: int = 2, teacher_forced: bool = False) -> str:
+        """The firmware command line for this prompt (docs/contracts.md §3)."""
+        extra = f" k={k}" if k != 2 else ""
+        extra += " tf=1" if teacher_forced else ""
+        return f"gen {' '.join(map(str, self.ids))} n={self.n_new}{extra}"
+
+
+def validate_prompt(prompt: Prompt, spec: ModelSpec, context: int | None = None) -> None:
+    context = context or spec.max_position_embeddings
+    if not prompt.ids:
+        raise HarnessError(f"prompt {prompt.name!r}: empty (at least one token id is needed)")
+    for i, tok in enumerate(prompt.ids):
+        if not 0 <= tok < spec.vocab_size:
+            raise HarnessError(
+                f"prompt {prompt.name!r}: token id {tok} at index {i} is outside the vocabulary "
+                f"(0..{spec.vocab_size - 1})"
+            )
+    if prompt.n_new < 0:
+        raise HarnessError(f"prompt {prompt.name!r}: n={prompt.n_new} is negative")
+    if len(prompt.ids) + prompt.n_new - 1 > context:
+        raise HarnessError(
+            f"prompt {prompt.name!r}: {len(prompt.ids)} prompt tokens + {prompt.n_new} new tokens "
+            f"need {len(prompt.ids) + prompt.n_new - 1} positions, context is {context}"
+        )
+
+
+def available_prompt_sets() -> list[str]:
+    return sorted(p.stem for p in (FIXTURES / "prompts").glob("*.json"))
+
+
+def load_prompt_set(name_or_path: str | Path, spec: ModelSpec) -> list[Prompt]:
+    """Resolve a prompt set for `spec`.
+
+    Entries give either explicit `ids`, or `length` (an int, or "context" for the longest
+    prompt that still leaves room for `n` new tokens) with a `seed` for random ids drawn from
+    the model's vocabulary, so one set serves models with different vocabularies.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = FIXTURES / "prompts" / f"{name_or_path}.json"
+    if not path.is_file():
+        raise HarnessError(
+            f"unknown prompt set {str(name_or_path)!r}: no file {path} "
+            f"(fixtures: {', '.join(available_prompt_sets())})"
+        )
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
+    prompts = []
+    for entry in doc["prompts"]:
+        n_new = int(entry.get("n", 8))
+        if "ids" in entry:
+            ids = tuple(int(t) for t in entry["ids"])
+        else:
+            length = entry["length"]
+            if length == "context":
+                length = spec.max_position_embeddings - n_new + 1
+            rng = np.random.default_rng(int(entry.get("seed", 0)))
+            ids = tuple(int(t) for t in rng.integers(3, spec.vocab_size, size=int(length)))
+        prompt = Prompt(entry["name"], ids, n_new)
+        validate_prompt(prompt, spec)
+        prompts.append(prompt)
+    return prompts
+
+
+def prompts_file_text(prompts: list[Prompt], k: int = 2) -> str:
+    lines = ["# Tiny-LLM boot-time prompts: one firmware command per line (docs/contracts.md)"]
+    lines += [f"# {p.name}\n{p.command(k=k)}" for p in prompts]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,169 @@
+"""Model specifications: the LLaMA config a fixture (or a user's HF folder) describes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import FIXTURES
+from harness.errors import HarnessError
+
+# HF LlamaConfig fields the firmware reads; everything else in a config.json is ignored.
+INT_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+)
+FLOAT_FIELDS = ("rms_norm_eps", "rope_theta")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool = False
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    synthetic_seed: int = 1
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    def hf_config(self) -> dict[str, Any]:
+        """The config.json fields of an HF LlamaForCausalLM with this architecture."""
+        cfg: dict[str, Any] = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+        for key in INT_FIELDS + FLOAT_FIELDS:
+            cfg[key] = getattr(self, key)
+        cfg.update(
+            hidden_act="silu",
+            tie_word_embeddings=self.tie_word_embeddings,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            attention_bias=False,
+            mlp_bias=False,
+        )
+        return cfg
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the SD-card tensor files (docs/contracts.md §1)."""
+        n_layers, hidden = self.num_hidden_layers, self.hidden_size
+        return {
+            "embed_tokens": (self.vocab_size, hidden),
+            "q_proj": (n_layers, self.q_dim, hidden),
+            "k_proj": (n_layers, self.kv_dim, hidden),
+            "v_proj": (n_layers, self.kv_dim, hidden),
+            "o_proj": (n_layers, hidden, self.q_dim),
+            "gate_proj": (n_layers, self.intermediate_size, hidden),
+            "up_proj": (n_layers, self.intermediate_size, hidden),
+            "down_proj": (n_layers, hidden, self.intermediate_size),
+            "norm1": (n_layers, hidden),
+            "norm2": (n_layers, hidden),
+            "final_norm": (hidden,),
+            "lm_head": (self.vocab_size, hidden),
+        }
+
+    def n_params(self) -> int:
+        total = 0
+        for shape in self.tensor_shapes().values():
+            count = 1
+            for dim in shape:
+                count *= dim
+            total += count
+        return total
+
+
+def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1) -> ModelSpec:
+    """Validate an HF config dict and turn it into a ModelSpec, naming any bad field."""
+    model_type = cfg.get("model_type")
+    if model_type != "llama":
+        raise HarnessError(
+            f"config for {name!r}: model_type is {model_type!r}, expected 'llama' "
+            "(only LlamaForCausalLM checkpoints can run on this firmware)"
+        )
+    archs = cfg.get("architectures")
+    if archs is not None and "LlamaForCausalLM" not in archs:
+        raise HarnessError(f"config for {name!r}: architectures {archs} lacks LlamaForCausalLM")
+    values: dict[str, Any] = {}
+    cfg = dict(cfg)
+    if cfg.get("head_dim") is None and cfg.get("hidden_size") and cfg.get("num_attention_heads"):
+        cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
+    # transformers >= 5 writes rope_theta inside rope_parameters
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if cfg.get("rope_theta") is None and "rope_theta" in rope:
+        cfg["rope_theta"] = rope["rope_theta"]
+    if rope.get("rope_type", "default") != "default":
+        raise HarnessError(f"config for {name!r}: rope type {rope.get('rope_type')!r} is not supported (default only)")
+    if cfg.get("num_key_value_heads") is None:
+        cfg["num_key_value_heads"] = cfg.get("num_attention_heads")
+    for key in INT_FIELDS:
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise HarnessError(f"config for {name!r}: {key} must be a positive integer, got {value!r}")
+        values[key] = value
+    for key in FLOAT_FIELDS:
+        value = cfg.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise HarnessError(f"config for {name!r}: {key} must be a positive number, got {value!r}")
+        values[key] = float(value)
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise HarnessError(f"config for {name!r}: hidden_act {cfg.get('hidden_act')!r}, expected 'silu'")
+    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
+        raise HarnessError(f"config for {name!r}: biases are not supported (attention_bias/mlp_bias)")
+    if values["num_attention_heads"] % values["num_key_value_heads"]:
+        raise HarnessError(
+            f"config for {name!r}: num_attention_heads {values['num_attention_heads']} is not a "
+            f"multiple of num_key_value_heads {values['num_key_value_heads']}"
+        )
+    if values["head_dim"] % 2:
+        raise HarnessError(f"config for {name!r}: head_dim {values['head_dim']} must be even for RoPE")
+    return ModelSpec(
+        name=name,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        bos_token_id=int(cfg.get("bos_token_id") or 1),
+        eos_token_id=int(cfg.get("eos_token_id") or 2),
+        synthetic_seed=synthetic_seed,
+        **values,
+    )
+
+
+def available_models() -> list[str]:
+    return sorted(p.stem for p in (FIXTURES / "models").glob("*.json"))
+
+
+def load_spec(name_or_path: str | Path) -> ModelSpec:
+    """Load a fixture model by name (`tiny-llm`, `micro`) or from a JSON file path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = FIXTURES / "models" / f"{name_or_path}.json"
+    if not path.is_file():
+        raise HarnessError(
+            f"unknown model {str(name_or_path)!r}: no file {path} (fixtures: {', '.join(available_models())})"
+        )
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
+    seed = int(doc.get("synthetic", {}).get("seed", 1))
+    return spec_from_hf_config(doc["config"], doc.get("name", path.stem), synthetic_seed=seed)

@@ -1,0 +1,64 @@
+"""Read an exported weight set back from disk, checking it against its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.export import CONFIG_FILE, FORMAT
+from harness.spec import ModelSpec, spec_from_hf_config
+
+NP_DTYPES = {"float32": "<f4", "int8": "i1"}
+
+
+@dataclass
+class WeightSet:
+    folder: Path
+    spec: ModelSpec
+    precision: str
+    config: dict[str, Any]
+    tensors: dict[str, np.ndarray]  # file stem (e.g. "q_proj", "q_proj_scales") -> array
+
+    def card_id(self) -> str:
+        import zlib
+
+        return f"{zlib.crc32((self.folder / CONFIG_FILE).read_bytes()) & 0xFFFFFFFF:08x}"
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise HarnessError(f"{folder}: no {CONFIG_FILE} (not an exported weight set)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
+    if config.get("format") != FORMAT:
+        raise HarnessError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    return config
+
+
+def load_weight_set(folder: Path, verify: bool = True) -> WeightSet:
+    """Load every tensor of a set; with `verify`, sizes and SHA-256 must match the manifest."""
+    folder = Path(folder)
+    config = read_config(folder)
+    spec = spec_from_hf_config(config["config"], name=config.get("model_name", folder.name))
+    tensors: dict[str, np.ndarray] = {}
+    for name, entry in config["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise HarnessError(f"{path}: missing (listed in {CONFIG_FILE})")
+        data = path.read_bytes()
+        if len(data) != entry["bytes"]:
+            raise HarnessError(f"{path}: {len(data)} bytes, manifest says {entry['bytes']}")
+        if verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise HarnessError(f"{path}: SHA-256 differs from the manifest (corrupt file)")
+        arr = np.frombuffer(data, dtype=NP_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        tensors[name.removesuffix(".bin")] = arr
+    return WeightSet(folder, spec, config["dtype"], config, tensors)

@@ -1,0 +1,193 @@
+"""Export: shapes and sizes, manifest, round trip to HF, int8 scheme, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from harness import quant
+from harness.errors import HarnessError
+from harness.export import SET_DIRS, export_sets, load_hf_folder
+from harness.reference import build_hf_model
+from harness.spec import load_spec
+from harness.weights import load_weight_set
+
+# The seed's file sizes (float32 set, tiny-llm): 23.44 MiB, 144 KiB, 72 KiB, 768 KiB, 0.8 KiB.
+SEED_FLOAT32_BYTES = {
+    "embed_tokens.bin": 24_576_000,
+    "q_proj.bin": 147_456,
+    "k_proj.bin": 73_728,
+    "v_proj.bin": 73_728,
+    "o_proj.bin": 147_456,
+    "gate_proj.bin": 786_432,
+    "up_proj.bin": 786_432,
+    "down_proj.bin": 786_432,
+    "lm_head.bin": 24_576_000,
+    "norm1.bin": 768,
+    "norm2.bin": 768,
+    "final_norm.bin": 768,
+}
+
+
+def test_tiny_llm_float32_sizes_equal_the_seed(cards):
+    card = cards["tiny-llm"]
+    folder = card.dir / SET_DIRS["float32"]
+    sizes = {p.name: p.stat().st_size for p in folder.glob("*.bin")}
+    assert sizes == SEED_FLOAT32_BYTES
+    total = sum(sizes.values())
+    assert card.spec.n_params() == 12_988_992
+    assert round(total / 2**20, 2) == 49.55
+
+
+def test_tiny_llm_int8_set_is_a_quarter_plus_scales(cards):
+    folder = cards["tiny-llm"].dir / SET_DIRS["int8"]
+    weights = sum(p.stat().st_size for p in folder.glob("*.bin") if not p.name.endswith("_scales.bin"))
+    # one byte per weight, norms stay float32 (3 x 192 x 4 bytes)
+    assert weights == 12_988_992 - 3 * 192 + 3 * 768
+    assert round(12_988_992 / 2**20, 2) == 12.39
+
+
+@pytest.mark.parametrize("model", ["micro", "tiny-llm"])
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_manifest_checksums_verify(cards, model, precision):
+    folder = cards[model].dir / SET_DIRS[precision]
+    config = json.loads((folder / "model_config.json").read_text())
+    assert config["dtype"] == precision
+    on_disk = {p.name for p in folder.iterdir()} - {"model_config.json"}
+    assert on_disk == set(config["files"])
+    for name, entry in config["files"].items():
+        data = (folder / name).read_bytes()
+        assert len(data) == entry["bytes"]
+        assert f"{zlib.crc32(data):08x}" == entry["crc32"]
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    load_weight_set(folder, verify=True)
+
+
+def test_corrupt_file_is_named(cards, tmp_path):
+    import shutil
+
+    folder = tmp_path / "set"
+    shutil.copytree(cards["micro"].dir / SET_DIRS["float32"], folder)
+    data = bytearray((folder / "q_proj.bin").read_bytes())
+    data[100] ^= 0x40
+    (folder / "q_proj.bin").write_bytes(bytes(data))
+    with pytest.raises(HarnessError, match=r"q_proj\.bin: SHA-256 differs"):
+        load_weight_set(folder)
+    (folder / "k_proj.bin").write_bytes(b"short")
+    with pytest.raises(HarnessError, match=r"k_proj\.bin: 5 bytes, manifest says"):
+        load_weight_set(folder, verify=False)
+
+
+def _source_model(card):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**card.spec.hf_config(), attn_implementation="eager")
+    model = LlamaForCausalLM(config).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in card.state.items()}, strict=False)
+    return model
+
+
+@pytest.mark.parametrize("model", ["micro", "tiny-llm"])
+def test_export_then_load_gives_identical_logits(cards, model):
+    card = cards[model]
+    source = _source_model(card)
+    loaded = build_hf_model(load_weight_set(card.dir / SET_DIRS["float32"]))
+    ids = torch.tensor([[1, 5, 9, 300, 17, 2, 44]])
+    with torch.no_grad():
+        assert torch.equal(source(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+def test_export_from_hf_folder_matches_synthetic_export(cards, tmp_path):
+    card = cards["micro"]
+    _source_model(card).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    spec, state = load_hf_folder(tmp_path / "hf")
+    export_sets(spec, state, tmp_path / "out", ("float32", "int8"))
+    for precision in ("float32", "int8"):
+        ours = json.loads((card.dir / SET_DIRS[precision] / "model_config.json").read_text())["files"]
+        theirs = json.loads((tmp_path / "out" / SET_DIRS[precision] / "model_config.json").read_text())["files"]
+        assert {k: v["sha256"] for k, v in ours.items()} == {k: v["sha256"] for k, v in theirs.items()}
+
+
+# --- the int8 scheme --------------------------------------------------------------------------
+
+def test_int8_dequantization_error_bound(cards):
+    """Round-to-nearest: every weight within half a step of its row; NMSE < 1e-4 on these weights."""
+    tensors = load_weight_set(cards["tiny-llm"].dir / SET_DIRS["float32"]).tensors
+    for stem in ("embed_tokens", "q_proj", "down_proj", "lm_head"):
+        err = quant.quantization_error(np.asarray(tensors[stem]))
+        assert err["max_abs_over_half_step"] <= 1.0 + 1e-5, stem
+        assert err["nmse"] < 1e-4, stem
+
+
+def test_int8_files_hold_the_quantized_weights(cards):
+    f32 = load_weight_set(cards["micro"].dir / SET_DIRS["float32"]).tensors
+    i8 = load_weight_set(cards["micro"].dir / SET_DIRS["int8"]).tensors
+    q, scales = quant.quantize_rows(np.asarray(f32["gate_proj"]))
+    assert np.array_equal(i8["gate_proj"], q) and np.array_equal(i8["gate_proj_scales"], scales)
+    assert i8["norm1"].dtype == np.float32 and np.array_equal(i8["norm1"], f32["norm1"])
+    assert np.abs(i8["lm_head"]).max() == 127  # every row uses the full range
+
+
+def test_int8_matvec_is_exact_integer_arithmetic():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 1024)).astype(np.float32)
+    x = (rng.standard_normal(1024) * 3).astype(np.float32)
+    q, scales = quant.quantize_rows(w)
+    qx, sx = quant.quantize_activation(x)
+    acc = q.astype(np.int64) @ qx.astype(np.int64)  # exact
+    expected = acc.astype(np.float32) * (scales * sx).astype(np.float32)
+    assert np.array_equal(quant.int8_matvec(q, scales, x), expected)
+    assert np.abs(qx).max() == 127
+
+
+def test_zero_rows_and_vectors_quantize_safely():
+    q, scales = quant.quantize_rows(np.zeros((2, 8), np.float32))
+    assert not q.any() and np.all(scales == 1.0)
+    qx, sx = quant.quantize_activation(np.zeros(8, np.float32))
+    assert not qx.any() and sx == 1.0
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+def _hf_folder(cards, tmp_path, mutate):
+    from safetensors.numpy import save_file
+
+    card = cards["micro"]
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    config = {**card.spec.hf_config()}
+    state = {k: v.copy() for k, v in card.state.items()}
+    mutate(config, state)
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c, s: s.pop("model.layers.1.mlp.up_proj.weight"), r"missing tensor 'model\.layers\.1\.mlp\.up_proj\.weight'"),
+        (lambda c, s: s.update({"model.layers.0.self_attn.k_proj.weight": np.zeros((16, 64), np.float32)}),
+         r"k_proj\.weight' has shape \(16, 64\), expected \(32, 64\)"),
+        (lambda c, s: c.update(model_type="gpt2"), r"model_type is 'gpt2', expected 'llama'"),
+        (lambda c, s: c.update(num_key_value_heads=3), r"not a multiple of num_key_value_heads 3"),
+    ],
+)
+def test_bad_hf_folder_is_refused_without_output(cards, tmp_path, mutate, message):
+    folder = _hf_folder(cards, tmp_path, mutate)
+    out = tmp_path / "out"
+    with pytest.raises(HarnessError, match=message):
+        spec, state = load_hf_folder(folder)
+        export_sets(spec, state, out)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_missing_weights_in_hf_folder(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(load_spec("micro").hf_config()))
+    with pytest.raises(HarnessError, match="no \\*.safetensors or pytorch_model.bin"):
+        load_hf_folder(tmp_path)

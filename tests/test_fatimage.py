@@ -1,0 +1,75 @@
+"""The SD image: reproducible, fsck-clean, every file readable by mtools with its checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from harness.card import extract_image
+from harness.errors import HarnessError
+from harness.export import SET_DIRS
+from harness.fatimage import MIB, build_image
+
+needs_mtools = pytest.mark.skipif(shutil.which("mcopy") is None, reason="mtools (mcopy) not installed")
+needs_fsck = pytest.mark.skipif(shutil.which("fsck.fat") is None, reason="dosfstools (fsck.fat) not installed")
+
+
+@pytest.mark.parametrize("model", ["micro", "tiny-llm"])
+def test_image_is_byte_reproducible(cards, model, tmp_path):
+    card = cards[model]
+    again = build_image(card.dir, tmp_path / "again.img")
+    assert again.sha256 == card.image.sha256
+    assert hashlib.sha256((tmp_path / "again.img").read_bytes()).hexdigest() == again.sha256
+
+
+def test_tiny_llm_image_holds_both_sets_in_64_mib(cards):
+    info = cards["tiny-llm"].image
+    assert info.size == 64 * MIB  # the seed: float32 needs a 64 MB+ card; both sets fit it
+    assert info.used_bytes > 62 * MIB
+
+
+@needs_fsck
+@pytest.mark.parametrize("model", ["micro", "tiny-llm"])
+def test_fsck_reports_the_image_clean(cards, model):
+    result = subprocess.run(["fsck.fat", "-n", str(cards[model].image.path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "wrong" not in result.stdout.lower()
+
+
+@needs_mtools
+@pytest.mark.parametrize("model", ["micro", "tiny-llm"])
+def test_mcopy_reads_back_every_file(cards, model, tmp_path):
+    card = cards[model]
+    out = extract_image(card.image.path, tmp_path / "extracted")
+    assert (out / "prompts.txt").read_bytes() == (card.dir / "prompts.txt").read_bytes()
+    for precision, dirname in SET_DIRS.items():
+        config = json.loads((out / dirname / "model_config.json").read_text())
+        assert config["dtype"] == precision
+        for name, entry in config["files"].items():
+            assert hashlib.sha256((out / dirname / name).read_bytes()).hexdigest() == entry["sha256"], name
+
+
+def test_image_too_small_is_refused_without_output(cards, tmp_path):
+    folder = tmp_path / "card"  # tiny-llm's two sets plus 4 MiB more do not fit 64 MiB
+    shutil.copytree(cards["tiny-llm"].dir, folder)
+    (folder / "extra.bin").write_bytes(b"\0" * 4 * MIB)
+    out = tmp_path / "small.img"
+    with pytest.raises(HarnessError, match=r"image size 64\.0 MiB is too small: the \d+ files \(.+ MiB\) need \d+ clusters"):
+        build_image(folder, out, size=64 * MIB)
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_auto_size_grows_to_the_next_power_of_two(cards, tmp_path):
+    folder = tmp_path / "card"
+    shutil.copytree(cards["micro"].dir, folder)
+    (folder / "big.bin").write_bytes(b"\1" * 70 * MIB)
+    assert build_image(folder, tmp_path / "sd.img").size == 128 * MIB
+
+
+def test_image_size_below_fat32_minimum_is_refused(cards, tmp_path):
+    with pytest.raises(HarnessError, match="at least 64 MiB"):
+        build_image(cards["micro"].dir, tmp_path / "x.img", size=16 * MIB)
