@@ -46,3 +46,132 @@ def cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Card]:
             return made[model]
 
     return Lazy()
+
+
+# --- firmware targets -------------------------------------------------------------------------
+# `--target` is pytest-embedded's option (default "auto" = every target this suite implements;
+# one that cannot run on this machine is skipped with the reason).
+IMPLEMENTED_TARGETS = ("linux",)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target_name" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("target", "auto")
+        names = IMPLEMENTED_TARGETS if chosen in (None, "auto") else tuple(chosen.split(","))
+        metafunc.parametrize("target_name", names, scope="session")
+
+
+class Oracle:
+    """Reference results, computed once per (model, prompt) for the whole session."""
+
+    def __init__(self, cards: dict[str, Card]) -> None:
+        self.cards = cards
+        self._refs: dict[str, object] = {}
+        self._emus: dict[str, object] = {}
+        self._cache: dict[tuple, object] = {}
+
+    def float32(self, model: str, prompt):
+        from harness.export import SET_DIRS
+        from harness.reference import Reference
+        from harness.weights import load_weight_set
+
+        key = ("f32", model, prompt)
+        if key not in self._cache:
+            if model not in self._refs:
+                self._refs[model] = Reference(load_weight_set(self.cards[model].dir / SET_DIRS["float32"]))
+            self._cache[key] = self._refs[model].run(prompt)
+        return self._cache[key]
+
+    def int8(self, model: str, prompt):
+        """(greedy tokens, teacher-forced logits along that sequence) of the int8 emulation."""
+        from harness.emulate import NumpyLlama
+        from harness.export import SET_DIRS
+        from harness.weights import load_weight_set
+
+        key = ("i8", model, prompt)
+        if key not in self._cache:
+            if model not in self._emus:
+                self._emus[model] = NumpyLlama(load_weight_set(self.cards[model].dir / SET_DIRS["int8"]))
+            self._cache[key] = self._emus[model].run(list(prompt.ids), prompt.n_new, teacher_forced=True)
+        return self._cache[key]
+
+
+@pytest.fixture(scope="session")
+def oracle(cards) -> Oracle:
+    return Oracle(cards)
+
+
+class Firmwares:
+    """Running firmware instances, one boot per (target, model, precision, variant)."""
+
+    def __init__(self, cards: dict[str, Card], root: Path) -> None:
+        self.cards = cards
+        self.root = root
+        self.duts: dict[tuple, object] = {}
+        self.binaries: dict[tuple, Path] = {}
+        self.card_dirs: dict[tuple, Path] = {}
+
+    def target(self, name: str, sanitize: bool = False):
+        from harness.targets import get_target
+
+        target = get_target(name, sanitize=sanitize)
+        reason = target.unavailable()
+        if reason:
+            pytest.skip(f"target {name}: {reason}")
+        return target
+
+    def binary(self, name: str, sanitize: bool = False) -> Path:
+        key = (name, sanitize)
+        if key not in self.binaries:
+            self.binaries[key] = self.target(name, sanitize).build()
+        return self.binaries[key]
+
+    def card(self, name: str, model: str) -> Path:
+        key = (name, model)
+        if key not in self.card_dirs:
+            self.card_dirs[key] = self.target(name).prepare_card(self.cards[model].image.path, self.root / name / model)
+        return self.card_dirs[key]
+
+    def command(self, name: str, model: str, precision: str, sanitize: bool = False, prompts: str = "none",
+                extra: tuple[str, ...] = ()) -> list[str]:
+        target = self.target(name, sanitize)
+        return target.command(self.binary(name, sanitize), self.card(name, model), precision, prompts, extra)
+
+    def start(self, name: str, model: str, precision: str, sanitize: bool = False, prompts: str = "none",
+              extra: tuple[str, ...] = (), log_name: str | None = None):
+        from harness.dut import TinyLLMDut
+
+        cmd = self.command(name, model, precision, sanitize, prompts, extra)
+        log = self.root / "logs" / name / f"{log_name or f'{model}-{precision}'}{'-asan' if sanitize else ''}.log"
+        return TinyLLMDut(cmd, log, target=name, app_path=self.binary(name, sanitize).parent)
+
+    def get(self, name: str, model: str, precision: str, sanitize: bool = False):
+        key = (name, model, precision, sanitize)
+        if key not in self.duts:
+            self.duts[key] = self.start(name, model, precision, sanitize)
+        return self.duts[key]
+
+    def close(self) -> None:
+        for dut in self.duts.values():
+            dut.close()
+
+
+@pytest.fixture(scope="session")
+def firmwares(cards, tmp_path_factory):
+    from harness import REPO_ROOT
+
+    made = Firmwares(cards, REPO_ROOT / "build" / "test-runs")
+    yield made
+    made.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Attach the firmware log to a failing end-to-end case (path in JUnit, tail in the report)."""
+    outcome = yield
+    report = outcome.get_result()
+    logs = [value for key, value in item.user_properties if key == "firmware_log"]
+    if report.failed and logs:
+        for path in logs:
+            text = Path(path).read_text(errors="replace").splitlines()
+            report.sections.append((f"firmware log {path} (last 40 lines)", "\n".join(text[-40:])))

@@ -1,0 +1,63 @@
+"""Compare a firmware generation with the reference: tokens, and logits within a tolerance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# float32 firmware vs HF PyTorch, on the logits the firmware reports (its top-k per step):
+# two float32 implementations that sum in different orders differ by ~1e-6 relative per
+# dot product; over a layer or two of matvecs, softmax and norms that measured up to ~1e-4
+# absolute on logits of magnitude ~10 (NumPy vs PyTorch, near-context prompt). The bounds
+# leave 10x room above that and stay 10x below the smallest greedy margin of the fixtures (>1e-2).
+FLOAT32_MAX_ABS = 1e-3
+FLOAT32_NMSE = 1e-8
+
+
+@dataclass
+class LogitComparison:
+    steps: int = 0
+    max_abs: float = 0.0
+    sq_err: float = 0.0
+    sq_ref: float = 0.0
+    top1_mismatches: list[int] = field(default_factory=list)
+
+    @property
+    def nmse(self) -> float:
+        return self.sq_err / self.sq_ref if self.sq_ref else 0.0
+
+    def add(self, fw_steps: list[dict[str, Any]], ref_logits: np.ndarray) -> None:
+        """Fold in the steps that carry `top` against full reference logits [positions, vocab]."""
+        for step in fw_steps:
+            if "top" not in step:
+                continue
+            pos = step["pos"]
+            ids = np.array([t[0] for t in step["top"]])
+            values = np.array([t[1] for t in step["top"]], dtype=np.float64)
+            ref = ref_logits[pos, ids].astype(np.float64)
+            self.steps += 1
+            self.max_abs = max(self.max_abs, float(np.max(np.abs(values - ref))))
+            self.sq_err += float(np.sum((values - ref) ** 2))
+            self.sq_ref += float(np.sum(ref**2))
+            if int(ids[0]) != int(np.argmax(ref_logits[pos])):
+                self.top1_mismatches.append(pos)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"steps": self.steps, "max_abs": self.max_abs, "nmse": self.nmse,
+                "top1_mismatches": len(self.top1_mismatches)}
+
+
+def per_token(result: dict[str, Any]) -> dict[str, float]:
+    """Per-generated-token figures from a TINYLLM_RESULT (prompt processing included in total)."""
+    n_tokens = max(len(result["tokens"]), 1)
+    return {
+        "tokens": len(result["tokens"]),
+        "tokens_per_s": len(result["tokens"]) / (result["total_us"] / 1e6) if result["total_us"] else 0.0,
+        "us_per_token": result["total_us"] / n_tokens,
+        "cycles_per_token": result["total_cycles"] / n_tokens,
+        "bytes_per_token": result["bytes_read"] / n_tokens,
+        "reads_per_token": result["read_calls"] / n_tokens,
+        "peak_arena": result["peak_arena"],
+    }
