@@ -31,18 +31,18 @@ class FirmwareProcess(PopenSpawn):
     def __init__(self, cmd: Sequence[str], log_path: Path, cwd: Path | None = None) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in close()
-        self._log.write(("$ " + " ".join(map(str, cmd)) + "\n").encode())
+        self._log_file = open(log_path, "wb")  # noqa: SIM115 - closed in close()
+        self._log_file.write(("$ " + " ".join(map(str, cmd)) + "\n").encode())
         super().__init__(list(map(str, cmd)), cwd=str(cwd) if cwd else None, logfile=None)
-        self.logfile_read = self._log
+        self.logfile_read = self._log_file
 
     @property
     def buffer_debug_str(self) -> str:  # what pytest-embedded's Dut prints on a failed expect
         return self.buffer.decode(errors="replace")[-2000:] if isinstance(self.buffer, bytes) else str(self.buffer)
 
     def close(self) -> None:
-        self._log.flush()
-        self._log.close()
+        self._log_file.flush()
+        self._log_file.close()
 
 
 class TinyLLMDut(Dut):
@@ -56,14 +56,14 @@ class TinyLLMDut(Dut):
         proc = FirmwareProcess(self.cmd, log_path)
         super().__init__(pexpect_proc=proc, msg_queue=None, app=App(str(app_path)),  # type: ignore[arg-type]
                          pexpect_logfile=str(log_path), test_case_name=test_case_name)
-        self.boot = self._until_ready(boot_timeout)
+        self.boot = self.read_until_ready(boot_timeout)
 
     # --- sending and receiving ----------------------------------------------------------------
     def write(self, s: Any) -> None:
         line = s.decode() if isinstance(s, bytes) else str(s)
         self.pexpect_proc.sendline(line)
 
-    def _until_ready(self, timeout: float) -> protocol.Transcript:
+    def read_until_ready(self, timeout: float) -> protocol.Transcript:
         before = self.expect(READY_OR_EXIT, timeout=timeout, return_what_before_match=True)
         match = self.pexpect_proc.match
         text = before.decode(errors="replace") + match.group(0).decode()
@@ -77,7 +77,7 @@ class TinyLLMDut(Dut):
         if not self.alive:
             raise RuntimeError(f"firmware exited ({self.pexpect_proc.proc.returncode}); log: {self.logfile}")
         self.write(line)
-        return self._until_ready(timeout)
+        return self.read_until_ready(timeout)
 
     def generate(self, prompt: Prompt, k: int = 2, teacher_forced: bool = False,
                  timeout: float = 120.0) -> protocol.Transcript:

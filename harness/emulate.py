@@ -1,8 +1,11 @@
-"""A NumPy forward pass that mirrors the firmware step by step (docs/contracts.md §2).
+"""A NumPy forward pass that mirrors the firmware operation by operation (docs/contracts.md §2).
 
-With int8 weights it is the oracle for the firmware's int8 path (the int8 arithmetic is
-`harness.quant`'s); with float32 weights it is a second, independent float32 implementation
-that tests compare with the HF reference to prove this file itself is right.
+With int8 weights it is the oracle for the firmware's int8 path, bit for bit: the matvecs are
+exact integer arithmetic (`harness.quant`), every float32 sum runs in the firmware's order
+(`_seq_sum`: NumPy's cumulative sum adds strictly left to right), and exp/sin/cos are evaluated
+in double and rounded once to float32, as the firmware does. With float32 weights the
+matvecs use BLAS (not the firmware's order); that mode is a second, independent float32
+implementation that tests compare with the HF reference to prove this file itself is right.
 """
 
 from __future__ import annotations
@@ -13,6 +16,16 @@ from harness import quant
 from harness.weights import WeightSet
 
 F32 = np.float32
+F64 = np.float64
+
+
+def _seq_sum(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    """float32 sum accumulated in index order, like the firmware's `acc += ...` loops."""
+    return np.take(np.cumsum(a, axis=axis, dtype=F32), -1, axis=axis)
+
+
+def _exp(x: np.ndarray) -> np.ndarray:
+    return np.exp(np.asarray(x, dtype=F64)).astype(F32)
 
 
 class NumpyLlama:
@@ -22,8 +35,10 @@ class NumpyLlama:
         self.int8 = weights.precision == "int8"
         self.context = context or spec.max_position_embeddings
         d = spec.head_dim
-        # HF's rotary: inv_freq in float32, angle = pos * inv_freq in float32
-        self.inv_freq = (F32(1.0) / (F32(spec.rope_theta) ** (np.arange(0, d, 2).astype(F32) / F32(d)))).astype(F32)
+        # inv_freq in double rounded to float32; angle = pos * inv_freq in float32
+        theta = F64(F32(spec.rope_theta))
+        self.inv_freq = (1.0 / theta ** (np.arange(0, d, 2, dtype=F64) / F64(d))).astype(F32)
+        self.attn_scale = F32(1.0 / np.sqrt(F64(d)))
         self.reset()
 
     def reset(self) -> None:
@@ -39,13 +54,14 @@ class NumpyLlama:
         return (w @ x).astype(F32)
 
     def _rmsnorm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        ms = np.mean(x * x, dtype=F32)
-        return (weight * (x * (F32(1.0) / np.sqrt(ms + F32(self.spec.rms_norm_eps))))).astype(F32)
+        ms = _seq_sum(x * x) / F32(x.shape[-1])
+        inv = F32(1.0) / np.sqrt(ms + F32(self.spec.rms_norm_eps))
+        return (weight * (x * inv)).astype(F32)
 
     def _rope(self, v: np.ndarray, pos: int) -> np.ndarray:
         half = self.spec.head_dim // 2
         angle = (F32(pos) * self.inv_freq).astype(F32)
-        cos, sin = np.cos(angle), np.sin(angle)
+        cos, sin = np.cos(angle.astype(F64)).astype(F32), np.sin(angle.astype(F64)).astype(F32)
         a, b = v[..., :half], v[..., half:]
         return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1).astype(F32)
 
@@ -72,15 +88,15 @@ class NumpyLlama:
             out = np.empty((n_heads, d), F32)
             for head in range(n_heads):
                 kv = head // group
-                scores = (keys[:, kv, :] @ q[head]) / F32(np.sqrt(F32(d)))
-                p = np.exp(scores - scores.max()).astype(F32)
-                p /= p.sum(dtype=F32)
-                out[head] = p @ values[:, kv, :]
+                scores = _seq_sum(keys[:, kv, :] * q[head], axis=1) * self.attn_scale
+                e = _exp(scores - scores.max())
+                p = e / _seq_sum(e)
+                out[head] = _seq_sum(p[:, None] * values[:, kv, :], axis=0)
             x = (x + self._matvec("o_proj", layer, out.reshape(-1))).astype(F32)
             h = self._rmsnorm(x, self.w["norm2"][layer])
             gate = self._matvec("gate_proj", layer, h)
             up = self._matvec("up_proj", layer, h)
-            act = (gate / (F32(1.0) + np.exp(-gate)) * up).astype(F32)
+            act = ((gate / (F32(1.0) + _exp(-gate))) * up).astype(F32)
             x = (x + self._matvec("down_proj", layer, act)).astype(F32)
         return self._rmsnorm(x, self.w["final_norm"])
 

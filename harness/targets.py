@@ -58,7 +58,9 @@ class LinuxTarget:
 
     def command(self, binary: Path, card: Path, precision: str, prompts: str = "none",
                 extra: tuple[str, ...] = ()) -> list[str]:
-        return [str(binary), "--card", str(card), "--precision", precision, "--prompts", prompts, *extra]
+        """`prompts`: "none" (commands come from the harness), "card" (the card's prompts.txt), or a file."""
+        prompt_args = [] if prompts == "card" else ["--prompts", prompts]
+        return [str(binary), "--card", str(card), "--precision", precision, *prompt_args, *extra]
 
 
 def get_target(name: str, sanitize: bool = False) -> LinuxTarget:

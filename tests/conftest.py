@@ -174,4 +174,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if report.failed and logs:
         for path in logs:
             text = Path(path).read_text(errors="replace").splitlines()
-            report.sections.append((f"firmware log {path} (last 40 lines)", "\n".join(text[-40:])))
+            tail = [line if len(line) <= 300 else line[:300] + " ..." for line in text[-40:]]
+            report.sections.append((f"firmware log {path} (last 40 lines, long lines cut)", "\n".join(tail)))

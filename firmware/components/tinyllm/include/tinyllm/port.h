@@ -1,0 +1,42 @@
+/*
+ * The port interface: everything the portable core needs from a platform.
+ *
+ * A port (linux, xtensa-sim, esp32) fills one tl_port and hands it to
+ * tl_engine_init(). The core never calls the OS, never mallocs (except cJSON
+ * while parsing model_config.json at start-up) and never touches a file
+ * system directly: it reads through these calls and counts bytes and calls
+ * itself, so the statistics mean the same thing on every target.
+ */
+#ifndef TINYLLM_PORT_H
+#define TINYLLM_PORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tl_port {
+    void *ctx; /* passed back to every call */
+
+    /* Storage, rooted at the card: paths are like "tinyllm_weights/q_proj.bin".
+     * open returns a handle >= 0, or -1 if the file does not exist / cannot be opened.
+     * The core keeps up to ~24 files open at once (every tensor and scale file). */
+    int32_t (*open)(void *ctx, const char *path);
+    int64_t (*size)(void *ctx, int32_t handle);          /* bytes, or -1 */
+    /* Read exactly n bytes at offset (short only at end of file); returns the
+     * number of bytes read, or -1 on error. One call = one "read call" in the stats. */
+    int64_t (*read_at)(void *ctx, int32_t handle, uint64_t offset, void *buf, size_t n);
+    void (*close)(void *ctx, int32_t handle);
+
+    /* Clocks: microseconds and cycles since some fixed start (boot). */
+    uint64_t (*time_us)(void *ctx);
+    uint64_t (*cycles)(void *ctx);
+
+    /* Console output. The core writes whole lines in one or more pieces; a
+     * piece ending in '\n' ends a line (a good moment to flush). */
+    void (*write)(void *ctx, const char *text, size_t n);
+
+    /* The arena: the only memory the core uses. Its size is the memory budget. */
+    void *arena;
+    size_t arena_bytes;
+} tl_port;
+
+#endif

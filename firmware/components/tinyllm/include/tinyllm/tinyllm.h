@@ -1,0 +1,56 @@
+/*
+ * Tiny-LLM inference core: public API used by the ports.
+ *
+ *   tl_engine *e = tl_engine_init(&port, &opts);   // prints start-up lines, TINYLLM_INFO, TINYLLM_READY
+ *   if (!e) { tl_exit_line(&port, 2); exit(2); }    // TINYLLM_ERROR was already printed
+ *   tl_engine_run_script(e, "prompts.txt", &quit);  // optional boot-time prompt file
+ *   while (read a line) { r = tl_engine_exec(e, line); ... }
+ *   tl_exit_line(&port, any_failed ? 1 : 0);
+ */
+#ifndef TINYLLM_TINYLLM_H
+#define TINYLLM_TINYLLM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tinyllm/port.h"
+
+typedef struct tl_options {
+    const char *weights_dir; /* card-relative: "tinyllm_float32_weights" or "tinyllm_weights" */
+    const char *precision;   /* "float32" or "int8"; must equal model_config.json "dtype" */
+    int context;             /* 0: max_position_embeddings, else min(that, context) */
+    int chunk_rows;          /* rows per streamed chunk (lm_head, streamed matrices); 0: 256 */
+    int no_resident;         /* 1: stream every matrix from the card even if it would fit */
+} tl_options;
+
+/* Result of one command line. */
+enum {
+    TL_CMD_OK = 0,      /* command ran; TINYLLM_READY printed */
+    TL_CMD_FAILED = 1,  /* TINYLLM_ERROR printed, then TINYLLM_READY */
+    TL_CMD_QUIT = 2,    /* "quit": nothing printed, the port prints TINYLLM_EXIT */
+    TL_CMD_IGNORED = 3  /* blank line or comment: nothing printed */
+};
+
+typedef struct tl_engine tl_engine;
+
+/* Lays out the arena, checks config and files, loads resident weights.
+ * Returns NULL after printing TINYLLM_ERROR on any start-up failure. */
+tl_engine *tl_engine_init(const tl_port *port, const tl_options *opt);
+
+/* Runs one command line (modified in place while parsing). */
+int tl_engine_exec(tl_engine *e, char *line);
+
+/* Runs every line of a card-relative file (the boot prompt file).
+ * Returns the number of failed commands, or -1 if the file does not exist.
+ * *quit is set to 1 if the file contained "quit". */
+int tl_engine_run_script(tl_engine *e, const char *path, int *quit);
+
+/* Output helpers shared with the ports. */
+void tl_log(const tl_port *port, const char *tag, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+void tl_exit_line(const tl_port *port, int code); /* "TINYLLM_EXIT <code>" */
+
+#endif

@@ -1,0 +1,295 @@
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cjson_compat.h"
+
+/* Any dimension beyond this is surely a corrupt config (and keeps products in range). */
+#define TL_MAX_DIM (1 << 24)
+
+static const char *const tensor_base[TL_NT] = {
+    "embed_tokens", "norm1", "q_proj", "k_proj", "v_proj", "o_proj", "norm2",
+    "gate_proj",    "up_proj", "down_proj", "final_norm", "lm_head",
+};
+
+const char *tl_tensor_base(int id) { return tensor_base[id]; }
+
+int tl_tensor_quantized(int id) { return id != TL_T_NORM1 && id != TL_T_NORM2 && id != TL_T_FINAL_NORM; }
+
+tl_shape tl_tensor_shape(const tl_config *c, int id)
+{
+    int L = c->layers, H = c->hidden, qd = c->heads * c->head_dim, kvd = c->kv_heads * c->head_dim;
+    tl_shape s = {1, 1, 1};
+    switch (id) {
+    case TL_T_EMBED: s = (tl_shape){1, c->vocab, H}; break;
+    case TL_T_LM_HEAD: s = (tl_shape){1, c->vocab, H}; break;
+    case TL_T_Q: s = (tl_shape){L, qd, H}; break;
+    case TL_T_K:
+    case TL_T_V: s = (tl_shape){L, kvd, H}; break;
+    case TL_T_O: s = (tl_shape){L, H, qd}; break;
+    case TL_T_GATE:
+    case TL_T_UP: s = (tl_shape){L, c->inter, H}; break;
+    case TL_T_DOWN: s = (tl_shape){L, H, c->inter}; break;
+    case TL_T_NORM1:
+    case TL_T_NORM2: s = (tl_shape){L, 1, H}; break; /* [L, H]: one "row" per layer */
+    case TL_T_FINAL_NORM: s = (tl_shape){1, 1, H}; break;
+    default: break;
+    }
+    return s;
+}
+
+void tl_file_name(char *out, size_t n, int id, int scales)
+{
+    snprintf(out, n, "%s%s.bin", tensor_base[id], scales ? "_scales" : "");
+}
+
+/* a * b with overflow check. */
+static int mul_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    if (a != 0 && b > UINT64_MAX / a) return -1;
+    *out = a * b;
+    return 0;
+}
+
+static int expected_bytes(const tl_config *c, int id, int scales, uint64_t *bytes)
+{
+    tl_shape s = tl_tensor_shape(c, id);
+    uint64_t n;
+    if (mul_u64((uint64_t)s.layers, (uint64_t)s.rows, &n)) return -1;
+    if (scales) return mul_u64(n, 4, bytes); /* one float32 per row */
+    if (mul_u64(n, (uint64_t)s.cols, &n)) return -1;
+    uint64_t elem = (c->int8 && tl_tensor_quantized(id)) ? 1u : 4u;
+    return mul_u64(n, elem, bytes);
+}
+
+/* Expected "shape" array of a file, as in contracts.md (stacked tensors [L, out, in],
+ * norms [L, H], final_norm [H], scales = shape without the last axis). */
+static int expected_shape(const tl_config *c, int id, int scales, long dims[3])
+{
+    tl_shape s = tl_tensor_shape(c, id);
+    int n = 0;
+    int stacked = !(id == TL_T_EMBED || id == TL_T_LM_HEAD || id == TL_T_FINAL_NORM);
+    int is_norm = !tl_tensor_quantized(id);
+    if (stacked) dims[n++] = s.layers;
+    if (!is_norm) dims[n++] = s.rows;
+    if (!scales) dims[n++] = s.cols;
+    return n;
+}
+
+static int get_int(const cJSON *obj, const char *key, int lo, int hi, int *out, tl_err *err)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!cJSON_IsNumber(it))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: config.%s missing or not a number", key);
+    double v = it->valuedouble;
+    if (v != floor(v) || v < (double)lo || v > (double)hi)
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: config.%s = %.17g, expected an integer in [%d, %d]", key,
+                       v, lo, hi);
+    *out = (int)v;
+    return TL_OK;
+}
+
+static int get_pos_float(const cJSON *obj, const char *key, float *out, tl_err *err)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!cJSON_IsNumber(it))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: config.%s missing or not a number", key);
+    double v = it->valuedouble;
+    if (!(v > 0.0) || !isfinite(v) || (float)v <= 0.0f)
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: config.%s = %.17g, expected a positive number", key, v);
+    *out = (float)v;
+    return TL_OK;
+}
+
+static int expect_string(const cJSON *obj, const char *where, const char *key, const char *want, tl_err *err)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!cJSON_IsString(it))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: %s%s missing or not a string, expected \"%s\"", where, key,
+                       want);
+    if (strcmp(it->valuestring, want) != 0)
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: %s%s = \"%s\", expected \"%s\"", where, key,
+                       it->valuestring, want);
+    return TL_OK;
+}
+
+static int parse_model(const cJSON *c, tl_config *cfg, tl_err *err)
+{
+    if (!cJSON_IsObject(c)) return tl_fail(err, TL_E_CONFIG, "model_config.json: \"config\" missing or not an object");
+    if (expect_string(c, "config.", "model_type", "llama", err)) return err->code;
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(c, "hidden_act");
+    if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: config.hidden_act must be \"silu\"");
+    if (get_int(c, "vocab_size", 1, TL_MAX_DIM, &cfg->vocab, err) ||
+        get_int(c, "hidden_size", 1, 65536, &cfg->hidden, err) ||
+        get_int(c, "intermediate_size", 1, 65536, &cfg->inter, err) ||
+        get_int(c, "num_hidden_layers", 1, 4096, &cfg->layers, err) ||
+        get_int(c, "num_attention_heads", 1, 4096, &cfg->heads, err) ||
+        get_int(c, "num_key_value_heads", 1, 4096, &cfg->kv_heads, err) ||
+        get_int(c, "head_dim", 2, 65536, &cfg->head_dim, err) ||
+        get_int(c, "max_position_embeddings", 1, TL_MAX_DIM, &cfg->max_pos, err) ||
+        get_pos_float(c, "rms_norm_eps", &cfg->eps, err) || get_pos_float(c, "rope_theta", &cfg->theta, err))
+        return err->code;
+    if (cfg->heads % cfg->kv_heads != 0)
+        return tl_fail(err, TL_E_CONFIG,
+                       "model_config.json: num_attention_heads %d is not a multiple of num_key_value_heads %d",
+                       cfg->heads, cfg->kv_heads);
+    if (cfg->head_dim % 2 != 0)
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: head_dim %d must be even (RoPE)", cfg->head_dim);
+    if ((long)cfg->heads * cfg->head_dim > 65536)
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: num_attention_heads*head_dim = %ld too large",
+                       (long)cfg->heads * cfg->head_dim);
+    return TL_OK;
+}
+
+static int parse_quantization(const cJSON *root, tl_config *cfg, tl_err *err)
+{
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(root, "quantization");
+    if (!cfg->int8) {
+        if (q && !cJSON_IsNull(q))
+            return tl_fail(err, TL_E_CONFIG, "model_config.json: quantization must be null for dtype float32");
+        return TL_OK;
+    }
+    if (!cJSON_IsObject(q))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: dtype int8 needs a quantization object");
+    if (expect_string(q, "quantization.", "scheme", "w8a8-rowwise-symmetric", err)) return err->code;
+    const cJSON *qmax = cJSON_GetObjectItemCaseSensitive(q, "qmax");
+    if (qmax && !(cJSON_IsNumber(qmax) && qmax->valuedouble == 127.0))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: quantization.qmax must be 127");
+    const cJSON *sd = cJSON_GetObjectItemCaseSensitive(q, "scale_dtype");
+    if (sd && expect_string(q, "quantization.", "scale_dtype", "float32", err)) return err->code;
+    return TL_OK;
+}
+
+static int parse_crc(const char *s, uint32_t *out)
+{
+    if (strlen(s) != 8) return -1;
+    uint32_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        char ch = s[i];
+        uint32_t d;
+        if (ch >= '0' && ch <= '9') d = (uint32_t)(ch - '0');
+        else if (ch >= 'a' && ch <= 'f') d = (uint32_t)(ch - 'a' + 10);
+        else if (ch >= 'A' && ch <= 'F') d = (uint32_t)(ch - 'A' + 10);
+        else return -1;
+        v = (v << 4) | d;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_file_entry(const cJSON *files, const tl_config *cfg, int id, int scales, tl_manifest *man,
+                            tl_err *err)
+{
+    char name[40];
+    tl_file_name(name, sizeof name, id, scales);
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(files, name);
+    if (!cJSON_IsObject(f))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s missing from the manifest", name);
+
+    uint64_t want;
+    if (expected_bytes(cfg, id, scales, &want))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: size of %s overflows 64 bits", name);
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(f, "bytes");
+    if (!cJSON_IsNumber(b))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.bytes missing or not a number", name);
+    if (b->valuedouble != (double)want)
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.bytes = %.17g, expected %llu from config", name,
+                       b->valuedouble, (unsigned long long)want);
+
+    const char *want_dtype = (!scales && cfg->int8 && tl_tensor_quantized(id)) ? "int8" : "float32";
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(f, "dtype");
+    if (dt && !(cJSON_IsString(dt) && strcmp(dt->valuestring, want_dtype) == 0))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.dtype = %s, expected %s", name,
+                       cJSON_IsString(dt) ? dt->valuestring : "(not a string)", want_dtype);
+
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(f, "shape");
+    if (shape) { /* optional, but if present it must agree with the config */
+        long dims[3];
+        int n = expected_shape(cfg, id, scales, dims);
+        int ok = cJSON_IsArray(shape) && cJSON_GetArraySize(shape) == n;
+        for (int i = 0; ok && i < n; i++) {
+            const cJSON *d = cJSON_GetArrayItem(shape, i);
+            ok = cJSON_IsNumber(d) && d->valuedouble == (double)dims[i];
+        }
+        if (!ok) {
+            char buf[64];
+            if (n == 1) snprintf(buf, sizeof buf, "[%ld]", dims[0]);
+            else if (n == 2) snprintf(buf, sizeof buf, "[%ld, %ld]", dims[0], dims[1]);
+            else snprintf(buf, sizeof buf, "[%ld, %ld, %ld]", dims[0], dims[1], dims[2]);
+            return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.shape does not match config, expected %s",
+                           name, buf);
+        }
+    }
+
+    const cJSON *crc = cJSON_GetObjectItemCaseSensitive(f, "crc32");
+    uint32_t crcv = 0;
+    if (!cJSON_IsString(crc) || parse_crc(crc->valuestring, &crcv))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.crc32 missing or not 8 hex digits", name);
+
+    man->bytes[scales][id] = want;
+    man->crc32[scales][id] = crcv;
+    man->present[scales][id] = 1;
+    return TL_OK;
+}
+
+int tl_config_parse(const char *json, size_t len, const char *precision, tl_config *cfg, tl_manifest *man,
+                    tl_err *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    memset(man, 0, sizeof *man);
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root) {
+        const char *at = cJSON_GetErrorPtr();
+        long off = (at && at >= json && at <= json + len) ? (long)(at - json) : -1;
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: invalid JSON near byte %ld", off);
+    }
+    int rc = TL_OK;
+    if (!cJSON_IsObject(root)) {
+        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: top level is not an object");
+        goto done;
+    }
+    if (expect_string(root, "", "format", "tinyllm-sd/1", err)) goto fail;
+
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "model_name");
+    snprintf(cfg->model_name, sizeof cfg->model_name, "%s",
+             cJSON_IsString(name) ? name->valuestring : "tiny-llm");
+    /* The name goes into JSON output unescaped: keep it to safe characters. */
+    for (char *p = cfg->model_name; *p; p++)
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) *p = '_';
+
+    const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(root, "dtype");
+    if (!cJSON_IsString(dtype) ||
+        (strcmp(dtype->valuestring, "float32") != 0 && strcmp(dtype->valuestring, "int8") != 0)) {
+        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: dtype = %s, expected \"float32\" or \"int8\"",
+                     cJSON_IsString(dtype) ? dtype->valuestring : "(missing)");
+        goto done;
+    }
+    if (strcmp(dtype->valuestring, precision) != 0) {
+        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: dtype = %s, expected %s for this precision",
+                     dtype->valuestring, precision);
+        goto done;
+    }
+    cfg->int8 = strcmp(dtype->valuestring, "int8") == 0;
+
+    if (parse_model(cJSON_GetObjectItemCaseSensitive(root, "config"), cfg, err)) goto fail;
+    if (parse_quantization(root, cfg, err)) goto fail;
+
+    const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
+    if (!cJSON_IsObject(files)) {
+        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: \"files\" manifest missing or not an object");
+        goto done;
+    }
+    for (int id = 0; id < TL_NT; id++) {
+        if (parse_file_entry(files, cfg, id, 0, man, err)) goto fail;
+        if (cfg->int8 && tl_tensor_quantized(id) && parse_file_entry(files, cfg, id, 1, man, err)) goto fail;
+    }
+    goto done;
+fail:
+    rc = err->code;
+done:
+    cJSON_Delete(root);
+    return rc;
+}

@@ -1,0 +1,57 @@
+/* model_config.json: model shape, precision and the file manifest (contracts.md §1). */
+#ifndef TINYLLM_CONFIG_H
+#define TINYLLM_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+/* Tensor files of a set, in the order the forward pass first uses them. */
+enum {
+    TL_T_EMBED,
+    TL_T_NORM1,
+    TL_T_Q,
+    TL_T_K,
+    TL_T_V,
+    TL_T_O,
+    TL_T_NORM2,
+    TL_T_GATE,
+    TL_T_UP,
+    TL_T_DOWN,
+    TL_T_FINAL_NORM,
+    TL_T_LM_HEAD,
+    TL_NT
+};
+
+typedef struct tl_config {
+    char model_name[48];
+    int vocab, hidden, inter, layers, heads, kv_heads, head_dim, max_pos;
+    float eps, theta;
+    int int8; /* dtype "int8" (w8a8-rowwise-symmetric) vs "float32" */
+} tl_config;
+
+/* Shape of one tensor file as [layers, rows, cols] (layers = 1 for unstacked ones). */
+typedef struct tl_shape {
+    int layers, rows, cols;
+} tl_shape;
+
+/* What the manifest says about each file: [0] = tensor, [1] = its scales (int8 only). */
+typedef struct tl_manifest {
+    uint64_t bytes[2][TL_NT];
+    uint32_t crc32[2][TL_NT];
+    int present[2][TL_NT];
+} tl_manifest;
+
+const char *tl_tensor_base(int id);   /* "q_proj", "norm1", ... */
+int tl_tensor_quantized(int id);      /* has a *_scales.bin in the int8 set */
+tl_shape tl_tensor_shape(const tl_config *cfg, int id);
+/* Writes "q_proj.bin" / "q_proj_scales.bin". */
+void tl_file_name(char *out, size_t n, int id, int scales);
+
+/* Parses and validates the JSON text; fills cfg and manifest (bytes checked
+ * against the config). Uses cJSON's heap only while parsing. */
+int tl_config_parse(const char *json, size_t len, const char *precision, tl_config *cfg, tl_manifest *man,
+                    tl_err *err);
+
+#endif

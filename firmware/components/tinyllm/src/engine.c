@@ -1,0 +1,354 @@
+/*
+ * The command interpreter and output protocol (contracts.md §3-§5):
+ * gen / info / verify / quit, prompt validation, greedy decoding, and the
+ * TINYLLM_* machine lines next to the ESP-IDF-style human log lines.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "error.h"
+#include "model.h"
+#include "output.h"
+#include "tinyllm/tinyllm.h"
+
+static const char *const TAG_INFER = "tinyllm_inference";
+
+#define TL_DEFAULT_N 16
+#define TL_DEFAULT_K 2
+#define TL_SCRIPT_LINE_BYTES 8192
+
+/* What one forward pass cost, kept until the TINYLLM_RESULT line is printed
+ * (printing during generation would put console time into the step times). */
+typedef struct tl_step {
+    int32_t token;
+    int32_t ntop; /* -1: logits not computed at this position */
+    uint64_t us, cycles, bytes, reads;
+    int32_t top_id[TL_MAX_TOPK];
+    float top_logit[TL_MAX_TOPK];
+} tl_step;
+
+struct tl_engine {
+    const tl_port *port;
+    tl_arena arena;
+    tl_err err;
+    tl_model model;
+    tl_writer out;
+    uint32_t card_id;
+    int32_t *tokens; /* prompt then generated ids [context + 1] */
+    tl_step *steps;  /* [context] */
+};
+
+/* ------------------------------------------------------------------- lines */
+
+static void print_info(tl_engine *e)
+{
+    tl_model *m = &e->model;
+    tl_writer *w = &e->out;
+    tl_w_printf(w, "TINYLLM_INFO {\"model\":\"%s\",\"precision\":\"%s\",\"card_id\":\"%08lx\",", m->cfg.model_name,
+                m->cfg.int8 ? "int8" : "float32", (unsigned long)e->card_id);
+    tl_w_printf(w, "\"arena_budget\":%lu,\"arena_used\":%lu,\"context\":%d,\"resident_bytes\":%llu}",
+                (unsigned long)e->arena.size, (unsigned long)e->arena.used, m->context,
+                (unsigned long long)m->resident_bytes);
+    tl_w_endline(w);
+}
+
+static int report_error(tl_engine *e)
+{
+    tl_emit_error(e->port, e->err.code, e->err.msg);
+    e->err.code = TL_OK;
+    return TL_CMD_FAILED;
+}
+
+/* ------------------------------------------------------------------- start */
+
+tl_engine *tl_engine_init(const tl_port *port, const tl_options *opt)
+{
+    tl_arena arena;
+    tl_err err = {TL_OK, ""};
+    tl_arena_init(&arena, port->arena, port->arena_bytes);
+    tl_engine *e = (tl_engine *)tl_arena_alloc(&arena, sizeof *e, "engine state", &err);
+    if (!e) {
+        tl_emit_error(port, err.code, err.msg);
+        return NULL;
+    }
+    e->port = port;
+    e->arena = arena; /* from here on only e->arena is used */
+    tl_w_init(&e->out, port);
+    tl_model *m = &e->model;
+    m->port = port;
+    m->arena = &e->arena;
+    m->err = &e->err;
+
+    if (tl_model_open(m, opt, &e->card_id) == TL_OK && tl_model_layout(m, opt) == TL_OK) {
+        e->tokens = (int32_t *)tl_arena_alloc(&e->arena, ((size_t)m->context + 1) * sizeof(int32_t), "token buffer",
+                                              &e->err);
+        if (e->tokens)
+            e->steps = (tl_step *)tl_arena_alloc(&e->arena, (size_t)m->context * sizeof(tl_step), "step log", &e->err);
+    }
+    /* The step log and tokens are allocated after the weights; if they did not
+     * fit, the budget is too small even with everything streamed. */
+    if (e->err.code != TL_OK) {
+        tl_emit_error(port, e->err.code, e->err.msg);
+        return NULL;
+    }
+    tl_log(port, TAG_INFER, "Arena: budget %lu bytes, used %lu (resident weights %llu), context %d, chunk rows %d",
+           (unsigned long)e->arena.size, (unsigned long)e->arena.used, (unsigned long long)m->resident_bytes,
+           m->context, m->chunk_rows);
+    tl_log(port, TAG_INFER, "Tiny-LLM inference engine initialized successfully");
+    print_info(e);
+    tl_emit_ready(port);
+    return e;
+}
+
+/* ---------------------------------------------------------------------- gen */
+
+/* Parses a decimal integer that must be the whole word. */
+static int parse_long(const char *s, long *out)
+{
+    char *end;
+    if (!*s) return -1;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*end != '\0' || errno == ERANGE) return -1;
+    *out = v;
+    return 0;
+}
+
+static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int k, uint64_t us, uint64_t cycles,
+                         uint64_t bytes, uint64_t reads)
+{
+    tl_writer *w = &e->out;
+    tl_w_printf(w, "TINYLLM_RESULT {\"precision\":\"%s\",\"prompt\":[", e->model.cfg.int8 ? "int8" : "float32");
+    for (int i = 0; i < n_prompt; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[i]);
+    tl_w_puts(w, "],\"tokens\":[");
+    for (int i = 0; i < n_new; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[n_prompt + i]);
+    tl_w_printf(w, "],\"n_prompt\":%d,\"total_us\":%llu,\"total_cycles\":%llu,", n_prompt, (unsigned long long)us,
+                (unsigned long long)cycles);
+    tl_w_printf(w, "\"bytes_read\":%llu,\"read_calls\":%llu,\"peak_arena\":%lu,\"arena_budget\":%lu,\"steps\":[",
+                (unsigned long long)bytes, (unsigned long long)reads, (unsigned long)e->arena.peak,
+                (unsigned long)e->arena.size);
+    for (int p = 0; p < n_steps; p++) {
+        const tl_step *s = &e->steps[p];
+        tl_w_printf(w, "%s{\"pos\":%d,\"token\":%ld,\"us\":%llu,\"cycles\":%llu,\"bytes\":%llu,\"reads\":%llu", p ? "," : "",
+                    p, (long)s->token, (unsigned long long)s->us, (unsigned long long)s->cycles,
+                    (unsigned long long)s->bytes, (unsigned long long)s->reads);
+        if (s->ntop >= 0) {
+            tl_w_puts(w, ",\"top\":[");
+            int n = s->ntop < k ? s->ntop : k;
+            for (int i = 0; i < n; i++) {
+                tl_w_printf(w, "%s[%ld,", i ? "," : "", (long)s->top_id[i]);
+                tl_w_float(w, s->top_logit[i]);
+                tl_w_puts(w, "]");
+            }
+            tl_w_puts(w, "]");
+        }
+        tl_w_puts(w, "}");
+    }
+    tl_w_puts(w, "]}");
+    tl_w_endline(w);
+}
+
+/* Next whitespace-separated word of *cursor, NUL-terminated in place; NULL at the end. */
+static char *next_word(char **cursor)
+{
+    char *p = *cursor;
+    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+    if (!*p) {
+        *cursor = p;
+        return NULL;
+    }
+    char *word = p;
+    while (*p && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') p++;
+    if (*p) *p++ = '\0';
+    *cursor = p;
+    return word;
+}
+
+/* gen <id> [<id> ...] [n=<N>] [k=<K>] [tf=1]; `args` is the rest of the line after "gen". */
+static int cmd_gen(tl_engine *e, char *args)
+{
+    tl_model *m = &e->model;
+    const tl_port *port = e->port;
+    long n_new = TL_DEFAULT_N, k = TL_DEFAULT_K, tf = 0;
+    int n_prompt = 0;
+
+    for (char *word; (word = next_word(&args)) != NULL;) {
+        char *eq = strchr(word, '=');
+        long v;
+        if (eq) {
+            *eq = '\0';
+            if (parse_long(eq + 1, &v))
+                return tl_fail(&e->err, TL_E_COMMAND, "gen: option %s=%s is not an integer", word, eq + 1);
+            if (strcmp(word, "n") == 0) n_new = v;
+            else if (strcmp(word, "k") == 0) k = v;
+            else if (strcmp(word, "tf") == 0) tf = v;
+            else return tl_fail(&e->err, TL_E_COMMAND, "gen: unknown option '%s' (expected n=, k=, tf=)", word);
+            continue;
+        }
+        if (parse_long(word, &v))
+            return tl_fail(&e->err, TL_E_COMMAND, "gen: '%s' is neither a token id nor an option", word);
+        if (v < 0 || v >= m->cfg.vocab)
+            return tl_fail(&e->err, TL_E_PROMPT, "gen: token id %ld at prompt position %d out of range [0, %d)", v,
+                           n_prompt, m->cfg.vocab);
+        if (n_prompt <= m->context) e->tokens[n_prompt] = (int32_t)v; /* keep counting, stop storing */
+        if (n_prompt < 0x7fffffff) n_prompt++;
+    }
+    if (n_new < 0 || n_new > 0x7fffffffL - n_prompt)
+        return tl_fail(&e->err, TL_E_COMMAND, "gen: n=%ld, expected n >= 0", n_new);
+    if (k < 1 || k > TL_MAX_TOPK) return tl_fail(&e->err, TL_E_COMMAND, "gen: k=%ld, expected 1..%d", k, TL_MAX_TOPK);
+    if (tf != 0 && tf != 1) return tl_fail(&e->err, TL_E_COMMAND, "gen: tf=%ld, expected 0 or 1", tf);
+    if (n_prompt < 1) return tl_fail(&e->err, TL_E_PROMPT, "gen: empty prompt, expected at least 1 token id");
+    if (n_new == 0 && !tf) return tl_fail(&e->err, TL_E_COMMAND, "gen: n=0 is only allowed with tf=1");
+    if ((long)n_prompt + n_new - 1 > m->context)
+        return tl_fail(&e->err, TL_E_PROMPT,
+                       "gen: prompt length %d + n %ld - 1 = %ld exceeds the context of %d positions", n_prompt, n_new,
+                       (long)n_prompt + n_new - 1, m->context);
+
+    /* One forward pass per position 0 .. n_prompt + n_new - 2: the last
+     * generated token is never fed back. */
+    int n_steps = n_prompt + (int)n_new - 1;
+    tl_log(port, TAG_INFER, "Starting inference with prompt length: %d", n_prompt);
+    uint64_t t0 = port->time_us(port->ctx), c0 = port->cycles(port->ctx);
+    uint64_t b0 = m->bytes_read, r0 = m->read_calls;
+    tl_topk top;
+    for (int pos = 0; pos < n_steps; pos++) {
+        tl_step *s = &e->steps[pos];
+        uint64_t ts = port->time_us(port->ctx), cs = port->cycles(port->ctx);
+        uint64_t bs = m->bytes_read, rs = m->read_calls;
+        int generating = pos >= n_prompt - 1;
+        int want_logits = tf || generating;
+        top.k = (int)k;
+        top.n = 0;
+        s->token = e->tokens[pos];
+        if (tl_model_forward(m, e->tokens[pos], pos, want_logits ? &top : NULL)) return e->err.code;
+        if (generating) e->tokens[pos + 1] = top.id[0]; /* greedy: argmax, ties to the lowest id */
+        s->us = port->time_us(port->ctx) - ts;
+        s->cycles = port->cycles(port->ctx) - cs;
+        s->bytes = m->bytes_read - bs;
+        s->reads = m->read_calls - rs;
+        s->ntop = want_logits ? top.n : -1;
+        for (int i = 0; i < top.n && want_logits; i++) {
+            s->top_id[i] = top.id[i];
+            s->top_logit[i] = top.logit[i];
+        }
+    }
+    uint64_t us = port->time_us(port->ctx) - t0, cycles = port->cycles(port->ctx) - c0;
+
+    tl_log(port, TAG_INFER, "Generated %ld tokens", n_new);
+    tl_writer *w = &e->out;
+    tl_w_puts(w, "Generated tokens:");
+    for (int i = 0; i < (int)n_new; i++) tl_w_printf(w, " %ld", (long)e->tokens[n_prompt + i]);
+    tl_w_endline(w);
+    unsigned long ms = (unsigned long)(us / 1000u);
+    double tps = us ? (double)n_new * 1e6 / (double)us : 0.0;
+    tl_log(port, TAG_INFER, "Inference completed: %ld tokens in %lu ms (%.2f tokens/sec)", n_new, ms, tps);
+    print_result(e, n_prompt, (int)n_new, n_steps, (int)k, us, cycles, m->bytes_read - b0, m->read_calls - r0);
+    return TL_OK;
+}
+
+/* ------------------------------------------------------------------ commands */
+
+int tl_engine_exec(tl_engine *e, char *line)
+{
+    char *cursor = line;
+    char *cmd = next_word(&cursor);
+    if (!cmd || cmd[0] == '#') return TL_CMD_IGNORED;
+
+    int rc = TL_OK;
+    e->err.code = TL_OK;
+    int bare = cursor[strspn(cursor, " \t\r\n")] == '\0'; /* no arguments after the command word */
+    if (strcmp(cmd, "gen") == 0) {
+        rc = cmd_gen(e, cursor);
+    } else if (strcmp(cmd, "info") == 0 && bare) {
+        tl_model *m = &e->model;
+        tl_log(e->port, TAG_INFER, "Model %s (%s), card id %08lx, context %d, resident %llu bytes, arena %lu/%lu",
+               m->cfg.model_name, m->cfg.int8 ? "int8" : "float32", (unsigned long)e->card_id, m->context,
+               (unsigned long long)m->resident_bytes, (unsigned long)e->arena.used, (unsigned long)e->arena.size);
+        print_info(e);
+    } else if (strcmp(cmd, "verify") == 0 && bare) {
+        if (tl_model_verify(&e->model) != 0) {
+            tl_emit_ready(e->port); /* one E_CHECKSUM / E_IO line was printed per bad file */
+            return TL_CMD_FAILED;
+        }
+    } else if (strcmp(cmd, "quit") == 0 && bare) {
+        return TL_CMD_QUIT;
+    } else {
+        rc = tl_fail(&e->err, TL_E_COMMAND, "unknown command or arguments: '%s' (expected gen, info, verify, quit)",
+                     cmd);
+    }
+    int result = TL_CMD_OK;
+    if (rc != TL_OK) result = report_error(e);
+    tl_emit_ready(e->port);
+    return result;
+}
+
+/* ------------------------------------------------------------------ scripts */
+
+int tl_engine_run_script(tl_engine *e, const char *path, int *quit)
+{
+    const tl_port *port = e->port;
+    *quit = 0;
+    int32_t fh = port->open(port->ctx, path);
+    if (fh < 0) return -1;
+    int64_t size = port->size(port->ctx, fh);
+    tl_log(port, "app_main", "Running prompt file %s (%lld bytes)", path, (long long)size);
+
+    /* The line buffer lives in the arena only while the script runs. */
+    size_t mark = tl_arena_mark(&e->arena);
+    char *line = (char *)tl_arena_alloc(&e->arena, TL_SCRIPT_LINE_BYTES, "prompt file line buffer", &e->err);
+    if (!line) {
+        report_error(e);
+        tl_emit_ready(port);
+        port->close(port->ctx, fh);
+        return 1;
+    }
+    int failed = 0;
+    size_t len = 0;
+    int overlong = 0;
+    char chunk[128];
+    uint64_t off = 0;
+    while (!*quit) {
+        int64_t got = 0;
+        if (size > 0 && off < (uint64_t)size) {
+            uint64_t left = (uint64_t)size - off;
+            got = port->read_at(port->ctx, fh, off, chunk, left < sizeof chunk ? (size_t)left : sizeof chunk);
+            if (got <= 0) {
+                tl_fail(&e->err, TL_E_IO, "read %s: offset %llu failed", path, (unsigned long long)off);
+                report_error(e);
+                tl_emit_ready(port);
+                failed++;
+                break;
+            }
+            off += (uint64_t)got;
+        }
+        int at_end = got == 0;
+        if (at_end) chunk[got++] = '\n'; /* the last line may lack its newline */
+        for (int64_t i = 0; i < got && !*quit; i++) {
+            if (chunk[i] != '\n') {
+                if (len + 1 < TL_SCRIPT_LINE_BYTES) line[len++] = chunk[i];
+                else overlong = 1;
+                continue;
+            }
+            line[len] = '\0';
+            if (overlong) {
+                tl_fail(&e->err, TL_E_COMMAND, "%s: line longer than %d bytes", path, TL_SCRIPT_LINE_BYTES - 1);
+                report_error(e);
+                tl_emit_ready(port);
+                failed++;
+            } else {
+                int r = tl_engine_exec(e, line);
+                if (r == TL_CMD_FAILED) failed++;
+                if (r == TL_CMD_QUIT) *quit = 1;
+            }
+            len = 0;
+            overlong = 0;
+        }
+        if (at_end) break;
+    }
+    port->close(port->ctx, fh);
+    tl_arena_reset(&e->arena, mark);
+    return failed;
+}

@@ -1,0 +1,100 @@
+#include "kernels.h"
+
+#include <math.h>
+
+void tl_matvec_f32(float *y, const float *W, const float *x, int rows, int cols)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *w = W + (long)r * cols;
+        float acc = 0.0f;
+        for (int j = 0; j < cols; j++) acc += w[j] * x[j];
+        y[r] = acc;
+    }
+}
+
+float tl_quantize_act(int8_t *qx, const float *x, int n)
+{
+    float xmax = 0.0f;
+    for (int j = 0; j < n; j++) {
+        float a = fabsf(x[j]);
+        if (a > xmax) xmax = a;
+    }
+    float sx = xmax / 127.0f;
+    if (xmax == 0.0f) sx = 1.0f;
+    for (int j = 0; j < n; j++) {
+        float q = rintf(x[j] / sx); /* round half to even (default rounding mode) */
+        if (q > 127.0f) q = 127.0f;
+        if (q < -127.0f) q = -127.0f;
+        qx[j] = (int8_t)q;
+    }
+    return sx;
+}
+
+void tl_matvec_i8(float *y, const int8_t *W, const float *scale, const int8_t *qx, float sx, int rows, int cols)
+{
+    for (int r = 0; r < rows; r++) {
+        const int8_t *w = W + (long)r * cols;
+        int32_t acc = 0;
+        for (int j = 0; j < cols; j++) acc += (int32_t)w[j] * (int32_t)qx[j];
+        float s = scale[r] * sx; /* rounded to float32 first, as the contract says */
+        y[r] = (float)acc * s;
+    }
+}
+
+void tl_rmsnorm(float *o, const float *x, const float *w, int n, float eps)
+{
+    float ss = 0.0f;
+    for (int j = 0; j < n; j++) ss += x[j] * x[j];
+    ss /= (float)n;
+    float inv = 1.0f / sqrtf(ss + eps);
+    for (int j = 0; j < n; j++) o[j] = w[j] * (x[j] * inv);
+}
+
+/*
+ * The transcendental functions below are evaluated in double and rounded once to
+ * float. A double libm result is within an ulp of double, so after rounding it is
+ * the correctly rounded float (except with ~2^-29 odds): the same bits from glibc,
+ * picolibc, newlib or NumPy. That is what lets the int8 path match the harness's
+ * emulation bit for bit; expf/sinf implementations differ by an ulp between libms,
+ * and one ulp can move an activation across an int8 rounding boundary.
+ */
+static float exp_rounded(float x) { return (float)exp((double)x); }
+
+void tl_rope_inv_freq(float *inv_freq, int head_dim, float theta)
+{
+    for (int i = 0; i < head_dim / 2; i++)
+        inv_freq[i] = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)head_dim));
+}
+
+void tl_rope_angles(float *cos_t, float *sin_t, const float *inv_freq, int half, int pos)
+{
+    for (int i = 0; i < half; i++) {
+        float f = (float)pos * inv_freq[i];
+        cos_t[i] = (float)cos((double)f); /* see exp_rounded */
+        sin_t[i] = (float)sin((double)f);
+    }
+}
+
+void tl_rope_apply(float *v, const float *cos_t, const float *sin_t, int half)
+{
+    for (int i = 0; i < half; i++) {
+        float a = v[i], b = v[i + half];
+        v[i] = a * cos_t[i] - b * sin_t[i];
+        v[i + half] = b * cos_t[i] + a * sin_t[i];
+    }
+}
+
+void tl_softmax(float *x, int n)
+{
+    float mx = x[0];
+    for (int i = 1; i < n; i++)
+        if (x[i] > mx) mx = x[i];
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = exp_rounded(x[i] - mx);
+        sum += x[i];
+    }
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
+float tl_silu(float x) { return x / (1.0f + exp_rounded(-x)); }

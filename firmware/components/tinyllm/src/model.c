@@ -1,0 +1,426 @@
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "crc32.h"
+#include "kernels.h"
+#include "output.h"
+
+#define TL_MAX_CONFIG_BYTES (256u * 1024u)
+
+static const char *const TAG_LOADER = "weight_loader";
+
+static int max3(int a, int b, int c)
+{
+    int m = a > b ? a : b;
+    return m > c ? m : c;
+}
+
+static void join_path(char *out, size_t n, const char *dir, const char *file)
+{
+    if (dir && dir[0]) snprintf(out, n, "%s/%s", dir, file);
+    else snprintf(out, n, "%s", file);
+}
+
+/* All storage reads go through here so the statistics are the core's own. */
+static int read_exact(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n)
+{
+    int64_t got = m->port->read_at(m->port->ctx, fh, off, buf, n);
+    m->read_calls++;
+    if (got > 0) m->bytes_read += (uint64_t)got;
+    if (got != (int64_t)n)
+        return tl_fail(m->err, TL_E_IO, "read %s: offset %llu, wanted %lu bytes, got %lld", what,
+                       (unsigned long long)off, (unsigned long)n, (long long)got);
+    return TL_OK;
+}
+
+/* ---------------------------------------------------------------- start-up */
+
+static int read_config(tl_model *m, uint32_t *card_id, const char *precision)
+{
+    char path[160];
+    join_path(path, sizeof path, m->dir, "model_config.json");
+    int32_t fh = m->port->open(m->port->ctx, path);
+    if (fh < 0) return tl_fail(m->err, TL_E_FILE_MISSING, "%s: file not found", path);
+    int64_t size = m->port->size(m->port->ctx, fh);
+    if (size <= 0 || (uint64_t)size > TL_MAX_CONFIG_BYTES) {
+        m->port->close(m->port->ctx, fh);
+        return tl_fail(m->err, TL_E_CONFIG, "%s: size %lld bytes, expected 1..%u", path, (long long)size,
+                       TL_MAX_CONFIG_BYTES);
+    }
+    /* The text only lives in the arena while it is parsed. */
+    size_t mark = tl_arena_mark(m->arena);
+    char *text = (char *)tl_arena_alloc(m->arena, (size_t)size + 1, "model_config.json text", m->err);
+    int rc = text ? read_exact(m, fh, path, 0, text, (size_t)size) : m->err->code;
+    m->port->close(m->port->ctx, fh);
+    if (rc == TL_OK) {
+        *card_id = tl_crc32(0, text, (size_t)size);
+        tl_log(m->port, TAG_LOADER, "Loaded %s (%lld bytes), card id %08lx", path, (long long)size,
+               (unsigned long)*card_id);
+        rc = tl_config_parse(text, (size_t)size, precision, &m->cfg, &m->man, m->err);
+    }
+    tl_arena_reset(m->arena, mark);
+    return rc;
+}
+
+static int open_file(tl_model *m, tl_tensor *t, int id, int scales)
+{
+    char path[160];
+    tl_file_name(t->name, sizeof t->name, id, scales);
+    join_path(path, sizeof path, m->dir, t->name);
+    t->fh = m->port->open(m->port->ctx, path);
+    if (t->fh < 0) return tl_fail(m->err, TL_E_FILE_MISSING, "%s: file not found", path);
+    int64_t size = m->port->size(m->port->ctx, t->fh);
+    if (size < 0 || (uint64_t)size != m->man.bytes[scales][id])
+        return tl_fail(m->err, TL_E_FILE_SIZE, "%s: expected %llu bytes, actual %lld", path,
+                       (unsigned long long)m->man.bytes[scales][id], (long long)size);
+    t->bytes = (uint64_t)size;
+    t->shape = tl_tensor_shape(&m->cfg, id);
+    if (scales) {
+        t->shape.cols = 1;
+        t->elem = 4;
+    } else {
+        t->elem = (m->cfg.int8 && tl_tensor_quantized(id)) ? 1 : 4;
+    }
+    return TL_OK;
+}
+
+int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id)
+{
+    snprintf(m->dir, sizeof m->dir, "%s", opt->weights_dir ? opt->weights_dir : "");
+    for (int id = 0; id < TL_NT; id++) m->w[id].fh = m->scale[id].fh = -1;
+
+    if (read_config(m, card_id, opt->precision ? opt->precision : "float32")) return m->err->code;
+    const tl_config *c = &m->cfg;
+    tl_log(m->port, TAG_LOADER,
+           "Model %s: vocab %d, hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, head dim %d, "
+           "max positions %d, dtype %s",
+           c->model_name, c->vocab, c->hidden, c->inter, c->layers, c->heads, c->kv_heads, c->head_dim, c->max_pos,
+           c->int8 ? "int8" : "float32");
+
+    for (int id = 0; id < TL_NT; id++) {
+        if (open_file(m, &m->w[id], id, 0)) return m->err->code;
+        if (c->int8 && tl_tensor_quantized(id) && open_file(m, &m->scale[id], id, 1)) return m->err->code;
+    }
+    tl_log(m->port, TAG_LOADER, "All %d weight files present with the expected sizes (%llu bytes)",
+           c->int8 ? 2 * TL_NT - 3 : TL_NT, (unsigned long long)tl_model_total_file_bytes(m));
+    return TL_OK;
+}
+
+uint64_t tl_model_total_file_bytes(const tl_model *m)
+{
+    uint64_t total = 0;
+    for (int id = 0; id < TL_NT; id++) total += m->w[id].bytes + m->scale[id].bytes;
+    return total;
+}
+
+/* Sizes are computed in 64 bits; anything past SIZE_MAX cannot fit anyway
+ * (on a 32-bit target) and becomes an E_OOM instead of wrapping around. */
+static size_t clamp_size(uint64_t bytes) { return bytes > (uint64_t)SIZE_MAX ? SIZE_MAX : (size_t)bytes; }
+
+static void *alloc_floats(tl_model *m, uint64_t n, const char *what)
+{
+    return tl_arena_alloc(m->arena, clamp_size(n * sizeof(float)), what, m->err);
+}
+
+/* Reads a whole file into the arena. */
+static int make_resident(tl_model *m, tl_tensor *t)
+{
+    t->resident = tl_arena_alloc(m->arena, (size_t)t->bytes, t->name, m->err);
+    if (!t->resident) return m->err->code;
+    m->resident_bytes += t->bytes;
+    return read_exact(m, t->fh, t->name, 0, t->resident, (size_t)t->bytes);
+}
+
+int tl_model_layout(tl_model *m, const tl_options *opt)
+{
+    const tl_config *c = &m->cfg;
+    int H = c->hidden, d = c->head_dim, qdim = c->heads * d, kvdim = c->kv_heads * d;
+    int max_in = max3(H, qdim, c->inter);
+
+    m->context = c->max_pos;
+    if (opt->context > 0 && opt->context < m->context) m->context = opt->context;
+    m->chunk_rows = opt->chunk_rows > 0 ? opt->chunk_rows : 256;
+    if (m->chunk_rows > c->vocab) m->chunk_rows = c->vocab;
+
+    uint64_t kv = (uint64_t)c->layers * (uint64_t)m->context * (uint64_t)kvdim;
+    if (!(m->key_cache = alloc_floats(m, kv, "key cache")) || !(m->value_cache = alloc_floats(m, kv, "value cache")))
+        return m->err->code;
+
+    if (!(m->x = alloc_floats(m, (size_t)H, "x")) || !(m->xb = alloc_floats(m, (size_t)H, "xb")) ||
+        !(m->q = alloc_floats(m, (size_t)qdim, "q")) || !(m->att_out = alloc_floats(m, (size_t)qdim, "att_out")) ||
+        !(m->hb = alloc_floats(m, (size_t)c->inter, "hb")) || !(m->hb2 = alloc_floats(m, (size_t)c->inter, "hb2")) ||
+        !(m->att = alloc_floats(m, (size_t)m->context, "attention scores")) ||
+        !(m->logits = alloc_floats(m, (size_t)m->chunk_rows, "logits chunk")) ||
+        !(m->norm_row = alloc_floats(m, (size_t)H, "norm row")) ||
+        !(m->row_scales = alloc_floats(m, (size_t)m->chunk_rows, "row scales")) ||
+        !(m->inv_freq = alloc_floats(m, (size_t)(d / 2), "rope inv_freq")) ||
+        !(m->rope_cos = alloc_floats(m, (size_t)(d / 2), "rope cos")) ||
+        !(m->rope_sin = alloc_floats(m, (size_t)(d / 2), "rope sin")))
+        return m->err->code;
+    if (c->int8 && !(m->qx = (int8_t *)tl_arena_alloc(m->arena, (size_t)max_in, "quantized activation", m->err)))
+        return m->err->code;
+
+    /* Chunk buffer: chunk_rows rows of lm_head, and at least one row of the widest matrix. */
+    uint64_t elem = c->int8 ? 1u : 4u;
+    uint64_t rows_bytes = (uint64_t)m->chunk_rows * (uint64_t)H * elem;
+    uint64_t one_row = (uint64_t)max_in * elem;
+    m->stream_bytes = clamp_size(rows_bytes > one_row ? rows_bytes : one_row);
+    if (!(m->stream = (uint8_t *)tl_arena_alloc(m->arena, m->stream_bytes, "stream chunk buffer", m->err)))
+        return m->err->code;
+
+    tl_rope_inv_freq(m->inv_freq, d, c->theta);
+    m->attn_scale = (float)(1.0 / sqrt((double)d)); /* HF: head_dim**-0.5 */
+
+    /* Residency: norms first (tiny, used every layer), then matrices in order
+     * of use, each with its scales, as long as the whole tensor fits. The
+     * embedding (one row per step) and lm_head (chunked) are always streamed. */
+    static const int order[] = {TL_T_NORM1, TL_T_NORM2, TL_T_FINAL_NORM, TL_T_Q,  TL_T_K,
+                                TL_T_V,     TL_T_O,     TL_T_GATE,       TL_T_UP, TL_T_DOWN};
+    if (!opt->no_resident) {
+        for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+            int id = order[i];
+            tl_tensor *w = &m->w[id], *s = &m->scale[id];
+            uint64_t need = w->bytes + s->bytes + 32u; /* + alignment padding */
+            if (need > (uint64_t)tl_arena_available(m->arena) || need > (uint64_t)(size_t)-1) continue;
+            if (make_resident(m, w)) return m->err->code;
+            if (s->fh >= 0 && make_resident(m, s)) return m->err->code;
+        }
+    }
+    char resident[160] = "", streamed[160] = "";
+    for (int id = 0; id < TL_NT; id++) {
+        char *list = m->w[id].resident ? resident : streamed;
+        size_t len = strlen(list);
+        snprintf(list + len, 160 - len, "%s%s", len ? " " : "", tl_tensor_base(id));
+    }
+    tl_log(m->port, TAG_LOADER, "Resident (%llu bytes): %s", (unsigned long long)m->resident_bytes,
+           resident[0] ? resident : "none");
+    tl_log(m->port, TAG_LOADER, "Streamed from card: %s", streamed[0] ? streamed : "none");
+    return TL_OK;
+}
+
+/* ------------------------------------------------------------ weight access */
+
+/* Rows [row0, row0 + n) of a tensor (row index across all layers), either
+ * straight from its resident copy or read through the chunk buffer; likewise
+ * its scales when it has them. */
+static int fetch_rows(tl_model *m, int id, long row0, int n, const void **rows, const float **scales)
+{
+    tl_tensor *w = &m->w[id], *s = &m->scale[id];
+    size_t row_bytes = (size_t)w->shape.cols * (size_t)w->elem;
+    if (w->resident) {
+        *rows = (const uint8_t *)w->resident + (size_t)row0 * row_bytes;
+    } else {
+        if (read_exact(m, w->fh, w->name, (uint64_t)row0 * row_bytes, m->stream, (size_t)n * row_bytes))
+            return m->err->code;
+        *rows = m->stream;
+    }
+    *scales = NULL;
+    if (s->fh >= 0) {
+        if (s->resident) {
+            *scales = (const float *)s->resident + row0;
+        } else {
+            if (read_exact(m, s->fh, s->name, (uint64_t)row0 * 4u, m->row_scales, (size_t)n * 4u))
+                return m->err->code;
+            *scales = m->row_scales;
+        }
+    }
+    return TL_OK;
+}
+
+/* How many rows of a streamed tensor go in one read. */
+static int rows_per_chunk(const tl_model *m, const tl_tensor *w)
+{
+    if (w->resident) return w->shape.rows;
+    size_t fit = m->stream_bytes / ((size_t)w->shape.cols * (size_t)w->elem);
+    return fit < (size_t)m->chunk_rows ? (int)fit : m->chunk_rows;
+}
+
+/* y = W[layer] x for a projection; int8 sets quantize x once per call. */
+static int linear(tl_model *m, float *y, int id, int layer, const float *x)
+{
+    const tl_tensor *w = &m->w[id];
+    int rows = w->shape.rows, cols = w->shape.cols;
+    float sx = m->cfg.int8 ? tl_quantize_act(m->qx, x, cols) : 0.0f;
+    int per = rows_per_chunk(m, w);
+    for (int r0 = 0; r0 < rows; r0 += per) {
+        int n = rows - r0 < per ? rows - r0 : per;
+        const void *wr = NULL;
+        const float *sc = NULL;
+        if (fetch_rows(m, id, (long)layer * rows + r0, n, &wr, &sc)) return m->err->code;
+        if (m->cfg.int8) tl_matvec_i8(y + r0, (const int8_t *)wr, sc, m->qx, sx, n, cols);
+        else tl_matvec_f32(y + r0, (const float *)wr, x, n, cols);
+    }
+    return TL_OK;
+}
+
+/* Norm weights of one layer (resident, or read into norm_row). */
+static int norm_weights(tl_model *m, int id, int layer, const float **out)
+{
+    tl_tensor *t = &m->w[id];
+    size_t H = (size_t)m->cfg.hidden;
+    if (t->resident) {
+        *out = (const float *)t->resident + (size_t)layer * H;
+        return TL_OK;
+    }
+    *out = m->norm_row;
+    return read_exact(m, t->fh, t->name, (uint64_t)layer * H * 4u, m->norm_row, H * 4u);
+}
+
+/* x = embed_tokens[token]: only that row (and its scale) is read. */
+static int embed(tl_model *m, int token)
+{
+    tl_tensor *t = &m->w[TL_T_EMBED];
+    size_t H = (size_t)m->cfg.hidden;
+    if (!m->cfg.int8) return read_exact(m, t->fh, "embed_tokens.bin", (uint64_t)token * H * 4u, m->x, H * 4u);
+    float scale;
+    if (read_exact(m, t->fh, "embed_tokens.bin", (uint64_t)token * H, m->stream, H) ||
+        read_exact(m, m->scale[TL_T_EMBED].fh, "embed_tokens_scales.bin", (uint64_t)token * 4u, &scale, 4u))
+        return m->err->code;
+    const int8_t *q = (const int8_t *)m->stream;
+    for (size_t j = 0; j < H; j++) m->x[j] = (float)q[j] * scale;
+    return TL_OK;
+}
+
+/* Inserts (id, v) if it beats the current k-th; ids arrive in ascending order,
+ * so an equal logit never displaces an earlier (lower) id. */
+static void topk_push(tl_topk *t, int32_t id, float v)
+{
+    if (t->n == t->k && !(v > t->logit[t->n - 1])) return;
+    int p = t->n < t->k ? t->n : t->k - 1;
+    while (p > 0 && v > t->logit[p - 1]) {
+        t->id[p] = t->id[p - 1];
+        t->logit[p] = t->logit[p - 1];
+        p--;
+    }
+    t->id[p] = id;
+    t->logit[p] = v;
+    if (t->n < t->k) t->n++;
+}
+
+/* logits = lm_head xb, streamed in chunks of rows and folded into the top-k:
+ * the [vocab, hidden] matrix is never in RAM. */
+static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
+{
+    const tl_tensor *w = &m->w[TL_T_LM_HEAD];
+    int rows = w->shape.rows, cols = w->shape.cols;
+    float sx = m->cfg.int8 ? tl_quantize_act(m->qx, xn, cols) : 0.0f;
+    int per = rows_per_chunk(m, w);
+    top->n = 0;
+    for (int r0 = 0; r0 < rows; r0 += per) {
+        int n = rows - r0 < per ? rows - r0 : per;
+        const void *wr = NULL;
+        const float *sc = NULL;
+        if (fetch_rows(m, TL_T_LM_HEAD, r0, n, &wr, &sc)) return m->err->code;
+        if (m->cfg.int8) tl_matvec_i8(m->logits, (const int8_t *)wr, sc, m->qx, sx, n, cols);
+        else tl_matvec_f32(m->logits, (const float *)wr, xn, n, cols);
+        for (int i = 0; i < n; i++) topk_push(top, r0 + i, m->logits[i]);
+    }
+    return TL_OK;
+}
+
+/* ------------------------------------------------------------ forward pass */
+
+int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top)
+{
+    const tl_config *c = &m->cfg;
+    int H = c->hidden, d = c->head_dim, half = d / 2;
+    int kvdim = c->kv_heads * d, group = c->heads / c->kv_heads;
+    float *x = m->x;
+    const float *w;
+
+    if (embed(m, token)) return m->err->code;
+    tl_rope_angles(m->rope_cos, m->rope_sin, m->inv_freq, half, pos);
+
+    for (int l = 0; l < c->layers; l++) {
+        /* Attention block */
+        if (norm_weights(m, TL_T_NORM1, l, &w)) return m->err->code;
+        tl_rmsnorm(m->xb, x, w, H, c->eps);
+
+        size_t layer_off = (size_t)l * (size_t)m->context * (size_t)kvdim;
+        float *k = m->key_cache + layer_off + (size_t)pos * (size_t)kvdim;
+        float *v = m->value_cache + layer_off + (size_t)pos * (size_t)kvdim;
+        if (linear(m, m->q, TL_T_Q, l, m->xb) || linear(m, k, TL_T_K, l, m->xb) || linear(m, v, TL_T_V, l, m->xb))
+            return m->err->code;
+        for (int h = 0; h < c->heads; h++) tl_rope_apply(m->q + h * d, m->rope_cos, m->rope_sin, half);
+        for (int h = 0; h < c->kv_heads; h++) tl_rope_apply(k + h * d, m->rope_cos, m->rope_sin, half);
+
+        for (int h = 0; h < c->heads; h++) {
+            const float *qh = m->q + h * d;
+            int kv_off = (h / group) * d; /* grouped-query attention */
+            for (int u = 0; u <= pos; u++) {
+                const float *ku = m->key_cache + layer_off + (size_t)u * (size_t)kvdim + kv_off;
+                float s = 0.0f;
+                for (int i = 0; i < d; i++) s += qh[i] * ku[i];
+                m->att[u] = s * m->attn_scale;
+            }
+            tl_softmax(m->att, pos + 1);
+            float *o = m->att_out + h * d;
+            for (int i = 0; i < d; i++) o[i] = 0.0f;
+            for (int u = 0; u <= pos; u++) {
+                const float *vu = m->value_cache + layer_off + (size_t)u * (size_t)kvdim + kv_off;
+                float p = m->att[u];
+                for (int i = 0; i < d; i++) o[i] += p * vu[i];
+            }
+        }
+        if (linear(m, m->xb, TL_T_O, l, m->att_out)) return m->err->code;
+        for (int i = 0; i < H; i++) x[i] += m->xb[i];
+
+        /* MLP block: down(silu(gate h) * up h) */
+        if (norm_weights(m, TL_T_NORM2, l, &w)) return m->err->code;
+        tl_rmsnorm(m->xb, x, w, H, c->eps);
+        if (linear(m, m->hb, TL_T_GATE, l, m->xb) || linear(m, m->hb2, TL_T_UP, l, m->xb)) return m->err->code;
+        for (int i = 0; i < c->inter; i++) m->hb[i] = tl_silu(m->hb[i]) * m->hb2[i];
+        if (linear(m, m->xb, TL_T_DOWN, l, m->hb)) return m->err->code;
+        for (int i = 0; i < H; i++) x[i] += m->xb[i];
+    }
+
+    if (!top) return TL_OK; /* logits not needed at this position */
+    if (norm_weights(m, TL_T_FINAL_NORM, 0, &w)) return m->err->code;
+    tl_rmsnorm(m->xb, x, w, H, c->eps);
+    return lm_head_topk(m, m->xb, top);
+}
+
+/* ------------------------------------------------------------------ verify */
+
+static int verify_file(tl_model *m, const tl_tensor *t, int id, int scales)
+{
+    const char *name = t->name;
+    uint32_t crc = 0;
+    for (uint64_t off = 0; off < t->bytes; off += m->stream_bytes) {
+        uint64_t left = t->bytes - off;
+        size_t n = left < m->stream_bytes ? (size_t)left : m->stream_bytes;
+        if (read_exact(m, t->fh, name, off, m->stream, n)) return m->err->code;
+        crc = tl_crc32(crc, m->stream, n);
+    }
+    uint32_t want = m->man.crc32[scales][id];
+    if (crc != want)
+        return tl_fail(m->err, TL_E_CHECKSUM, "%s/%s: crc32 expected %08lx, actual %08lx", m->dir, name,
+                       (unsigned long)want, (unsigned long)crc);
+    return TL_OK;
+}
+
+int tl_model_verify(tl_model *m)
+{
+    int bad = 0, files = 0;
+    for (int id = 0; id < TL_NT; id++) {
+        for (int scales = 0; scales < 2; scales++) {
+            const tl_tensor *t = scales ? &m->scale[id] : &m->w[id];
+            if (t->fh < 0) continue;
+            files++;
+            m->err->code = TL_OK;
+            if (verify_file(m, t, id, scales)) {
+                tl_emit_error(m->port, m->err->code, m->err->msg);
+                bad++;
+            }
+        }
+    }
+    m->err->code = TL_OK;
+    if (bad == 0)
+        tl_log(m->port, TAG_LOADER, "Verified %d files (%llu bytes): all crc32 match", files,
+               (unsigned long long)tl_model_total_file_bytes(m));
+    else tl_log(m->port, TAG_LOADER, "Verify: %d of %d files failed", bad, files);
+    return bad;
+}

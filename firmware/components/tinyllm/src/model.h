@@ -1,0 +1,89 @@
+/*
+ * The model: arena layout, weight residency/streaming and the forward pass
+ * (contracts.md §2). One tl_model per engine; everything lives in the arena.
+ */
+#ifndef TINYLLM_MODEL_H
+#define TINYLLM_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "config.h"
+#include "error.h"
+#include "tinyllm/port.h"
+#include "tinyllm/tinyllm.h"
+
+#define TL_MAX_TOPK 8
+
+/* One tensor file on the card; `resident` is its arena copy, or NULL if it is
+ * streamed through the chunk buffer at every use. */
+typedef struct tl_tensor {
+    char name[32];  /* file name, for messages */
+    int32_t fh;     /* open handle, -1 if this file is not part of the set */
+    uint64_t bytes; /* size on the card (checked against config and manifest) */
+    tl_shape shape; /* [layers, rows, cols]; scales files: cols = 1 */
+    int elem;       /* bytes per element: 1 (int8) or 4 (float32) */
+    void *resident;
+} tl_tensor;
+
+/* Running top-k of the logits, best first, ties to the lowest id. */
+typedef struct tl_topk {
+    int n, k;
+    int32_t id[TL_MAX_TOPK];
+    float logit[TL_MAX_TOPK];
+} tl_topk;
+
+typedef struct tl_model {
+    const tl_port *port;
+    tl_arena *arena;
+    tl_err *err;
+    tl_config cfg;
+    tl_manifest man;
+    char dir[96];   /* weights directory on the card */
+    int context;    /* max positions held in the KV cache */
+    int chunk_rows; /* rows per streamed chunk */
+
+    tl_tensor w[TL_NT];     /* weights (and norms) */
+    tl_tensor scale[TL_NT]; /* their row scales (int8 set, quantized tensors only) */
+    uint64_t resident_bytes;
+
+    /* KV cache [layers][context][kv_heads * head_dim] */
+    float *key_cache, *value_cache;
+
+    /* Activations of the current position */
+    float *x;        /* residual stream [hidden] */
+    float *xb;       /* normed input / sublayer output [hidden] */
+    float *q;        /* query [heads * head_dim] */
+    float *att_out;  /* concatenated head outputs [heads * head_dim] */
+    float *hb, *hb2; /* MLP [intermediate] */
+    float *att;      /* attention scores of one head [context] */
+    float *logits;   /* one lm_head chunk [chunk_rows] */
+    float *norm_row; /* a streamed norm weight [hidden] */
+    float *row_scales; /* streamed row scales [chunk_rows] */
+    float *inv_freq, *rope_cos, *rope_sin; /* [head_dim / 2] */
+    int8_t *qx;      /* quantized activation (int8 set) [max input width] */
+    uint8_t *stream; /* chunk buffer for streamed rows */
+    size_t stream_bytes;
+    float attn_scale; /* 1/sqrt(head_dim) */
+
+    /* Storage statistics, counted by the core around every port read. */
+    uint64_t bytes_read, read_calls;
+} tl_model;
+
+/* Reads model_config.json and checks the manifest and files; fills m->cfg and
+ * opens every file. card_id receives the CRC-32 of the config bytes. */
+int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id);
+/* Lays out the arena (KV cache, activations, buffers) and makes weights
+ * resident while they fit, after the caller's own fixed allocations. */
+int tl_model_layout(tl_model *m, const tl_options *opt);
+/* One forward pass of `token` at position `pos`. If top != NULL the logits are
+ * computed (lm_head streamed) and their top-k kept in *top. */
+int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top);
+/* CRC-32 of every file against the manifest; prints per-file results and
+ * returns the number of mismatches (E_CHECKSUM / E_IO printed for each). */
+int tl_model_verify(tl_model *m);
+/* Bytes of every file in the set. */
+uint64_t tl_model_total_file_bytes(const tl_model *m);
+
+#endif

@@ -1,0 +1,95 @@
+#include "output.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
+#include "tinyllm/tinyllm.h"
+
+static void flush(tl_writer *w)
+{
+    if (w->len) w->port->write(w->port->ctx, w->buf, w->len);
+    w->len = 0;
+}
+
+void tl_w_init(tl_writer *w, const tl_port *port)
+{
+    w->port = port;
+    w->len = 0;
+}
+
+void tl_w_puts(tl_writer *w, const char *s)
+{
+    size_t n = strlen(s);
+    while (n) {
+        size_t room = sizeof w->buf - w->len;
+        if (room == 0) {
+            flush(w);
+            room = sizeof w->buf;
+        }
+        size_t take = n < room ? n : room;
+        memcpy(w->buf + w->len, s, take);
+        w->len += take;
+        s += take;
+        n -= take;
+    }
+}
+
+void tl_w_printf(tl_writer *w, const char *fmt, ...)
+{
+    char tmp[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    tl_w_puts(w, tmp);
+}
+
+void tl_w_float(tl_writer *w, float v)
+{
+    if (isfinite(v)) tl_w_printf(w, "%.9g", (double)v);
+    else tl_w_puts(w, "null");
+}
+
+void tl_w_endline(tl_writer *w)
+{
+    tl_w_puts(w, "\n");
+    flush(w);
+}
+
+static void write_str(const tl_port *port, const char *s) { port->write(port->ctx, s, strlen(s)); }
+
+void tl_emit_error(const tl_port *port, int code, const char *msg)
+{
+    char line[320];
+    snprintf(line, sizeof line, "TINYLLM_ERROR %s %s\n", tl_code_name(code), msg);
+    write_str(port, line);
+}
+
+void tl_emit_ready(const tl_port *port) { write_str(port, "TINYLLM_READY\n"); }
+
+void tl_exit_line(const tl_port *port, int code)
+{
+    char line[32];
+    snprintf(line, sizeof line, "TINYLLM_EXIT %d\n", code);
+    write_str(port, line);
+}
+
+void tl_log(const tl_port *port, const char *tag, const char *fmt, ...)
+{
+    char line[320];
+    unsigned long long ms = (unsigned long long)(port->time_us(port->ctx) / 1000u);
+    int n = snprintf(line, sizeof line, "I (%llu) %s: ", ms, tag);
+    if (n < 0) return;
+    size_t used = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + used, sizeof line - used, fmt, ap);
+    va_end(ap);
+    size_t len = strlen(line);
+    if (len >= sizeof line - 1) len = sizeof line - 2; /* keep room for the newline */
+    line[len++] = '\n';
+    port->write(port->ctx, line, len);
+}

@@ -1,0 +1,239 @@
+/*
+ * Linux host port: the card is a folder, storage is pread(), the console is
+ * stdin/stdout, the arena is one malloc of the board's memory budget.
+ *
+ *   tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none]
+ *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]
+ *
+ * Exit codes: 0 ok, 1 a command failed, 2 start-up error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tinyllm/tinyllm.h"
+
+/* ESP32-CAM budget: 4 MiB PSRAM + 256 KiB internal RAM. */
+#define DEFAULT_ARENA_BYTES 4456448u
+
+typedef struct posix_port {
+    const char *card_dir;
+    struct timespec start;
+} posix_port;
+
+static int32_t posix_open(void *ctx, const char *path)
+{
+    const posix_port *p = (const posix_port *)ctx;
+    char full[4096];
+    int n = snprintf(full, sizeof full, "%s/%s", p->card_dir, path);
+    if (n < 0 || (size_t)n >= sizeof full) return -1;
+    int fd = open(full, O_RDONLY);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { /* a directory is not a weight file */
+        close(fd);
+        return -1;
+    }
+    return (int32_t)fd;
+}
+
+static int64_t posix_size(void *ctx, int32_t h)
+{
+    (void)ctx;
+    struct stat st;
+    if (fstat(h, &st) != 0) return -1;
+    return (int64_t)st.st_size;
+}
+
+static int64_t posix_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, size_t n)
+{
+    (void)ctx;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t got = pread(h, (char *)buf + done, n - done, (off_t)(offset + done));
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (got == 0) break; /* end of file */
+        done += (size_t)got;
+    }
+    return (int64_t)done;
+}
+
+static void posix_close(void *ctx, int32_t h)
+{
+    (void)ctx;
+    close(h);
+}
+
+static uint64_t elapsed_ns(const posix_port *p)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t ns = (int64_t)(now.tv_sec - p->start.tv_sec) * 1000000000 + (now.tv_nsec - p->start.tv_nsec);
+    return (uint64_t)ns;
+}
+
+static uint64_t posix_time_us(void *ctx) { return elapsed_ns((const posix_port *)ctx) / 1000u; }
+
+/* No portable cycle counter: nanoseconds stand in for cycles on the host. */
+static uint64_t posix_cycles(void *ctx) { return elapsed_ns((const posix_port *)ctx); }
+
+static void posix_write(void *ctx, const char *text, size_t n)
+{
+    (void)ctx;
+    fwrite(text, 1, n, stdout);
+    if (n && text[n - 1] == '\n') fflush(stdout); /* the harness reads us through a pipe */
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none]\n"
+            "               [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]\n"
+            "  --card DIR        card root: DIR/tinyllm_float32_weights or DIR/tinyllm_weights\n"
+            "  --precision P     float32 (default) or int8\n"
+            "  --prompts FILE    prompt file run at start-up (default DIR/prompts.txt if present;\n"
+            "                    'none' disables); then commands are read from stdin\n"
+            "  --arena-bytes N   memory budget (default %u = 4 MiB PSRAM + 256 KiB)\n"
+            "  --context N       max positions (default max_position_embeddings)\n"
+            "  --chunk-rows N    rows per streamed chunk (default 256)\n"
+            "  --no-resident     stream every matrix from the card at every use\n",
+            DEFAULT_ARENA_BYTES);
+}
+
+static int parse_count(const char *s, unsigned long long max, unsigned long long *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-') return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Runs a host-side prompt file (--prompts FILE). Returns failed commands, sets *quit. */
+static int run_host_prompts(tl_engine *e, const char *path, int *quit)
+{
+    FILE *f = fopen(path, "r");
+    *quit = 0;
+    if (!f) return -1;
+    char *line = NULL;
+    size_t cap = 0;
+    int failed = 0;
+    while (!*quit && getline(&line, &cap, f) >= 0) {
+        int r = tl_engine_exec(e, line);
+        if (r == TL_CMD_FAILED) failed++;
+        if (r == TL_CMD_QUIT) *quit = 1;
+    }
+    free(line);
+    fclose(f);
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    const char *card = NULL, *precision = "float32", *prompts = NULL;
+    unsigned long long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0;
+    int no_resident = 0;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (strcmp(a, "--card") == 0 && val) card = argv[++i];
+        else if (strcmp(a, "--precision") == 0 && val) precision = argv[++i];
+        else if (strcmp(a, "--prompts") == 0 && val) prompts = argv[++i];
+        else if (strcmp(a, "--arena-bytes") == 0) bad = parse_count(val, (size_t)-1 / 2, &arena_bytes), i++;
+        else if (strcmp(a, "--context") == 0) bad = parse_count(val, 1u << 24, &context), i++;
+        else if (strcmp(a, "--chunk-rows") == 0) bad = parse_count(val, 1u << 24, &chunk_rows), i++;
+        else if (strcmp(a, "--no-resident") == 0) no_resident = 1;
+        else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else bad = 1;
+        if (bad) {
+            fprintf(stderr, "tinyllm: bad argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!card || (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0)) {
+        usage(stderr);
+        return 2;
+    }
+
+    posix_port pp = {card, {0, 0}};
+    clock_gettime(CLOCK_MONOTONIC, &pp.start);
+    void *arena = malloc(arena_bytes ? (size_t)arena_bytes : 1u);
+    if (!arena) {
+        fprintf(stderr, "tinyllm: cannot allocate an arena of %llu bytes\n", arena_bytes);
+        return 2;
+    }
+    tl_port port = {
+        .ctx = &pp,
+        .open = posix_open,
+        .size = posix_size,
+        .read_at = posix_read_at,
+        .close = posix_close,
+        .time_us = posix_time_us,
+        .cycles = posix_cycles,
+        .write = posix_write,
+        .arena = arena,
+        .arena_bytes = (size_t)arena_bytes,
+    };
+    tl_options opt = {
+        .weights_dir = strcmp(precision, "int8") == 0 ? "tinyllm_weights" : "tinyllm_float32_weights",
+        .precision = precision,
+        .context = (int)context,
+        .chunk_rows = (int)chunk_rows,
+        .no_resident = no_resident,
+    };
+
+    tl_log(&port, "app_main", "Tiny-LLM ESP32 Inference Engine Starting");
+    tl_log(&port, "app_main", "Linux port: card %s, precision %s, arena %llu bytes", card, precision, arena_bytes);
+    tl_engine *e = tl_engine_init(&port, &opt);
+    if (!e) {
+        tl_exit_line(&port, 2);
+        free(arena);
+        return 2;
+    }
+
+    int failed = 0, quit = 0;
+    if (prompts == NULL) {
+        int r = tl_engine_run_script(e, "prompts.txt", &quit); /* optional, card-rooted */
+        if (r > 0) failed += r;
+    } else if (strcmp(prompts, "none") != 0) {
+        int r = run_host_prompts(e, prompts, &quit);
+        if (r < 0) {
+            /* An explicitly named prompt file that is missing is a start-up error. */
+            char msg[4200];
+            snprintf(msg, sizeof msg, "%s: prompt file not found", prompts);
+            fprintf(stdout, "TINYLLM_ERROR E_FILE_MISSING %s\n", msg);
+            tl_exit_line(&port, 2);
+            free(arena);
+            return 2;
+        }
+        failed += r;
+    }
+
+    char *line = NULL;
+    size_t cap = 0;
+    while (!quit && getline(&line, &cap, stdin) >= 0) {
+        int r = tl_engine_exec(e, line);
+        if (r == TL_CMD_FAILED) failed++;
+        if (r == TL_CMD_QUIT) quit = 1;
+    }
+    free(line);
+    int code = failed ? 1 : 0;
+    tl_exit_line(&port, code);
+    free(arena);
+    return code;
+}
