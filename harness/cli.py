@@ -56,6 +56,16 @@ def cmd_reference(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": str(args.out), **doc["summary"]}
 
 
+def cmd_e2e(args: argparse.Namespace) -> dict[str, Any]:
+    from harness import pipeline
+
+    record = pipeline.run_e2e(args.model, args.target, args.out, tuple(args.prompts.split(",")), args.precision,
+                              hf_folder=args.hf_folder)
+    summary = {p: {k: e[k] for k in ("tokens_match", "logits_ok", "tokens_per_s", "bytes_per_token", "reads_per_token",
+                                     "peak_arena")} for p, e in record["precisions"].items()}
+    return {"ok": record["ok"], "report": record["report"], "perf": str(args.out / "perf.json"), **summary}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyllm-harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also run the int8 emulation (needs the int8 set)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_reference)
+
+    p = sub.add_parser("e2e", help="the main job: export -> image -> build -> run on a target -> compare -> report")
+    p.add_argument("--model", default="tiny-llm")
+    p.add_argument("--hf-folder", type=Path, help="export this local HF model instead of synthetic weights")
+    p.add_argument("--target", default="linux", help="linux (default; xtensa-sim and esp32 come with their issues)")
+    p.add_argument("--prompts", default="smoke,edge", help="comma list of prompt sets")
+    p.add_argument("--precision", type=_precisions, default=PRECISIONS)
+    p.add_argument("--out", type=Path, default=Path("build/e2e"))
+    p.set_defaults(func=cmd_e2e)
     return parser
 
 
@@ -91,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1))
-    return 0
+    return 0 if result.get("ok", True) else 1
 
 
 if __name__ == "__main__":

@@ -64,14 +64,24 @@ class LogitComparison:
 
 
 def per_token(result: dict[str, Any]) -> dict[str, float]:
-    """Per-generated-token figures from a TINYLLM_RESULT (prompt processing included in total)."""
-    n_tokens = max(len(result["tokens"]), 1)
+    """Mean figures of the decode steps (the steps that produced a token) of a TINYLLM_RESULT.
+
+    Prompt-only steps skip the lm_head, so they are left out; `prompt_us` reports them.
+    """
+    decode = [s for s in result["steps"] if "top" in s]
+    if not decode:
+        raise ValueError("result has no decode steps")
+
+    def mean(key: str) -> float:
+        return sum(s[key] for s in decode) / len(decode)
+
     return {
-        "tokens": len(result["tokens"]),
-        "tokens_per_s": len(result["tokens"]) / (result["total_us"] / 1e6) if result["total_us"] else 0.0,
-        "us_per_token": result["total_us"] / n_tokens,
-        "cycles_per_token": result["total_cycles"] / n_tokens,
-        "bytes_per_token": result["bytes_read"] / n_tokens,
-        "reads_per_token": result["read_calls"] / n_tokens,
+        "n_tokens": len(result["tokens"]),
+        "tokens_per_s": 1e6 / mean("us") if mean("us") else 0.0,
+        "us_per_token": mean("us"),
+        "cycles_per_token": mean("cycles"),
+        "bytes_per_token": mean("bytes"),
+        "reads_per_token": mean("reads"),
+        "prompt_us": sum(s["us"] for s in result["steps"] if "top" not in s),
         "peak_arena": result["peak_arena"],
     }

@@ -11,6 +11,7 @@ import numpy as np
 from harness import quant
 from harness.card import stage_card
 from harness.emulate import NumpyLlama
+from harness.errors import HarnessError
 from harness.export import SET_DIRS, file_tensors, load_hf_folder
 from harness.prompts import load_prompt_set
 from harness.reference import Reference
@@ -90,3 +91,107 @@ def reference_json(card: Path, prompt_set: str, int8: bool = False) -> dict[str,
         summary["int8_sequences_equal_float32"] = sum(d["tokens_equal_float32"] for d in int8_docs)
     doc["summary"] = summary
     return doc
+
+
+# --- the main job: export -> image -> build -> run -> compare -> report -----------------------
+
+def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...] = ("smoke", "edge"),
+            precisions: tuple[str, ...] = ("float32", "int8"), hf_folder: Path | None = None) -> dict[str, Any]:
+    """The whole chain on one target; returns the perf/accuracy record (also written as JSON)."""
+    from harness.compare import FLOAT32_MAX_ABS, LogitComparison, per_token
+    from harness.dut import TinyLLMDut
+    from harness.fatimage import build_image
+    from harness.prompts import Prompt
+    from harness.targets import get_target
+
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    exported = export_card(model, out / "card", prompt_sets[0], precisions, hf_folder=hf_folder)
+    timings["export_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    image = build_image(out / "card", out / "sd.img")
+    timings["image_s"] = time.perf_counter() - t0
+
+    target = get_target(target_name)
+    reason = target.unavailable()
+    if reason:
+        raise HarnessError(f"target {target_name} cannot run here: {reason}")
+    t0 = time.perf_counter()
+    binary = target.build()
+    timings["build_s"] = time.perf_counter() - t0
+    card = target.prepare_card(image.path, out)
+
+    weights32 = load_weight_set(card / SET_DIRS["float32"])
+    spec = weights32.spec
+    t0 = time.perf_counter()
+    ref = Reference(weights32)
+    prompts = [p for name in prompt_sets for p in load_prompt_set(name, spec)]
+    refs = {p: ref.run(p) for p in prompts}
+    timings["reference_s"] = time.perf_counter() - t0
+    ref_decode_s = sum(r.seconds for r in refs.values())
+    ref_tokens = sum(len(r.tokens) for r in refs.values())
+
+    record: dict[str, Any] = {
+        "model": spec.name, "target": target_name, "params": spec.n_params(),
+        "image": {"bytes": image.size, "sha256": image.sha256, "seconds": round(timings["image_s"], 3)},
+        "export": exported, "timings": timings,
+        "reference": {"tokens": ref_tokens, "tokens_per_s": ref_tokens / ref_decode_s if ref_decode_s else None,
+                      "min_margin": float(min(r.margins().min() for r in refs.values() if r.margins().size))},
+        "precisions": {}, "ok": True,
+    }
+    for precision in precisions:
+        emu = NumpyLlama(load_weight_set(card / SET_DIRS[precision])) if precision == "int8" else None
+        dut = TinyLLMDut(target.command(binary, card, precision), out / "logs" / f"{precision}.log",
+                         target=target_name, app_path=binary.parent)
+        rows, figures, logits, vs_float32 = [], [], LogitComparison(), LogitComparison()
+        try:
+            for prompt in prompts:
+                r = refs[prompt]
+                if emu is not None:
+                    expected, oracle_logits = emu.run(list(prompt.ids), prompt.n_new)
+                else:
+                    expected, oracle_logits = r.tokens, r.logits
+                result = dut.generate(prompt, timeout=3600).results[0]
+                figures.append(per_token(result))
+                forced = Prompt(prompt.name, tuple((list(prompt.ids) + expected)[:-1]), 1)
+                logits.add(dut.generate(forced, k=8, teacher_forced=True, timeout=3600).results[0]["steps"], oracle_logits)
+                if emu is not None:
+                    forced32 = Prompt(prompt.name, tuple((list(prompt.ids) + r.tokens)[:-1]), 1)
+                    vs_float32.add(dut.generate(forced32, teacher_forced=True, timeout=3600).results[0]["steps"], r.logits)
+                rows.append({"prompt": prompt.name, "n_prompt": len(prompt.ids), "tokens": result["tokens"],
+                             "expected": expected, "match": result["tokens"] == expected, **figures[-1]})
+            info = dut.boot.info or {}
+        finally:
+            dut.close()
+        tokens_ok = all(row["match"] for row in rows)
+        logits_ok = not logits.top1_mismatches and (
+            logits.max_abs <= FLOAT32_MAX_ABS if precision == "float32" else logits.max_abs == 0.0)
+        from harness import budgets
+
+        over = [problem for f in figures for problem in budgets.check(f, spec.name, precision, target_name)]
+        record["ok"] = record["ok"] and tokens_ok and logits_ok and not over
+        total_tokens = sum(f["n_tokens"] for f in figures)
+        entry: dict[str, Any] = {
+            "oracle": "HF PyTorch float32" if precision == "float32" else "int8 emulation (bit-exact)",
+            "tokens_match": tokens_ok, "logits": logits.to_json(), "logits_ok": logits_ok, "over_budget": over,
+            "tokens_per_s": total_tokens / sum(f["us_per_token"] * f["n_tokens"] / 1e6 for f in figures),
+            "bytes_per_token": max(f["bytes_per_token"] for f in figures),
+            "reads_per_token": max(f["reads_per_token"] for f in figures),
+            "cycles_per_token": sum(f["cycles_per_token"] for f in figures) / len(figures),
+            "peak_arena": max(f["peak_arena"] for f in figures),
+            "arena_budget": info.get("arena_budget"), "resident_bytes": info.get("resident_bytes"),
+            "prompts": rows, "log": str(out / "logs" / f"{precision}.log"),
+        }
+        if precision == "int8" and vs_float32.steps:
+            entry["top1_agreement_with_float32"] = 1 - len(vs_float32.top1_mismatches) / vs_float32.steps
+        if record["reference"]["tokens_per_s"]:
+            entry["speed_vs_reference"] = entry["tokens_per_s"] / record["reference"]["tokens_per_s"]
+        record["precisions"][precision] = entry
+    import json
+
+    (out / "perf.json").write_text(json.dumps(record, indent=1) + "\n")
+    from harness.report import write_report
+
+    record["report"] = str(write_report(record, out))
+    return record

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,8 @@ class Reference:
         validate_prompt(prompt, self.spec)
         start = time.perf_counter()
         tokens: list[int] = []
+        # transformers >= 5.2x names the KV cache `cache`; older releases `past_key_values`
+        cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         with torch.no_grad():
             if prompt.n_new > 0:
                 out = self.model(input_ids=torch.tensor([list(prompt.ids)]), use_cache=True)
@@ -114,8 +117,8 @@ class Reference:
                     token = int(torch.argmax(out.logits[0, -1]))  # first max = lowest id on ties
                     tokens.append(token)
                     if i + 1 < prompt.n_new:
-                        out = self.model(input_ids=torch.tensor([[token]]),
-                                         past_key_values=out.past_key_values, use_cache=True)
+                        out = self.model(input_ids=torch.tensor([[token]]), use_cache=True,
+                                         **{cache_arg: getattr(out, cache_arg)})
         greedy_seconds = time.perf_counter() - start
         seq = list(prompt.ids) + tokens
         if len(seq) < 2:  # one prompt token and nothing generated: no logits were needed

@@ -141,3 +141,21 @@ def test_int8_reads_a_quarter_of_float32(firmwares, target_name):
     i8 = firmwares.get(target_name, "micro", "int8").generate(prompt).results[0]
     ratio = i8["bytes_read"] / f32["bytes_read"]
     assert 0.25 <= ratio < 0.3, ratio  # one byte per weight plus one float scale per row
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("model", MODELS)
+def test_per_token_io_and_memory_within_budget(firmwares, request, record_property, target_name, model, precision):
+    """Bytes and read calls per token, and peak arena, against fixtures/budgets.json."""
+    from harness import budgets
+    from harness.compare import per_token
+
+    dut = _dut(firmwares, request, target_name, model, precision)
+    for prompt in load_prompt_set("smoke", firmwares.cards[model].spec):
+        figures = per_token(dut.generate(prompt, timeout=600).results[0])
+        record_property(f"{prompt.name}_per_token", figures)
+        assert budgets.check(figures, model, precision, target_name) == []
+        budget = budgets.load_budgets()["models"][model][precision]
+        # the budget is the design's exact cost: reading less would mean a skipped tensor
+        assert figures["bytes_per_token"] == budget["bytes_per_token"]
+        assert figures["reads_per_token"] == budget["reads_per_token"]

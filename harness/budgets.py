@@ -1,0 +1,25 @@
+"""Budgets (fixtures/budgets.json): deterministic per-token costs a run must stay within."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from harness import FIXTURES
+
+
+def load_budgets() -> dict[str, Any]:
+    return json.loads((FIXTURES / "budgets.json").read_text())
+
+
+def check(figures: dict[str, float], model: str, precision: str, target: str | None = None) -> list[str]:
+    """Over-budget findings for one run's per-token figures (empty when within budget)."""
+    budget = load_budgets()["models"].get(model, {}).get(precision, {})
+    problems = []
+    for key in ("bytes_per_token", "reads_per_token", "peak_arena"):
+        if key in budget and figures[key] > budget[key]:
+            problems.append(f"{model}/{precision}: {key} {figures[key]:.0f} > budget {budget[key]}")
+    cycles = budget.get("cycles_per_token", {}).get(target or "", None)
+    if cycles is not None and figures["cycles_per_token"] > cycles:
+        problems.append(f"{model}/{precision} on {target}: cycles_per_token {figures['cycles_per_token']:.0f} > {cycles}")
+    return problems

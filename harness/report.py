@@ -1,0 +1,103 @@
+"""The end-to-end report: Markdown + a PNG, from the perf record of `run_e2e`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# The seed's figures for the real board (ESP32-CAM), for context in the report.
+SEED = {
+    "float32": {"tokens_per_s": (0.1, 0.3), "peak_ram": 940 * 1024},
+    "int8": {"tokens_per_s": (0.5, 1.0), "peak_ram": 700 * 1024},
+    "seeks_per_token": 125,
+}
+
+
+def _plot(record: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    precisions = list(record["precisions"])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    speed = [record["precisions"][p]["tokens_per_s"] for p in precisions]
+    axes[0].bar(precisions, speed, color=["#4477aa", "#ee6677"][: len(precisions)])
+    for i, p in enumerate(precisions):
+        lo, hi = SEED[p]["tokens_per_s"]
+        axes[0].plot([i - 0.4, i + 0.4], [lo, lo], "k--", linewidth=1)
+        axes[0].plot([i - 0.4, i + 0.4], [hi, hi], "k--", linewidth=1)
+    axes[0].set_yscale("log")
+    axes[0].set_title(f"tokens/s on {record['target']} (dashed: seed's board range)")
+    mib = [record["precisions"][p]["bytes_per_token"] / 2**20 for p in precisions]
+    axes[1].bar(precisions, mib, color="#228833")
+    axes[1].set_title("MiB read from the card per token")
+    peak = [record["precisions"][p]["peak_arena"] / 1024 for p in precisions]
+    budget = (record["precisions"][precisions[0]].get("arena_budget") or 0) / 1024
+    axes[2].bar(precisions, peak, color="#ccbb44")
+    if budget:
+        axes[2].axhline(budget, color="k", linestyle="--", linewidth=1)
+    axes[2].set_title("peak arena KiB (dashed: budget)")
+    fig.suptitle(f"Tiny-LLM firmware: {record['model']} on {record['target']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(record: dict[str, Any], out: Path) -> Path:
+    lines = [
+        f"# Tiny-LLM end-to-end report: `{record['model']}` on `{record['target']}`",
+        "",
+        f"**Result: {'PASS' if record['ok'] else 'FAIL'}** — firmware tokens and logits against the PyTorch "
+        "reference (float32) and the bit-exact int8 emulation (int8).",
+        "",
+        f"- model: {record['model']}, {record['params']:,} parameters",
+        f"- SD image: {record['image']['bytes'] / 2**20:.0f} MiB FAT32, built in {record['image']['seconds']:.2f} s, "
+        f"sha256 `{record['image']['sha256'][:16]}…`",
+        f"- reference (HF LlamaForCausalLM, eager, float32): {record['reference']['tokens']} tokens, "
+        f"{record['reference']['tokens_per_s']:.1f} tokens/s, smallest top-1/top-2 margin "
+        f"{record['reference']['min_margin']:.4f}",
+        "",
+        "| precision | tokens match | logits vs oracle (max abs / NMSE) | tokens/s | × reference | MiB read/token "
+        "| reads/token | cycles/token | peak arena | int8 top-1 = float32 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for precision, e in record["precisions"].items():
+        agreement = e.get("top1_agreement_with_float32")
+        lines.append(
+            f"| {precision} | {'yes' if e['tokens_match'] else '**NO**'} | {e['logits']['max_abs']:.2e} / "
+            f"{e['logits']['nmse']:.1e} ({e['oracle']}) | {e['tokens_per_s']:.1f} | "
+            f"{e.get('speed_vs_reference', 0):.2f} | {e['bytes_per_token'] / 2**20:.2f} | {e['reads_per_token']:.0f} | "
+            f"{e['cycles_per_token']:.3g} | {e['peak_arena'] / 1024:.0f} KiB of {(e['arena_budget'] or 0) / 1024:.0f} | "
+            f"{'' if agreement is None else f'{agreement:.1%}'} |"
+        )
+    over = [problem for e in record["precisions"].values() for problem in e.get("over_budget", [])]
+    lines += ["", "Budgets (fixtures/budgets.json): " + ("all within" if not over else "**over**: " + "; ".join(over))]
+    lines += [
+        "",
+        f"Seed's figures for the real ESP32-CAM, for comparison: float32 {SEED['float32']['tokens_per_s'][0]}–"
+        f"{SEED['float32']['tokens_per_s'][1]} tokens/s, int8 {SEED['int8']['tokens_per_s'][0]}–"
+        f"{SEED['int8']['tokens_per_s'][1]} tokens/s, ~940 KB peak RAM, ~{SEED['seeks_per_token']} SD seeks per token. "
+        f"Timing on `{record['target']}` is the host's, not the board's; bytes, reads and arena are the same on every target.",
+        "",
+        "## Prompts",
+        "",
+        "| precision | prompt | prompt tokens | generated | match | µs/token |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for precision, e in record["precisions"].items():
+        for row in e["prompts"]:
+            lines.append(f"| {precision} | {row['prompt']} | {row['n_prompt']} | {' '.join(map(str, row['tokens']))} | "
+                         f"{'yes' if row['match'] else '**NO** expected ' + ' '.join(map(str, row['expected']))} | "
+                         f"{row['us_per_token']:.0f} |")
+    png = out / "perf.png"
+    if _plot(record, png):
+        lines += ["", f"![performance]({png.name})"]
+    lines += ["", "Firmware logs: " + ", ".join(f"`{e['log']}`" for e in record["precisions"].values()),
+              "Raw record: `perf.json`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

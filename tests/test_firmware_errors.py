@@ -1,0 +1,116 @@
+"""Bad input reaches the firmware: a clear TINYLLM_ERROR line naming the problem, the right exit
+code, never a crash or a hang. Start-up errors are fatal (exit 2); command errors are not
+(the firmware answers the next command, and exits 1 at the end)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.dut import TinyLLMDut
+from harness.prompts import Prompt, load_prompt_set
+
+F32 = "tinyllm_float32_weights"
+
+
+@pytest.fixture
+def broken_card(firmwares, target_name, tmp_path) -> Path:
+    card = tmp_path / "card"
+    shutil.copytree(firmwares.card(target_name, "micro"), card)
+    return card
+
+
+def _boot(firmwares, target_name, card: Path, request, precision="float32", extra=()) -> TinyLLMDut:
+    target = firmwares.target(target_name)
+    cmd = target.command(firmwares.binary(target_name), card, precision, "none", tuple(extra))
+    dut = TinyLLMDut(cmd, card.parent / "firmware.log", target=target_name, app_path=card.parent)
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    return dut
+
+
+def _fatal(dut: TinyLLMDut) -> tuple[str, str]:
+    dut.close()
+    assert dut.boot.exit_code == 2 and dut.exit_code == 2
+    assert len(dut.boot.errors) == 1
+    return dut.boot.errors[0].code, dut.boot.errors[0].message
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-4])
+
+
+@pytest.mark.parametrize(("damage", "code", "message"), [
+    (lambda c: (c / F32 / "q_proj.bin").unlink(), "E_FILE_MISSING", "q_proj.bin"),
+    (lambda c: _truncate(c / F32 / "k_proj.bin"), "E_FILE_SIZE", "k_proj.bin"),
+    (lambda c: (c / F32 / "model_config.json").write_text("{ not json"), "E_CONFIG", "model_config.json"),
+    (lambda c: shutil.rmtree(c / F32), "E_FILE_MISSING", "model_config.json"),
+])
+def test_bad_card_is_refused_at_start_up(firmwares, target_name, broken_card, request, damage, code, message):
+    damage(broken_card)
+    got_code, got_message = _fatal(_boot(firmwares, target_name, broken_card, request))
+    assert got_code == code and message in got_message
+
+
+def test_size_in_config_that_disagrees_with_the_shapes(firmwares, target_name, broken_card, request):
+    path = broken_card / F32 / "model_config.json"
+    config = json.loads(path.read_text())
+    config["config"]["intermediate_size"] += 1  # files are now the wrong size for the config
+    path.write_text(json.dumps(config))
+    code, message = _fatal(_boot(firmwares, target_name, broken_card, request))
+    assert code == "E_CONFIG" and "gate_proj.bin" in message
+
+
+def test_budget_too_small_is_a_clear_out_of_memory(firmwares, target_name, broken_card, request):
+    code, message = _fatal(_boot(firmwares, target_name, broken_card, request, extra=("--arena-bytes", "20000")))
+    assert code == "E_OOM" and "bytes" in message
+
+
+def test_bad_commands_are_answered_and_the_firmware_goes_on(firmwares, oracle, target_name, broken_card, request):
+    dut = _boot(firmwares, target_name, broken_card, request)
+    try:
+        cases = [
+            ("gen 1 512 7 n=2", "E_PROMPT", "512"),            # token id >= vocab (512)
+            ("gen 1 -3 n=2", "E_PROMPT", "-3"),
+            ("gen " + " ".join(["1"] * 120) + " n=10", "E_PROMPT", "128"),  # needs 129 positions
+            ("gen n=4", "E_PROMPT", ""),                        # no token ids
+            ("gen 1 2 k=9", "E_COMMAND", "k"),
+            ("launch 1 2", "E_COMMAND", "launch"),
+        ]
+        for line, code, needle in cases:
+            transcript = dut.command(line, timeout=30)
+            assert [e.code for e in transcript.errors] == [code], (line, transcript.errors)
+            assert needle in transcript.errors[0].message
+            assert not transcript.results
+        prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
+        assert dut.generate(prompt).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
+    finally:
+        dut.close()
+    assert dut.exit_code == 1  # some commands failed
+
+
+def test_verify_names_a_corrupt_file(firmwares, target_name, broken_card, request):
+    path = broken_card / F32 / "up_proj.bin"
+    data = bytearray(path.read_bytes())
+    data[1234] ^= 0x01
+    path.write_bytes(bytes(data))
+    dut = _boot(firmwares, target_name, broken_card, request)  # sizes are right: boots
+    try:
+        transcript = dut.command("verify", timeout=60)
+        assert [e.code for e in transcript.errors] == ["E_CHECKSUM"]
+        assert "up_proj.bin" in transcript.errors[0].message
+    finally:
+        dut.close()
+
+
+def test_verify_passes_on_a_good_card(firmwares, target_name, request):
+    dut = firmwares.get(target_name, "micro", "int8")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    assert dut.command("verify", timeout=60).errors == []
+
+
+def test_teacher_forced_command_syntax():
+    assert Prompt("x", (1, 5), 0).command(teacher_forced=True) == "gen 1 5 n=0 tf=1"
+    assert Prompt("x", (7,), 3).command(k=8) == "gen 7 n=3 k=8"
