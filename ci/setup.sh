@@ -9,7 +9,8 @@ SUDO=""
 APT_PACKAGES=(
   build-essential cmake pkg-config libcjson-dev   # linux target: host build of the C core
   mtools dosfstools                                # read back / fsck the FAT image
-  qemu-system-misc gcc-xtensa-lx106 picolibc-xtensa-lx106-elf   # xtensa-sim target
+  qemu-system-misc gcc-xtensa-lx106 picolibc-xtensa-lx106-elf   # xtensa-sim target ...
+  gcc-12-source dpkg-dev                          # ... its soft-float routines; cJSON's source
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -20,6 +21,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# xtensa-sim compiles cJSON from Debian's source package: that needs a deb-src entry.
+if ! grep -rqs "^Types:.*deb-src" /etc/apt/sources.list.d/ && ! grep -qs "^deb-src" /etc/apt/sources.list; then
+  src_list=/etc/apt/sources.list.d/tinyllm-deb-src.sources
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    # same mirrors and suites as the binary packages, source type
+    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources | $SUDO tee "$src_list" >/dev/null
+  else
+    grep -h "^deb " /etc/apt/sources.list 2>/dev/null | sed 's/^deb /deb-src /' | $SUDO tee "${src_list%.sources}.list" >/dev/null
+  fi
+  $SUDO apt-get update -qq
+fi
+bash "$here/ci/fetch-cjson-source.sh" || echo "ci/setup.sh: could not fetch cJSON's source; the xtensa-sim tests will be skipped"
 
 PY=${PYTHON:-python3}
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.

@@ -22,4 +22,18 @@ def check(figures: dict[str, float], model: str, precision: str, target: str | N
     cycles = budget.get("cycles_per_token", {}).get(target or "", None)
     if cycles is not None and figures["cycles_per_token"] > cycles:
         problems.append(f"{model}/{precision} on {target}: cycles_per_token {figures['cycles_per_token']:.0f} > {cycles}")
+    per_prompt = budget.get("cycles_per_prompt_step", {}).get(target or "", None)
+    if per_prompt is not None and figures.get("cycles_per_prompt_step", 0) > per_prompt:
+        problems.append(f"{model}/{precision} on {target}: cycles_per_prompt_step "
+                        f"{figures['cycles_per_prompt_step']:.0f} > {per_prompt}")
     return problems
+
+
+def estimated_cycles(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int) -> float | None:
+    """Cost of a run from the cycle budgets (None where the target has none, e.g. linux)."""
+    budget = load_budgets()["models"].get(model, {}).get(precision, {})
+    per_token = budget.get("cycles_per_token", {}).get(target)
+    per_prompt = budget.get("cycles_per_prompt_step", {}).get(target)
+    if per_token is None or per_prompt is None:
+        return None
+    return prompt_steps * per_prompt + decode_steps * per_token

@@ -83,5 +83,7 @@ def per_token(result: dict[str, Any]) -> dict[str, float]:
         "bytes_per_token": mean("bytes"),
         "reads_per_token": mean("reads"),
         "prompt_us": sum(s["us"] for s in result["steps"] if "top" not in s),
+        "cycles_per_prompt_step": (sum(s["cycles"] for s in prompt) / len(prompt)) if (prompt := [
+            s for s in result["steps"] if "top" not in s]) else 0.0,
         "peak_arena": result["peak_arena"],
     }

@@ -2,10 +2,18 @@
 
 linux: the portable core + the POSIX port, built with the host compiler (CMake); it reads the
 weight files that mtools extracted from the FAT image.
+
+xtensa-sim: the same core cross-compiled with Debian's gcc-xtensa-lx106 + picolibc and booted
+bare metal in Debian's `qemu-system-xtensa -M sim -cpu lx106`; console, files and exit go
+through semihosting. pytest-embedded's `qemu` service is not used for it: that service always
+appends `-drive file=...,if=mtd` (an ESP flash image), which the sim machine rejects, and it
+has no notion of a semihosted ELF. The target starts QEMU itself and the process runs under
+the same pytest-embedded `Dut` as the linux binary (harness/dut.py).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -63,7 +71,87 @@ class LinuxTarget:
         return [str(binary), "--card", str(card), "--precision", precision, *prompt_args, *extra]
 
 
-def get_target(name: str, sanitize: bool = False) -> LinuxTarget:
+def _run_steps(name: str, steps: list[list[str]]) -> None:
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise HarnessError(f"{name} build failed: {' '.join(step)}\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+
+
+@dataclass(frozen=True)
+class XtensaSimTarget:
+    """QEMU `-M sim -cpu lx106`, RAM sized like the ESP32-CAM's: 4 MiB PSRAM + 512 KiB SRAM."""
+
+    name: str = "xtensa-sim"
+    sanitize: bool = False  # no sanitizers on bare metal
+    ram: str = "4608K"
+    # -icount shift=0: 1 ns of virtual time per instruction; sleep=off: virtual time never
+    # follows the host clock, so CCOUNT (and every cycle figure) is the same on every run.
+    icount: str = "shift=0,sleep=off,align=off"
+
+    @property
+    def build_dir(self) -> Path:
+        return BUILD / "firmware" / "xtensa-sim"
+
+    def unavailable(self) -> str | None:
+        for tool, package in (("qemu-system-xtensa", "qemu-system-misc"), ("xtensa-lx106-elf-gcc", "gcc-xtensa-lx106"),
+                              ("cmake", "cmake"), ("mcopy", "mtools")):
+            if shutil.which(tool) is None:
+                return f"{tool} not found (apt-get install {package}; ci/setup.sh does)"
+        if not Path("/usr/lib/xtensa-lx106-elf/picolibc.specs").exists():
+            return "picolibc for lx106 not installed (apt-get install picolibc-xtensa-lx106-elf)"
+        if not list(Path("/usr/src/gcc-12").glob("gcc-*.tar.xz")):
+            return "GCC sources for the lx106 soft-float routines missing (apt-get install gcc-12-source)"
+        if not (CJSON_SOURCE / "cJSON.c").exists() and shutil.which("dpkg-source") is None:
+            return "cJSON sources missing and dpkg-dev not installed (run ci/setup.sh)"
+        return None
+
+    def build(self) -> Path:
+        if not (CJSON_SOURCE / "cJSON.c").exists():
+            _run_steps(self.name, [["bash", str(REPO_ROOT / "ci" / "fetch-cjson-source.sh")]])
+        source = FIRMWARE / "ports" / "xtensa-sim"
+        _run_steps(self.name, [
+            ["cmake", "-S", str(source), "-B", str(self.build_dir), f"-DCMAKE_TOOLCHAIN_FILE={source / 'toolchain-lx106.cmake'}",
+             f"-DCJSON_SOURCE_DIR={CJSON_SOURCE}"],
+            ["cmake", "--build", str(self.build_dir), "-j2"],
+        ])
+        elf = self.build_dir / "tinyllm.elf"
+        if not elf.is_file():
+            raise HarnessError(f"xtensa-sim build produced no {elf}")
+        return elf
+
+    def prepare_card(self, image: Path, work: Path) -> Path:
+        """Semihosting reads host files: the image's files, extracted with mtools."""
+        return extract_image(image, work / "card-from-image")
+
+    def command(self, binary: Path, card: Path, precision: str, prompts: str = "none",
+                extra: tuple[str, ...] = ()) -> list[str]:
+        if prompts not in ("none", "card"):
+            raise HarnessError("xtensa-sim runs the card's prompts.txt ('card') or none; host prompt files are linux-only")
+        args = ["tinyllm", "--card", str(card), "--precision", precision, "--prompts", prompts, *extra]
+        semihosting = "enable=on," + ",".join("arg=" + a.replace(",", ",,") for a in args)  # QEMU escapes ',' as ',,'
+        return ["qemu-system-xtensa", "-M", "sim", "-cpu", "lx106", "-m", self.ram, "-nographic", "-monitor", "none",
+                "-serial", "none", "-icount", self.icount, "-semihosting-config", semihosting, "-kernel", str(binary)]
+
+    def static_ram(self, binary: Path) -> dict[str, int]:
+        """RAM the image itself takes besides the arena: code, data, bss (with the cJSON heap), stack."""
+        out = subprocess.run(["xtensa-lx106-elf-size", "-A", str(binary)], capture_output=True, text=True,
+                             check=True, env={**os.environ, "LC_ALL": "C"}).stdout
+        sizes = {parts[0]: int(parts[1]) for parts in (line.split() for line in out.splitlines()) if len(parts) >= 3
+                 and parts[1].isdigit()}
+        image = sum(v for k, v in sizes.items() if k in (".vectors", ".text", ".rodata", ".data", ".bss", ".heap"))
+        return {"image_and_heap": image, "stack": 32 * 1024}
+
+
+CJSON_SOURCE = BUILD / "third_party" / "cjson"
+Target = LinuxTarget | XtensaSimTarget
+
+
+def get_target(name: str, sanitize: bool = False) -> Target:
     if name == "linux":
         return LinuxTarget(sanitize=sanitize)
-    raise HarnessError(f"target {name!r} is not implemented yet (available: linux)")
+    if name == "xtensa-sim":
+        if sanitize:
+            raise HarnessError("xtensa-sim has no sanitizer build (bare metal); use --target linux")
+        return XtensaSimTarget()
+    raise HarnessError(f"target {name!r} is not available from this harness (choose linux or xtensa-sim)")

@@ -51,7 +51,7 @@ def cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Card]:
 # --- firmware targets -------------------------------------------------------------------------
 # `--target` is pytest-embedded's option (default "auto" = every target this suite implements;
 # one that cannot run on this machine is skipped with the reason).
-IMPLEMENTED_TARGETS = ("linux",)
+IMPLEMENTED_TARGETS = ("linux", "xtensa-sim")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -110,6 +110,7 @@ class Firmwares:
         self.duts: dict[tuple, object] = {}
         self.binaries: dict[tuple, Path] = {}
         self.card_dirs: dict[tuple, Path] = {}
+        self.transcripts: dict[tuple, object] = {}
 
     def target(self, name: str, sanitize: bool = False):
         from harness.targets import get_target
@@ -144,6 +145,15 @@ class Firmwares:
         cmd = self.command(name, model, precision, sanitize, prompts, extra)
         log = self.root / "logs" / name / f"{log_name or f'{model}-{precision}'}{'-asan' if sanitize else ''}.log"
         return TinyLLMDut(cmd, log, target=name, app_path=self.binary(name, sanitize).parent)
+
+    def run(self, name: str, model: str, precision: str, prompt, k: int = 2):
+        """One greedy generation on the session's firmware, memoized: the firmware is
+        deterministic (test_two_boots_give_identical_results), so tests that need the same
+        run share it instead of paying for it again on an emulated target."""
+        key = (name, model, precision, prompt, k)
+        if key not in self.transcripts:
+            self.transcripts[key] = self.get(name, model, precision).generate(prompt, k=k, timeout=1800)
+        return self.transcripts[key]
 
     def get(self, name: str, model: str, precision: str, sanitize: bool = False):
         key = (name, model, precision, sanitize)

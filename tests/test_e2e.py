@@ -1,17 +1,26 @@
 """End to end: the firmware, booted on a target, against the PyTorch reference and the int8
-emulation. `pytest --target linux` (pytest-embedded's option) picks the target."""
+emulation. `pytest --target linux` / `--target xtensa-sim` (pytest-embedded's option) picks
+the target; by default every target this machine can run."""
 
 from __future__ import annotations
 
+import json
+
+import pexpect
 import pytest
 
-from harness import protocol
-from harness.compare import FLOAT32_MAX_ABS, FLOAT32_NMSE, INT8_MAX_ABS, LogitComparison
+from harness import FIXTURES, budgets, protocol
+from harness.compare import FLOAT32_MAX_ABS, FLOAT32_NMSE, INT8_MAX_ABS, LogitComparison, per_token
 from harness.prompts import Prompt, load_prompt_set
 
 MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
 PRECISIONS = ["float32", "int8"]
 PROMPT_SETS = ["smoke", "edge"]
+PROMPTS = [f"{s}/{p['name']}" for s in PROMPT_SETS
+           for p in json.loads((FIXTURES / "prompts" / f"{s}.json").read_text())["prompts"]]
+# One test case on an emulated target may execute at most this many instructions (~1 minute
+# of QEMU on one core); costlier cases are skipped there with their estimate and run on linux.
+MAX_CASE_CYCLES = 3e10
 
 
 def _dut(firmwares, request, target_name, model, precision, sanitize=False):
@@ -20,57 +29,75 @@ def _dut(firmwares, request, target_name, model, precision, sanitize=False):
     return dut
 
 
+def _prompt(firmwares, model, name):
+    set_name, prompt_name = name.split("/")
+    return next(p for p in load_prompt_set(set_name, firmwares.cards[model].spec) if p.name == prompt_name)
+
+
+def _skip_if_too_costly(target_name, model, precision, prompts, teacher_forced=False):
+    prompt_steps = sum(len(p.ids) - 1 for p in prompts) if not teacher_forced else 0
+    decode_steps = sum(p.n_new for p in prompts) + (sum(len(p.ids) - 1 for p in prompts) if teacher_forced else 0)
+    cost = budgets.estimated_cycles(model, precision, target_name, prompt_steps, decode_steps)
+    if cost is not None and cost > MAX_CASE_CYCLES:
+        pytest.skip(f"{target_name}: ~{cost / 1e9:.0f} G instructions ({model} {precision}, soft-float on lx106) exceeds "
+                    f"this suite's {MAX_CASE_CYCLES / 1e9:.0f} G per case; the linux target runs it")
+
+
 def _expected_tokens(oracle, model, precision, prompt):
     if precision == "float32":
         return oracle.float32(model, prompt).tokens
     return oracle.int8(model, prompt)[0]
 
 
+@pytest.mark.parametrize("prompt_name", PROMPTS)
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("model", MODELS)
+def test_greedy_tokens_match(firmwares, oracle, request, target_name, model, precision, prompt_name):
+    """float32: identical to HF PyTorch; int8: identical to the int8 emulation."""
+    prompt = _prompt(firmwares, model, prompt_name)
+    _skip_if_too_costly(target_name, model, precision, [prompt])
+    _dut(firmwares, request, target_name, model, precision)
+    transcript = firmwares.run(target_name, model, precision, prompt)
+    assert not transcript.errors, transcript.errors
+    protocol.check_human_lines(transcript)
+    result = transcript.results[0]
+    assert result["precision"] == precision
+    assert result["prompt"] == list(prompt.ids)
+    assert result["tokens"] == _expected_tokens(oracle, model, precision, prompt)
+    assert len(result["steps"]) == len(prompt.ids) + prompt.n_new - 1
+    assert result["peak_arena"] <= result["arena_budget"]
+
+
 @pytest.mark.parametrize("prompt_set", PROMPT_SETS)
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("model", MODELS)
-def test_greedy_tokens_match(firmwares, oracle, request, target_name, model, precision, prompt_set):
-    """float32: identical to HF PyTorch; int8: identical to the int8 emulation."""
-    dut = _dut(firmwares, request, target_name, model, precision)
-    for prompt in load_prompt_set(prompt_set, firmwares.cards[model].spec):
-        transcript = dut.generate(prompt, timeout=600)
-        assert not transcript.errors, transcript.errors
-        protocol.check_human_lines(transcript)
-        result = transcript.results[0]
-        assert result["precision"] == precision
-        assert result["prompt"] == list(prompt.ids)
-        assert result["tokens"] == _expected_tokens(oracle, model, precision, prompt), prompt.name
-        assert len(result["steps"]) == len(prompt.ids) + prompt.n_new - 1
-        assert result["peak_arena"] <= result["arena_budget"]
-
-
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("model", MODELS)
 def test_teacher_forced_logits_within_tolerance(firmwares, oracle, request, record_property,
-                                               target_name, model, precision):
+                                               target_name, model, precision, prompt_set):
+    prompts = load_prompt_set(prompt_set, firmwares.cards[model].spec)
+    _skip_if_too_costly(target_name, model, precision,
+                        [Prompt(p.name, p.ids + (0,) * p.n_new, 0) for p in prompts], teacher_forced=True)
     dut = _dut(firmwares, request, target_name, model, precision)
     fw_vs_oracle, int8_vs_float32 = LogitComparison(), LogitComparison()
-    for prompt_set in PROMPT_SETS:
-        for prompt in load_prompt_set(prompt_set, firmwares.cards[model].spec):
-            ref = oracle.float32(model, prompt)
-            if precision == "float32":
-                sequence, oracle_logits = list(prompt.ids) + ref.tokens, ref.logits
-            else:
-                tokens, oracle_logits = oracle.int8(model, prompt)
-                sequence = list(prompt.ids) + tokens
-            forced = Prompt(prompt.name + "-tf", tuple(sequence[:-1]), 1)
-            transcript = dut.generate(forced, k=8, teacher_forced=True, timeout=600)
-            assert not transcript.errors, transcript.errors
-            steps = transcript.results[0]["steps"]
-            assert all("top" in s for s in steps) and len(steps) == len(oracle_logits)
-            fw_vs_oracle.add(steps, oracle_logits)
-            if precision == "int8":
-                # along the float32 sequence: does int8 pick float32's token? (measured, reported)
-                forced32 = Prompt(prompt.name + "-tf32", tuple((list(prompt.ids) + ref.tokens)[:-1]), 1)
-                int8_vs_float32.add(dut.generate(forced32, k=2, teacher_forced=True, timeout=600).results[0]["steps"],
-                                    ref.logits)
+    for prompt in prompts:
+        ref = oracle.float32(model, prompt)
+        if precision == "float32":
+            sequence, oracle_logits = list(prompt.ids) + ref.tokens, ref.logits
+        else:
+            tokens, oracle_logits = oracle.int8(model, prompt)
+            sequence = list(prompt.ids) + tokens
+        forced = Prompt(prompt.name + "-tf", tuple(sequence[:-1]), 1)
+        transcript = dut.generate(forced, k=8, teacher_forced=True, timeout=600)
+        assert not transcript.errors, transcript.errors
+        steps = transcript.results[0]["steps"]
+        assert all("top" in s for s in steps) and len(steps) == len(oracle_logits)
+        fw_vs_oracle.add(steps, oracle_logits)
+        if precision == "int8":
+            # along the float32 sequence: does int8 pick float32's token? (measured, reported)
+            forced32 = Prompt(prompt.name + "-tf32", tuple((list(prompt.ids) + ref.tokens)[:-1]), 1)
+            int8_vs_float32.add(dut.generate(forced32, k=2, teacher_forced=True, timeout=600).results[0]["steps"],
+                                ref.logits)
     record_property("logits_vs_oracle", fw_vs_oracle.to_json())
-    print(f"{target_name}/{model}/{precision}: {fw_vs_oracle.to_json()}")
+    print(f"{target_name}/{model}/{precision}/{prompt_set}: {fw_vs_oracle.to_json()}")
     assert fw_vs_oracle.top1_mismatches == []
     if precision == "float32":
         assert fw_vs_oracle.max_abs <= FLOAT32_MAX_ABS
@@ -79,7 +106,7 @@ def test_teacher_forced_logits_within_tolerance(firmwares, oracle, request, reco
         assert fw_vs_oracle.max_abs == INT8_MAX_ABS, [i for i, e in enumerate(fw_vs_oracle.step_errors) if e]
         agreement = 1 - len(int8_vs_float32.top1_mismatches) / int8_vs_float32.steps
         record_property("int8_top1_agreement_with_float32", agreement)
-        print(f"{target_name}/{model}: int8 firmware top-1 agreement with float32 = {agreement:.3f} "
+        print(f"{target_name}/{model}/{prompt_set}: int8 firmware top-1 agreement with float32 = {agreement:.3f} "
               f"over {int8_vs_float32.steps} teacher-forced steps")
         assert agreement > 0.85
 
@@ -88,10 +115,11 @@ def test_teacher_forced_logits_within_tolerance(firmwares, oracle, request, reco
 def test_boot_time_prompt_file(firmwares, oracle, request, target_name, model):
     """The card's prompts.txt runs unattended at boot; every line gives a result."""
     spec = firmwares.cards[model].spec
+    prompts = load_prompt_set("smoke", spec)
+    _skip_if_too_costly(target_name, model, "float32", prompts)
     dut = firmwares.start(target_name, model, "float32", prompts="card", log_name=f"{model}-boot-prompts")
     request.node.user_properties.append(("firmware_log", dut.logfile))
     try:
-        prompts = load_prompt_set("smoke", spec)
         assert dut.boot.info is not None and dut.boot.info["precision"] == "float32"
         runs = [dut.read_until_ready(timeout=600) for _ in prompts]  # one READY after each line
         assert [t.results[0]["tokens"] for t in runs] == [oracle.float32(model, p).tokens for p in prompts]
@@ -103,7 +131,7 @@ def test_boot_time_prompt_file(firmwares, oracle, request, target_name, model):
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_sanitizer_build_runs_micro_clean(firmwares, oracle, request, target_name, precision):
     if target_name != "linux":
-        pytest.skip("ASan/UBSan builds exist for the linux target only")
+        pytest.skip(f"ASan/UBSan builds exist for the linux target only, not {target_name}")
     dut = firmwares.start(target_name, "micro", precision, sanitize=True, log_name=f"micro-{precision}")
     request.node.user_properties.append(("firmware_log", dut.logfile))
     try:
@@ -137,25 +165,58 @@ def test_resident_and_streamed_weights_agree(firmwares, request, target_name):
 
 def test_int8_reads_a_quarter_of_float32(firmwares, target_name):
     prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[0]
-    f32 = firmwares.get(target_name, "micro", "float32").generate(prompt).results[0]
-    i8 = firmwares.get(target_name, "micro", "int8").generate(prompt).results[0]
+    f32 = firmwares.run(target_name, "micro", "float32", prompt).results[0]
+    i8 = firmwares.run(target_name, "micro", "int8", prompt).results[0]
     ratio = i8["bytes_read"] / f32["bytes_read"]
     assert 0.25 <= ratio < 0.3, ratio  # one byte per weight plus one float scale per row
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("model", MODELS)
-def test_per_token_io_and_memory_within_budget(firmwares, request, record_property, target_name, model, precision):
-    """Bytes and read calls per token, and peak arena, against fixtures/budgets.json."""
-    from harness import budgets
-    from harness.compare import per_token
-
-    dut = _dut(firmwares, request, target_name, model, precision)
-    for prompt in load_prompt_set("smoke", firmwares.cards[model].spec):
-        figures = per_token(dut.generate(prompt, timeout=600).results[0])
+def test_per_token_io_memory_and_cycles_within_budget(firmwares, request, record_property, target_name, model, precision):
+    """Bytes and read calls per token, peak arena, and (xtensa-sim) instructions per token,
+    against fixtures/budgets.json."""
+    prompts = load_prompt_set("smoke", firmwares.cards[model].spec)
+    _skip_if_too_costly(target_name, model, precision, prompts)
+    _dut(firmwares, request, target_name, model, precision)
+    budget = budgets.load_budgets()["models"][model][precision]
+    for prompt in prompts:
+        figures = per_token(firmwares.run(target_name, model, precision, prompt).results[0])
         record_property(f"{prompt.name}_per_token", figures)
+        print(f"{target_name}/{model}/{precision}/{prompt.name}: {figures}")
         assert budgets.check(figures, model, precision, target_name) == []
-        budget = budgets.load_budgets()["models"][model][precision]
-        # the budget is the design's exact cost: reading less would mean a skipped tensor
+        # the I/O budget is the design's exact cost: reading less would mean a skipped tensor
         assert figures["bytes_per_token"] == budget["bytes_per_token"]
         assert figures["reads_per_token"] == budget["reads_per_token"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_two_boots_give_identical_results(firmwares, request, target_name, precision):
+    """Same tokens and logits on every run; on xtensa-sim (QEMU -icount) the same cycle counts too."""
+    prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
+    runs = []
+    for i in range(2):
+        dut = firmwares.start(target_name, "micro", precision, log_name=f"micro-{precision}-determinism-{i}")
+        request.node.user_properties.append(("firmware_log", dut.logfile))
+        try:
+            runs.append(dut.generate(prompt, k=8).results[0])
+        finally:
+            dut.close()
+    assert runs[0]["tokens"] == runs[1]["tokens"]
+    assert [s.get("top") for s in runs[0]["steps"]] == [s.get("top") for s in runs[1]["steps"]]
+    assert runs[0]["bytes_read"] == runs[1]["bytes_read"] and runs[0]["read_calls"] == runs[1]["read_calls"]
+    if target_name == "xtensa-sim":
+        assert [s["cycles"] for s in runs[0]["steps"]] == [s["cycles"] for s in runs[1]["steps"]]
+        assert runs[0]["total_cycles"] == runs[1]["total_cycles"]
+
+
+def test_a_hung_command_times_out_with_the_log(firmwares, request, target_name):
+    """A command that does not finish in time raises pexpect's TIMEOUT naming the full log; the
+    firmware is then stopped (killed if needed), never left running."""
+    dut = firmwares.start(target_name, "micro", "float32", log_name="micro-timeout")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    long_prompt = Prompt("long", tuple([1] * 100), 28)  # ~130 steps with logits at every one
+    with pytest.raises(pexpect.TIMEOUT, match="Please check the full log here"):
+        dut.generate(long_prompt, k=8, teacher_forced=True, timeout=0.001)
+    dut.close()
+    assert not dut.alive

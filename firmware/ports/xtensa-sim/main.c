@@ -1,0 +1,299 @@
+/*
+ * xtensa-sim port: the portable core, bare metal on QEMU `-M sim -cpu lx106`.
+ *
+ * Everything the core needs from a platform comes through Xtensa ISS semihosting
+ * (`simcall`): the console is the host's stdin/stdout, the card is a host folder (the
+ * files mtools extracted from the FAT image), and exit ends QEMU with our exit code.
+ * Arguments come from `-semihosting-config enable=on,arg=...`:
+ *
+ *   tinyllm --card DIR [--precision float32|int8] [--prompts card|none]
+ *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]
+ *
+ * Cycles: under `-icount shift=0,sleep=off` QEMU advances virtual time by 1 ns per
+ * executed instruction and CCOUNT ticks at the core's clock, so CCOUNT is
+ * deterministic. It is reported scaled to executed instructions (the scale is
+ * measured at start-up on a loop of known length): "cycles" on this target are the
+ * instructions of an ideal one-instruction-per-cycle core, and "us" is virtual time.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tinyllm/tinyllm.h"
+
+/* Board budget: 4 MiB PSRAM + 256 KiB internal RAM, as on the linux target. */
+#define DEFAULT_ARENA_BYTES 4456448u
+#define LINE_MAX_BYTES 16384u /* a full-context prompt is ~6 KB of ids */
+
+enum { SYS_EXIT = 1, SYS_READ = 3, SYS_WRITE = 4, SYS_OPEN = 5, SYS_CLOSE = 6, SYS_LSEEK = 19,
+       SYS_ARGC = 1000, SYS_ARGV_SZ = 1001, SYS_ARGV = 1002 };
+
+long tl_sim_simcall(long nr, long a, long b, long c);
+void tl_sim_spin(unsigned n);
+uint32_t tl_sim_ccount(void);
+
+extern char __bss_start[], __bss_end[], __arena_start[], __arena_end[];
+
+/* ---- console and exit ------------------------------------------------------------ */
+
+static void sim_write_all(const char *s, size_t n)
+{
+    while (n > 0) {
+        long w = tl_sim_simcall(SYS_WRITE, 1, (long)s, (long)n);
+        if (w <= 0) return;
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+static void sim_puts(const char *s) { sim_write_all(s, strlen(s)); }
+
+static _Noreturn void sim_exit(int code)
+{
+    for (;;) tl_sim_simcall(SYS_EXIT, code, 0, 0);
+}
+
+/* Called from the exception vectors (startup.S): a fault is an error line, not a hang. */
+_Noreturn void tl_sim_fatal(long vector, long cause, long pc, long vaddr)
+{
+    static const char *const names[] = {"user", "kernel", "debug/level-2", "NMI", "double"};
+    char msg[160];
+    snprintf(msg, sizeof msg, "TINYLLM_ERROR E_CRASH %s exception: cause %ld at pc 0x%08lx (address 0x%08lx)\n",
+             vector >= 0 && vector < 5 ? names[vector] : "?", cause, (unsigned long)pc, (unsigned long)vaddr);
+    sim_puts(msg);
+    sim_puts("TINYLLM_EXIT 3\n");
+    sim_exit(3);
+}
+
+/* ---- clock: 64-bit CCOUNT, scaled to instructions --------------------------------- */
+
+static uint64_t ticks_total;
+static uint32_t ticks_last;
+static uint32_t insns_per_tick = 1;
+
+static uint64_t sim_ticks(void)
+{
+    uint32_t now = tl_sim_ccount();
+    ticks_total += (uint32_t)(now - ticks_last); /* called often enough never to miss a wrap */
+    ticks_last = now;
+    return ticks_total;
+}
+
+static void calibrate_clock(void)
+{
+    enum { LOOPS = 100000 };
+    uint32_t t0 = tl_sim_ccount();
+    tl_sim_spin(LOOPS);
+    uint32_t ticks = tl_sim_ccount() - t0;
+    insns_per_tick = ticks ? (uint32_t)((2u * LOOPS + ticks / 2) / ticks) : 1u;
+    if (insns_per_tick == 0) insns_per_tick = 1;
+    ticks_last = tl_sim_ccount();
+}
+
+static uint64_t sim_cycles(void *ctx)
+{
+    (void)ctx;
+    return sim_ticks() * insns_per_tick;
+}
+
+static uint64_t sim_time_us(void *ctx) { return sim_cycles(ctx) / 1000u; } /* 1 ns per instruction */
+
+/* ---- storage: host files through semihosting -------------------------------------- */
+
+typedef struct sim_port {
+    const char *card_dir;
+} sim_port;
+
+static int32_t sim_open(void *ctx, const char *path)
+{
+    const sim_port *p = (const sim_port *)ctx;
+    char full[512];
+    int n = snprintf(full, sizeof full, "%s/%s", p->card_dir, path);
+    if (n < 0 || (size_t)n >= sizeof full) return -1;
+    long fd = tl_sim_simcall(SYS_OPEN, (long)full, 0 /* O_RDONLY */, 0);
+    return fd < 0 ? -1 : (int32_t)fd;
+}
+
+static int64_t sim_size(void *ctx, int32_t h)
+{
+    (void)ctx;
+    long end = tl_sim_simcall(SYS_LSEEK, h, 0, 2 /* SEEK_END */);
+    return end < 0 ? -1 : (int64_t)end;
+}
+
+static int64_t sim_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, size_t n)
+{
+    (void)ctx;
+    sim_ticks(); /* keep the 64-bit cycle count current between long compute phases */
+    if (offset > 0x7fffffffu) return -1; /* semihosting lseek takes a 32-bit offset */
+    if (tl_sim_simcall(SYS_LSEEK, h, (long)offset, 0 /* SEEK_SET */) != (long)offset) return -1;
+    size_t done = 0;
+    while (done < n) {
+        long got = tl_sim_simcall(SYS_READ, h, (long)((char *)buf + done), (long)(n - done));
+        if (got < 0) return -1;
+        if (got == 0) break;
+        done += (size_t)got;
+    }
+    return (int64_t)done;
+}
+
+static void sim_close(void *ctx, int32_t h)
+{
+    (void)ctx;
+    tl_sim_simcall(SYS_CLOSE, h, 0, 0);
+}
+
+static void sim_console(void *ctx, const char *text, size_t n)
+{
+    (void)ctx;
+    sim_write_all(text, n);
+}
+
+/* ---- arguments ---------------------------------------------------------------------- */
+
+static char argv_buf[1024];
+
+static int sim_args(char ***argv_out)
+{
+    long argc = tl_sim_simcall(SYS_ARGC, 0, 0, 0);
+    long size = tl_sim_simcall(SYS_ARGV_SZ, 0, 0, 0);
+    if (argc <= 0 || size <= 0 || (size_t)size > sizeof argv_buf) return 0;
+    tl_sim_simcall(SYS_ARGV, (long)argv_buf, 0, 0); /* pointer table, then the strings */
+    *argv_out = (char **)(void *)argv_buf;
+    return (int)argc;
+}
+
+static int parse_count(const char *s, unsigned long max, unsigned long *out)
+{
+    char *end;
+    if (!s || !*s || *s == '-') return -1;
+    unsigned long v = strtoul(s, &end, 10);
+    if (*end || v > max) return -1;
+    *out = v;
+    return 0;
+}
+
+/* ---- console input: whole lines from semihosting reads of fd 0 --------------------- */
+
+static char line_buf[LINE_MAX_BYTES + 1];
+static size_t line_len;
+
+/* Returns a line without its '\n', or NULL at end of input. Over-long lines are cut
+ * at LINE_MAX_BYTES (the engine then reports a bad command). */
+static char *read_line(void)
+{
+    static size_t consumed;
+    if (consumed) {
+        memmove(line_buf, line_buf + consumed, line_len - consumed);
+        line_len -= consumed;
+        consumed = 0;
+    }
+    for (;;) {
+        char *nl = memchr(line_buf, '\n', line_len);
+        if (nl) {
+            *nl = '\0';
+            consumed = (size_t)(nl - line_buf) + 1;
+            return line_buf;
+        }
+        if (line_len == LINE_MAX_BYTES) { /* no newline in a full buffer */
+            line_buf[line_len] = '\0';
+            consumed = line_len;
+            return line_buf;
+        }
+        long got = tl_sim_simcall(SYS_READ, 0, (long)(line_buf + line_len), (long)(LINE_MAX_BYTES - line_len));
+        if (got <= 0) {
+            if (line_len == 0) return NULL;
+            line_buf[line_len] = '\0';
+            consumed = line_len;
+            return line_buf;
+        }
+        line_len += (size_t)got;
+    }
+}
+
+static _Noreturn void usage_exit(const char *bad)
+{
+    char msg[600];
+    snprintf(msg, sizeof msg,
+             "TINYLLM_ERROR E_COMMAND bad argument '%s': usage tinyllm --card DIR [--precision float32|int8] "
+             "[--prompts card|none] [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]\n",
+             bad);
+    sim_puts(msg);
+    sim_puts("TINYLLM_EXIT 2\n");
+    sim_exit(2);
+}
+
+static int run(void)
+{
+    char **argv = NULL;
+    int argc = sim_args(&argv);
+    const char *card = NULL, *precision = "float32", *prompts = "card";
+    unsigned long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0;
+    int no_resident = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--card") == 0 && val) card = argv[++i];
+        else if (strcmp(a, "--precision") == 0 && val) precision = argv[++i];
+        else if (strcmp(a, "--prompts") == 0 && val) prompts = argv[++i];
+        else if (strcmp(a, "--arena-bytes") == 0 && !parse_count(val, 0x7fffffffUL, &arena_bytes)) i++;
+        else if (strcmp(a, "--context") == 0 && !parse_count(val, 1UL << 24, &context)) i++;
+        else if (strcmp(a, "--chunk-rows") == 0 && !parse_count(val, 1UL << 24, &chunk_rows)) i++;
+        else if (strcmp(a, "--no-resident") == 0) no_resident = 1;
+        else usage_exit(a);
+    }
+    if (!card) usage_exit("(missing --card)");
+    if (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0) usage_exit(precision);
+    if (strcmp(prompts, "card") != 0 && strcmp(prompts, "none") != 0) usage_exit(prompts);
+
+    sim_port sp = {card};
+    size_t available = (size_t)(__arena_end - __arena_start);
+    tl_port port = {
+        .ctx = &sp, .open = sim_open, .size = sim_size, .read_at = sim_read_at, .close = sim_close,
+        .time_us = sim_time_us, .cycles = sim_cycles, .write = sim_console,
+        .arena = __arena_start, .arena_bytes = (size_t)arena_bytes,
+    };
+    tl_log(&port, "app_main", "Tiny-LLM ESP32 Inference Engine Starting");
+    tl_log(&port, "app_main", "xtensa-sim port: card %s, precision %s, arena %lu bytes (%lu available in RAM), "
+           "1 CCOUNT tick = %lu instructions", card, precision, arena_bytes, (unsigned long)available,
+           (unsigned long)insns_per_tick);
+    if (arena_bytes > available) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "TINYLLM_ERROR E_OOM arena: %lu bytes requested, the simulated RAM leaves %lu "
+                 "(raise QEMU's -m)\n", arena_bytes, (unsigned long)available);
+        sim_puts(msg);
+        tl_exit_line(&port, 2);
+        return 2;
+    }
+    tl_options opt = {
+        .weights_dir = strcmp(precision, "int8") == 0 ? "tinyllm_weights" : "tinyllm_float32_weights",
+        .precision = precision, .context = (int)context, .chunk_rows = (int)chunk_rows, .no_resident = no_resident,
+    };
+    tl_engine *e = tl_engine_init(&port, &opt);
+    if (!e) {
+        tl_exit_line(&port, 2);
+        return 2;
+    }
+    int failed = 0, quit = 0;
+    if (strcmp(prompts, "card") == 0) {
+        int r = tl_engine_run_script(e, "prompts.txt", &quit);
+        if (r > 0) failed += r;
+    }
+    char *line;
+    while (!quit && (line = read_line()) != NULL) {
+        int r = tl_engine_exec(e, line);
+        if (r == TL_CMD_FAILED) failed++;
+        if (r == TL_CMD_QUIT) quit = 1;
+    }
+    int code = failed ? 1 : 0;
+    tl_exit_line(&port, code);
+    return code;
+}
+
+/* Entry from startup.S. */
+_Noreturn void tl_sim_start(void)
+{
+    memset(__bss_start, 0, (size_t)(__bss_end - __bss_start));
+    calibrate_clock();
+    sim_exit(run());
+}
