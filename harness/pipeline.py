@@ -188,6 +188,11 @@ def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...
         if record["reference"]["tokens_per_s"]:
             entry["speed_vs_reference"] = entry["tokens_per_s"] / record["reference"]["tokens_per_s"]
         record["precisions"][precision] = entry
+    if hasattr(target, "static_ram"):  # bare metal: the image's own RAM besides the arena
+        static = target.static_ram(binary)
+        record["static_ram"] = static
+        for entry in record["precisions"].values():
+            entry["peak_ram"] = entry["peak_arena"] + sum(static.values())
     import json
 
     (out / "perf.json").write_text(json.dumps(record, indent=1) + "\n")

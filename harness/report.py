@@ -13,6 +13,14 @@ SEED = {
 }
 
 
+TIMING_NOTE = {
+    "linux": "Timing on `linux` is the host's, not the board's.",
+    "xtensa-sim": "On `xtensa-sim` (QEMU -icount shift=0) cycles are executed lx106 instructions, deterministic, and "
+                  "time is virtual (1 ns per instruction); float32 uses soft-float there (the lx106 has no FPU; "
+                  "the ESP32 has one).",
+}
+
+
 def _plot(record: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
@@ -70,10 +78,15 @@ def write_report(record: dict[str, Any], out: Path) -> Path:
         lines.append(
             f"| {precision} | {'yes' if e['tokens_match'] else '**NO**'} | {e['logits']['max_abs']:.2e} / "
             f"{e['logits']['nmse']:.1e} ({e['oracle']}) | {e['tokens_per_s']:.1f} | "
-            f"{e.get('speed_vs_reference', 0):.2f} | {e['bytes_per_token'] / 2**20:.2f} | {e['reads_per_token']:.0f} | "
+            f"{e.get('speed_vs_reference', 0):.3g} | {e['bytes_per_token'] / 2**20:.2f} | {e['reads_per_token']:.0f} | "
             f"{e['cycles_per_token']:.3g} | {e['peak_arena'] / 1024:.0f} KiB of {(e['arena_budget'] or 0) / 1024:.0f} | "
             f"{'' if agreement is None else f'{agreement:.1%}'} |"
         )
+    if "static_ram" in record:
+        static = sum(record["static_ram"].values())
+        lines += ["", "Peak RAM (arena peak + image, heap and stack): " + ", ".join(
+            f"{p} {e['peak_ram'] / 1024:.0f} KiB" for p, e in record["precisions"].items()) +
+            f" (image, heap and stack: {static / 1024:.0f} KiB)"]
     over = [problem for e in record["precisions"].values() for problem in e.get("over_budget", [])]
     lines += ["", "Budgets (fixtures/budgets.json): " + ("all within" if not over else "**over**: " + "; ".join(over))]
     lines += [
@@ -81,7 +94,7 @@ def write_report(record: dict[str, Any], out: Path) -> Path:
         f"Seed's figures for the real ESP32-CAM, for comparison: float32 {SEED['float32']['tokens_per_s'][0]}–"
         f"{SEED['float32']['tokens_per_s'][1]} tokens/s, int8 {SEED['int8']['tokens_per_s'][0]}–"
         f"{SEED['int8']['tokens_per_s'][1]} tokens/s, ~940 KB peak RAM, ~{SEED['seeks_per_token']} SD seeks per token. "
-        f"Timing on `{record['target']}` is the host's, not the board's; bytes, reads and arena are the same on every target.",
+        + TIMING_NOTE.get(record["target"], "") + " Bytes, reads and arena are the same on every target.",
         "",
         "## Prompts",
         "",

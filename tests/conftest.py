@@ -115,6 +115,9 @@ class Firmwares:
     def target(self, name: str, sanitize: bool = False):
         from harness.targets import get_target
 
+        if name == "esp32":
+            pytest.skip("target esp32: its end-to-end cases are tests/test_esp32.py, run through pytest-embedded "
+                        "(--embedded-services idf,qemu or esp,idf)")
         target = get_target(name, sanitize=sanitize)
         reason = target.unavailable()
         if reason:

@@ -1,0 +1,219 @@
+/*
+ * Tiny-LLM on the AI-Thinker ESP32-CAM (ESP-IDF v5.4).
+ *
+ * Start-up: mount the micro-SD card (SD/MMC host, slot 1) at /sdcard, take the
+ * arena from PSRAM once, start the core (it checks the card and prints
+ * TINYLLM_INFO with the card id), run the card's prompt file, then serve
+ * commands from the console UART (docs/contracts.md). Start-up errors print
+ * one TINYLLM_ERROR line and TINYLLM_EXIT 2, then the firmware halts (no
+ * reboot loop); it also halts after "quit".
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "driver/sdmmc_host.h"
+#include "driver/uart.h"
+#include "driver/uart_vfs.h"
+#include "esp_err.h"
+#include "esp_heap_caps.h"
+#include "esp_system.h"
+#include "esp_vfs_fat.h"
+#include "freertos/FreeRTOS.h"
+#include "freertos/task.h"
+#include "port_esp32.h"
+#include "sdkconfig.h"
+#include "sdmmc_cmd.h"
+#include "tinyllm/tinyllm.h"
+
+#define MOUNT_POINT "/sdcard"
+#define TAG "app_main"
+/* The core keeps every tensor and scale file open (12 float32, 21 int8) plus
+ * the prompt file and model_config.json while it is parsed. */
+#define MAX_OPEN_FILES 32
+/* A console command: "gen" + up to a whole context of ids. */
+#define LINE_BYTES 8192
+
+static esp32_port s_ctx;
+static tl_port s_port;
+static char s_line[LINE_BYTES];
+
+static void put_line(const char *s)
+{
+    s_port.write(s_port.ctx, s, strlen(s));
+}
+
+/* Start-up failure: one error line, the exit line, then stay halted. */
+static void halt(int code)
+{
+    tl_exit_line(&s_port, code);
+    for (;;) vTaskDelay(pdMS_TO_TICKS(10000));
+}
+
+static void fatal(const char *code, const char *msg)
+{
+    char line[300];
+    snprintf(line, sizeof line, "TINYLLM_ERROR %s %s\n", code, msg);
+    put_line(line);
+    halt(2);
+}
+
+static sdmmc_card_t *mount_card(void)
+{
+    sdmmc_host_t host = SDMMC_HOST_DEFAULT(); /* slot 1 = the ESP32-CAM's card slot */
+    host.max_freq_khz = CONFIG_TINYLLM_SD_FREQ_KHZ;
+
+    /* On the ESP32, slot 1 is routed through the IO MUX to fixed pins
+     * (CLK 14, CMD 15, D0 2, D1 4, D2 12, D3 13): the slot config has no pin
+     * fields there, only the width and flags. */
+    sdmmc_slot_config_t slot = SDMMC_SLOT_CONFIG_DEFAULT();
+    slot.width = CONFIG_TINYLLM_SD_BUS_WIDTH;
+#if CONFIG_TINYLLM_SD_INTERNAL_PULLUPS
+    slot.flags |= SDMMC_SLOT_FLAG_INTERNAL_PULLUP;
+#endif
+
+    esp_vfs_fat_sdmmc_mount_config_t mount = {
+        .format_if_mount_failed = false, /* never erase a card holding weights */
+        .max_files = MAX_OPEN_FILES,
+        .allocation_unit_size = 0,
+    };
+    sdmmc_card_t *card = NULL;
+    tl_log(&s_port, TAG, "Mounting SD card at %s (SDMMC slot 1, %d-bit, %d kHz)", MOUNT_POINT,
+           CONFIG_TINYLLM_SD_BUS_WIDTH, CONFIG_TINYLLM_SD_FREQ_KHZ);
+    esp_err_t err = esp_vfs_fat_sdmmc_mount(MOUNT_POINT, &host, &slot, &mount, &card);
+    if (err != ESP_OK) {
+        char msg[200];
+        if (err == ESP_FAIL)
+            snprintf(msg, sizeof msg,
+                     "SD card found but no FAT filesystem could be mounted at %s (write the image from "
+                     "`tinyllm-harness image` to the card)", MOUNT_POINT);
+        else
+            snprintf(msg, sizeof msg, "SD card init failed at %s: %s (0x%x); check the card is inserted", MOUNT_POINT,
+                     esp_err_to_name(err), (unsigned)err);
+        fatal("E_IO", msg);
+    }
+    tl_log(&s_port, TAG, "SD card mounted successfully");
+    sdmmc_card_print_info(stdout, card);
+    fflush(stdout);
+    return card;
+}
+
+/* The arena: one PSRAM block for the whole run. */
+static void *alloc_arena(size_t *got)
+{
+    const uint32_t caps = MALLOC_CAP_SPIRAM | MALLOC_CAP_8BIT;
+    size_t want = (size_t)CONFIG_TINYLLM_ARENA_KB * 1024u;
+    size_t reserve = (size_t)CONFIG_TINYLLM_HEAP_RESERVE_KB * 1024u;
+    size_t largest = heap_caps_get_largest_free_block(caps);
+    size_t avail = largest > reserve ? largest - reserve : 0;
+    size_t size = want < avail ? want : avail;
+    void *arena = size ? heap_caps_malloc(size, caps) : NULL;
+    if (!arena) {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "cannot allocate the arena in PSRAM: wanted %u bytes, largest free PSRAM block %u bytes "
+                 "(is PSRAM present? QEMU needs -m 4M)", (unsigned)want, (unsigned)largest);
+        fatal("E_OOM", msg);
+    }
+    if (size < want)
+        tl_log(&s_port, TAG, "Arena shrunk to %u bytes (wanted %u, largest free PSRAM block %u)", (unsigned)size,
+               (unsigned)want, (unsigned)largest);
+    *got = size;
+    return arena;
+}
+
+/* Console input: stdin blocks on the UART through the UART driver (without it
+ * reads are non-blocking and return nothing). */
+static void console_init(void)
+{
+#if CONFIG_ESP_CONSOLE_UART
+    const int uart = CONFIG_ESP_CONSOLE_UART_NUM;
+    fflush(stdout);
+    fsync(fileno(stdout)); /* let pending output leave before the driver takes over */
+    if (!uart_is_driver_installed(uart)) {
+        esp_err_t err = uart_driver_install(uart, 2 * 1024, 0, 0, NULL, 0);
+        if (err != ESP_OK) {
+            char msg[120];
+            snprintf(msg, sizeof msg, "console UART%d driver: %s", uart, esp_err_to_name(err));
+            fatal("E_IO", msg);
+        }
+    }
+    uart_vfs_dev_use_driver(uart);
+#endif
+}
+
+/* Reads one line (CR, LF or CRLF ends it). Returns its length, or -1 if it
+ * did not fit: the rest of that line is dropped. */
+static int read_line(char *buf, size_t cap)
+{
+    size_t len = 0;
+    int overlong = 0;
+    for (;;) {
+        char c;
+        ssize_t r = read(STDIN_FILENO, &c, 1);
+        if (r <= 0) { /* should not happen with the driver; do not spin */
+            vTaskDelay(pdMS_TO_TICKS(10));
+            continue;
+        }
+        if (c == '\r' || c == '\n') {
+            buf[len] = '\0';
+            return overlong ? -1 : (int)len;
+        }
+        if (len + 1 < cap) buf[len++] = c;
+        else overlong = 1;
+    }
+}
+
+void app_main(void)
+{
+    esp32_port_init(&s_ctx, &s_port, MOUNT_POINT);
+    tl_log(&s_port, TAG, "Tiny-LLM ESP32 Inference Engine Starting");
+    tl_log(&s_port, TAG, "Free heap: %u bytes (PSRAM free %u bytes)", (unsigned)esp_get_free_heap_size(),
+           (unsigned)heap_caps_get_free_size(MALLOC_CAP_SPIRAM));
+
+    mount_card();
+
+    size_t arena_bytes = 0;
+    void *arena = alloc_arena(&arena_bytes);
+    s_port.arena = arena;
+    s_port.arena_bytes = arena_bytes;
+    tl_log(&s_port, TAG, "Arena: %u bytes in PSRAM at %p; precision %s, weights /sdcard/%s", (unsigned)arena_bytes,
+           arena, CONFIG_TINYLLM_PRECISION, CONFIG_TINYLLM_WEIGHTS_DIR);
+
+    tl_options opt = {
+        .weights_dir = CONFIG_TINYLLM_WEIGHTS_DIR,
+        .precision = CONFIG_TINYLLM_PRECISION,
+        .context = CONFIG_TINYLLM_CONTEXT,
+        .chunk_rows = CONFIG_TINYLLM_CHUNK_ROWS,
+        .no_resident = 0,
+    };
+    /* Prints the loader lines, TINYLLM_INFO (with the card id) and TINYLLM_READY,
+     * or TINYLLM_ERROR naming what is wrong with the card. */
+    tl_engine *e = tl_engine_init(&s_port, &opt);
+    if (!e) halt(2);
+    tl_log(&s_port, TAG, "Free heap: %u bytes", (unsigned)esp_get_free_heap_size());
+
+    int failed = 0, quit = 0;
+    if (CONFIG_TINYLLM_PROMPT_FILE[0] != '\0') {
+        int r = tl_engine_run_script(e, CONFIG_TINYLLM_PROMPT_FILE, &quit);
+        if (r > 0) failed += r;
+    }
+
+    console_init();
+    while (!quit) {
+        int len = read_line(s_line, sizeof s_line);
+        if (len < 0) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "TINYLLM_ERROR E_COMMAND console line longer than %d bytes\n", LINE_BYTES - 1);
+            put_line(msg);
+            put_line("TINYLLM_READY\n");
+            failed++;
+            continue;
+        }
+        int r = tl_engine_exec(e, s_line);
+        if (r == TL_CMD_FAILED) failed++;
+        if (r == TL_CMD_QUIT) quit = 1;
+    }
+    halt(failed ? 1 : 0);
+}

@@ -1,0 +1,135 @@
+/*
+ * ESP-IDF port: see port_esp32.h.
+ *
+ * Storage uses open/lseek/read/fstat rather than stdio: no FILE buffers are
+ * allocated (the core keeps every weight file open, up to 24) and each core
+ * read is one VFS read straight into the caller's buffer. The file position
+ * is tracked so sequential chunk reads (lm_head) never seek; FatFs fast seek
+ * (CONFIG_FATFS_USE_FASTSEEK) makes the remaining seeks cheap.
+ */
+#include "port_esp32.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "esp_cpu.h"
+#include "esp_timer.h"
+#include "sdkconfig.h"
+
+/* newlib's off_t is 32-bit here: offsets beyond this cannot be sought. */
+#define MAX_OFFSET 0x7fffffffLL
+
+static int64_t *pos_slot(esp32_port *p, int fd)
+{
+    return (fd >= 0 && fd < ESP32_PORT_MAX_FDS) ? &p->pos[fd] : NULL;
+}
+
+static int32_t esp_open(void *ctx, const char *path)
+{
+    esp32_port *p = (esp32_port *)ctx;
+    char full[192];
+    int n = snprintf(full, sizeof full, "%s/%s", p->root, path);
+    if (n < 0 || (size_t)n >= sizeof full) return -1;
+    int fd = open(full, O_RDONLY); /* read-only: FatFs fast seek applies */
+    if (fd < 0) return -1;
+    int64_t *slot = pos_slot(p, fd);
+    if (slot) *slot = 0;
+    return (int32_t)fd;
+}
+
+static int64_t esp_size(void *ctx, int32_t h)
+{
+    (void)ctx;
+    struct stat st;
+    if (fstat(h, &st) != 0) return -1;
+    return (int64_t)st.st_size;
+}
+
+static int64_t esp_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, size_t n)
+{
+    esp32_port *p = (esp32_port *)ctx;
+    if (offset > (uint64_t)MAX_OFFSET || n > (size_t)MAX_OFFSET) return -1;
+    int64_t *slot = pos_slot(p, h);
+    if (!slot || *slot != (int64_t)offset) {
+        if (lseek(h, (off_t)offset, SEEK_SET) != (off_t)offset) {
+            if (slot) *slot = -1;
+            return -1;
+        }
+        if (slot) *slot = (int64_t)offset;
+    }
+    size_t done = 0;
+    while (done < n) {
+        ssize_t got = read(h, (char *)buf + done, n - done);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            if (slot) *slot = -1;
+            return -1;
+        }
+        if (got == 0) break; /* end of file */
+        done += (size_t)got;
+    }
+    if (slot) *slot += (int64_t)done;
+    return (int64_t)done;
+}
+
+static void esp_close(void *ctx, int32_t h)
+{
+    int64_t *slot = pos_slot((esp32_port *)ctx, h);
+    if (slot) *slot = -1;
+    close(h);
+}
+
+static uint64_t esp_time_us(void *ctx)
+{
+    (void)ctx;
+    return (uint64_t)esp_timer_get_time(); /* microseconds since boot */
+}
+
+/* The Xtensa CCOUNT register is 32 bits (wraps every ~17.9 s at 240 MHz) and
+ * a float32 step on the board can take longer than that, so the count is
+ * extended to 64 bits: the elapsed wall time says how many whole wraps were
+ * missed between two calls. */
+static uint64_t esp_cycles(void *ctx)
+{
+    esp32_port *p = (esp32_port *)ctx;
+    uint32_t now = (uint32_t)esp_cpu_get_cycle_count();
+    int64_t now_us = esp_timer_get_time();
+    uint32_t delta = now - p->last_ccount; /* modulo 2^32 */
+    uint64_t expected = (uint64_t)(now_us - p->last_cycles_us) * (uint64_t)CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ;
+    uint64_t wraps = 0;
+    if (expected > (uint64_t)delta + 0x80000000ull) wraps = (expected - delta + 0x80000000ull) >> 32;
+    p->cycles_high += wraps << 32;
+    p->cycles_high += delta;
+    p->last_ccount = now;
+    p->last_cycles_us = now_us;
+    return p->cycles_high;
+}
+
+static void esp_write(void *ctx, const char *text, size_t n)
+{
+    (void)ctx;
+    fwrite(text, 1, n, stdout);
+    if (n && text[n - 1] == '\n') fflush(stdout); /* a whole line: push it to the UART now */
+}
+
+void esp32_port_init(esp32_port *ctx, tl_port *port, const char *root)
+{
+    memset(ctx, 0, sizeof *ctx);
+    ctx->root = root;
+    for (int i = 0; i < ESP32_PORT_MAX_FDS; i++) ctx->pos[i] = -1;
+    ctx->last_ccount = (uint32_t)esp_cpu_get_cycle_count();
+    ctx->last_cycles_us = esp_timer_get_time();
+    memset(port, 0, sizeof *port);
+    port->ctx = ctx;
+    port->open = esp_open;
+    port->size = esp_size;
+    port->read_at = esp_read_at;
+    port->close = esp_close;
+    port->time_us = esp_time_us;
+    port->cycles = esp_cycles;
+    port->write = esp_write;
+}

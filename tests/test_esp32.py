@@ -1,0 +1,436 @@
+"""The esp32 target: the ESP-IDF app in Espressif's QEMU or on an ESP32-CAM, through pytest-embedded.
+
+    pytest tests/test_esp32.py --target esp32 --embedded-services idf,qemu     # emulator
+    pytest tests/test_esp32.py --target esp32 --embedded-services esp,idf --port /dev/ttyUSB0   # board
+
+Builds come first (`firmware/build_esp32_<config>`, see harness.esp32.build_command). Where the
+tools or the build are missing the end-to-end cases are skipped with the reason. The harness side
+(QEMU arguments, build lookup, card check, skip reasons) is tested here everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import REPO_ROOT, esp32, protocol
+from harness.errors import HarnessError
+from harness.export import SET_DIRS
+from harness.prompts import load_prompt_set
+
+MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
+PRECISIONS = ["float32", "int8"]
+
+
+# --- end to end (needs ESP-IDF builds and QEMU or a board) ---------------------------------------
+def _environment(config: pytest.Config) -> str | None:
+    services = config.getoption("embedded_services", None) or ""
+    names = {s.strip() for s in services.replace("|", ",").split(",")}
+    if "qemu" in names:
+        return "qemu"
+    if "esp" in names:
+        return "board"
+    return None
+
+
+def _case(request: pytest.FixtureRequest) -> tuple[str, str, str] | None:
+    """(model, precision, build config) of an end-to-end case, else None."""
+    params = getattr(request.node, "callspec", None)
+    params = params.params if params else {}
+    if "model" not in params or "precision" not in params:
+        return None
+    env = _environment(request.config) or "qemu"
+    return params["model"], params["precision"], esp32.config_name(env, params["precision"])
+
+
+# pytest-embedded reads these fixtures (an autouse fixture of its plugin collects them for every
+# test) when it builds the dut; overriding them here points it at firmware/build_esp32_<config>
+# and the model's SD image. Outside the end-to-end cases they keep pytest-embedded's defaults.
+@pytest.fixture
+def app_path(request) -> str | None:
+    if _case(request) is None:
+        return request.config.getoption("app_path", None) or str(Path(__file__).parent)
+    return str(esp32.FIRMWARE)
+
+
+@pytest.fixture
+def build_dir(request) -> str:
+    case = _case(request)
+    if case is None:
+        return request.config.getoption("build_dir", None) or "build"
+    return esp32.build_dir_name(case[2])
+
+
+@pytest.fixture
+def embedded_services(request) -> str | None:
+    """The services only where an end-to-end case will really run: pytest-embedded imports each
+    service's package for every test, so a missing plugin would error the harness tests and hide
+    the skip reason of the end-to-end ones."""
+    value = request.config.getoption("embedded_services", None)
+    case = _case(request)
+    if case is None or esp32.unavailable(case[2], port=request.config.getoption("port", None)):
+        return None
+    return value
+
+
+@pytest.fixture
+def qemu_extra_args(request) -> str | None:
+    user = request.config.getoption("qemu_extra_args", None)
+    case = _case(request)
+    if case is None or _environment(request.config) != "qemu" or esp32.unavailable(case[2]):
+        return user  # not a QEMU run (or it will be skipped): do not build an SD image for nothing
+    extra = esp32.qemu_extra_args(request.getfixturevalue("cards")[case[0]].image.path)
+    return f"{extra} {user}" if user else extra
+
+
+def _board_model() -> str:
+    return os.environ.get(esp32.BOARD_MODEL_ENV, "tiny-llm")
+
+
+@pytest.mark.target("esp32")
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("model", MODELS)
+def test_esp32_end_to_end(request, cards, oracle, record_property, model, precision):
+    """Boot (card id, boot-time prompt file), then every smoke and edge prompt over the UART:
+    float32 tokens identical to HF PyTorch, int8 identical to the int8 emulation; on a board the
+    speed is recorded and held to the minimum budgets."""
+    env = _environment(request.config)
+    if env is None:
+        pytest.skip("target esp32: run with --embedded-services idf,qemu (Espressif QEMU) "
+                    "or esp,idf (an ESP32-CAM on --port)")
+    config = esp32.config_name(env, precision)
+    reason = esp32.unavailable(config, port=request.config.getoption("port", None))
+    if reason:
+        if os.environ.get(esp32.REQUIRED_ENV) == "1":  # CI: the emulator job must really run
+            pytest.fail(f"target esp32 ({config}) required by {esp32.REQUIRED_ENV}=1 but: {reason}")
+        pytest.skip(f"target esp32 ({config}): {reason}")
+
+    card = cards[model]
+    image = card.image.path
+    mux = esp32.sd_mux_command()
+    if env == "board":
+        if mux:
+            esp32.write_image_with_mux(mux, image)
+        elif model != _board_model():
+            pytest.skip(f"the board's card holds one image ({esp32.BOARD_MODEL_ENV}={_board_model()}); "
+                        f"set {esp32.SD_MUX_ENV} to switch cards per model")
+    slow = model == "tiny-llm"
+    timeout = 3600 if slow else 300
+
+    dut = request.getfixturevalue("dut")  # boots: QEMU with the SD image, or flash + reset the board
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    boot = esp32.read_until_ready(dut, timeout=300)
+    esp32.check_card(boot, esp32.expected_card_id(card.dir / SET_DIRS[precision]), image)
+    assert boot.info["precision"] == precision
+
+    def expected(prompt):
+        return oracle.float32(model, prompt).tokens if precision == "float32" else oracle.int8(model, prompt)[0]
+
+    # the card's prompts.txt (the smoke set) ran unattended: one TINYLLM_READY per line
+    smoke = load_prompt_set("smoke", card.spec)
+    for prompt in smoke:
+        t = esp32.read_until_ready(dut, timeout)
+        assert not t.errors, t.errors
+        assert t.results and t.results[0]["tokens"] == expected(prompt), prompt.name
+
+    figures = []
+    for prompt_set in ("smoke", "edge"):
+        for prompt in load_prompt_set(prompt_set, card.spec):
+            t = esp32.command(dut, prompt.command(k=2), timeout)
+            assert not t.errors, t.errors
+            protocol.check_human_lines(t)
+            result = t.results[0]
+            assert result["precision"] == precision
+            assert result["tokens"] == expected(prompt), prompt.name
+            assert result["peak_arena"] <= result["arena_budget"]
+            if result["tokens"]:
+                from harness.compare import per_token
+
+                figures.append(per_token(result))
+
+    if figures:
+        tok_s = sum(f["tokens_per_s"] for f in figures) / len(figures)
+        perf = {"target": "esp32", "environment": env, "model": model, "precision": precision,
+                "tokens_per_s": tok_s, "cycles_per_token": sum(f["cycles_per_token"] for f in figures) / len(figures),
+                "per_prompt": figures}
+        record_property("esp32_perf", perf)
+        out = REPO_ROOT / "build" / "esp32" / f"perf-{env}-{model}-{precision}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(perf, indent=2))
+        if env == "board" and model == "tiny-llm":
+            floor = esp32.MIN_BOARD_TOKENS_PER_S[precision]
+            assert tok_s >= floor, f"{precision}: {tok_s:.3f} tokens/s on the board, budget >= {floor}"
+
+
+# --- the harness side, everywhere -----------------------------------------------------------------
+pytestmark_host = pytest.mark.host
+
+
+def _image(tmp_path: Path, size: int = 64 * 1024 * 1024) -> Path:
+    image = tmp_path / "sd.img"
+    with open(image, "wb") as f:
+        f.truncate(size)
+    return image
+
+
+@pytestmark_host
+def test_qemu_args_add_psram_sd_card_and_watchdog_switch(tmp_path):
+    image = _image(tmp_path)
+    args = esp32.qemu_args(image)
+    assert args == ["-m", "4M", "-drive", f"file={image},if=sd,format=raw",
+                    "-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
+    # one --qemu-extra-args string, split by pytest-embedded with shlex
+    assert shlex.split(esp32.qemu_extra_args(image)) == args
+    # never the flash drive: pytest-embedded's qemu service appends that itself
+    assert "if=mtd" not in esp32.qemu_extra_args(image)
+
+
+@pytestmark_host
+def test_qemu_args_options_and_paths_with_spaces(tmp_path):
+    spaced = tmp_path / "my cards"
+    spaced.mkdir()
+    image = _image(spaced)
+    args = esp32.qemu_args(image, icount_shift=7, wdt_off=False)
+    assert args[-2:] == ["-icount", "shift=7,align=off,sleep=off"]
+    assert "-global" not in args
+    assert shlex.split(esp32.qemu_extra_args(image, icount_shift=7)).count(f"file={image},if=sd,format=raw") == 1
+
+
+@pytestmark_host
+def test_qemu_args_refuse_bad_images(tmp_path):
+    with pytest.raises(HarnessError, match="does not exist"):
+        esp32.qemu_args(tmp_path / "missing.img")
+    with pytest.raises(HarnessError, match="power-of-two"):
+        esp32.qemu_args(_image(tmp_path, 100 * 1024 * 1024))
+    with pytest.raises(HarnessError, match="icount"):
+        esp32.qemu_args(_image(tmp_path), icount_shift=99)
+
+
+@pytestmark_host
+def test_qemu_args_accept_the_harness_image(cards):
+    image = cards["micro"].image.path
+    assert f"file={image},if=sd,format=raw" in esp32.qemu_args(image)
+
+
+@pytestmark_host
+def test_build_dir_lookup(tmp_path):
+    assert esp32.build_dir("qemu_float32") == REPO_ROOT / "firmware" / "build_esp32_qemu_float32"
+    assert esp32.build_dir("board_int8", tmp_path) == tmp_path / "build_esp32_board_int8"
+    assert esp32.config_name("qemu", "int8") == "qemu_int8"
+    assert set(esp32.CONFIGS) == {"qemu_float32", "qemu_int8", "board_float32", "board_int8"}
+    for config in esp32.CONFIGS:  # every config has its sdkconfig.ci file
+        assert (esp32.FIRMWARE / f"sdkconfig.ci.{config}").is_file(), config
+    with pytest.raises(HarnessError, match="unknown esp32 build config"):
+        esp32.build_dir("qemu")
+    with pytest.raises(HarnessError, match="no esp32 build config"):
+        esp32.config_name("sim", "float32")
+
+    assert not esp32.is_built("qemu_int8", tmp_path)
+    d = tmp_path / "build_esp32_qemu_int8"
+    d.mkdir()
+    (d / "flasher_args.json").write_text("{}")
+    assert not esp32.is_built("qemu_int8", tmp_path)
+    (d / f"{esp32.APP_NAME}.bin").write_bytes(b"\xe9")
+    assert esp32.is_built("qemu_int8", tmp_path)
+
+    cmd = esp32.build_command("qemu_int8", tmp_path)
+    assert cmd[0] == "idf.py" and cmd[-1] == "build"
+    assert "SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.qemu_int8" in cmd
+    assert cmd[cmd.index("-B") + 1] == str(d)
+
+
+@pytestmark_host
+def test_app_name_matches_the_idf_project():
+    text = (esp32.FIRMWARE / "CMakeLists.txt").read_text()
+    assert f"project({esp32.APP_NAME})" in text
+
+
+def _fake_run(output: str):
+    def run(argv, **kwargs):
+        return subprocess.CompletedProcess(argv, 0, stdout=output, stderr="")
+    return run
+
+
+ESPRESSIF_MACHINES = "Supported machines are:\nesp32                Espressif ESP32 machine\nsim                  sim machine\n"
+DEBIAN_MACHINES = "Supported machines are:\nkc705                kc705 EVB\nsim                  sim machine (default)\n"
+
+
+@pytestmark_host
+def test_unavailable_reasons(tmp_path):
+    def which_none(name):
+        return None
+
+    def which_qemu(name):
+        return "/opt/qemu/bin/qemu-system-xtensa" if name == esp32.QEMU_PROG else None
+
+    no_idf = {}
+    have = {"pytest_embedded_idf", "pytest_embedded_qemu", "pytest_embedded_serial_esp"}
+    kw = dict(firmware=tmp_path, have_module=lambda m: m in have, env=no_idf)
+
+    reason = esp32.unavailable("qemu_float32", have_module=lambda m: False, env=no_idf)
+    assert "pytest-embedded-idf not installed" in reason
+
+    reason = esp32.unavailable("qemu_float32", which=which_none, **kw)
+    assert "qemu-system-xtensa not found" in reason and "idf_tools.py install qemu-xtensa" in reason
+
+    reason = esp32.unavailable("qemu_float32", which=which_qemu, run=_fake_run(DEBIAN_MACHINES), **kw)
+    assert "has no esp32 machine" in reason and "Debian" in reason
+
+    reason = esp32.unavailable("qemu_float32", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES), **kw)
+    assert "no firmware build at" in reason and "idf.py not found" in reason and "IDF_PATH unset" in reason
+
+    reason = esp32.unavailable("qemu_float32", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES),
+                               firmware=tmp_path, have_module=lambda m: m in have, env={"IDF_PATH": "/opt/esp-idf"})
+    assert "no firmware build at" in reason and "idf.py" in reason and "not set up" not in reason
+
+    d = tmp_path / "build_esp32_qemu_float32"
+    d.mkdir()
+    (d / "flasher_args.json").write_text("{}")
+    (d / f"{esp32.APP_NAME}.bin").write_bytes(b"\xe9")
+    assert esp32.unavailable("qemu_float32", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES), **kw) is None
+
+    # a board needs the serial plugin, a port and its own build
+    assert "no board serial port" in esp32.unavailable("board_int8", which=which_none, **kw)
+    assert "no firmware build at" in esp32.unavailable("board_int8", port="/dev/ttyUSB0", which=which_none, **kw)
+    assert "no firmware build at" in esp32.unavailable("board_int8", which=which_none, firmware=tmp_path,
+                                                       have_module=lambda m: m in have, env={"ESPPORT": "/dev/ttyUSB1"})
+    no_serial = esp32.unavailable("board_int8", have_module=lambda m: m != "pytest_embedded_serial_esp", env=no_idf)
+    assert "pytest-embedded-serial-esp" in no_serial
+
+
+@pytestmark_host
+def test_qemu_machine_probe_survives_a_broken_binary():
+    def boom(argv, **kwargs):
+        raise OSError("exec format error")
+
+    assert not esp32.qemu_has_esp32("/bin/qemu", run=boom)
+
+
+@pytestmark_host
+def test_skip_reason_here_is_precise():
+    """On a machine without Espressif's QEMU (like this project's CI) the reason names what is missing."""
+    reason = esp32.unavailable("qemu_float32")
+    if reason is None:
+        pytest.skip("this machine can run the esp32 target")
+    assert any(key in reason for key in ("not installed", "not found", "no esp32 machine", "no firmware build"))
+
+
+def _transcript(card_id: str | None, errors: str = "") -> protocol.Transcript:
+    lines = []
+    if card_id is not None:
+        info = {"model": "micro", "precision": "float32", "card_id": card_id, "arena_budget": 1, "arena_used": 1,
+                "context": 8, "resident_bytes": 0}
+        lines.append("TINYLLM_INFO " + json.dumps(info))
+    if errors:
+        lines.append(f"TINYLLM_ERROR {errors}")
+    return protocol.parse("\n".join(lines) + "\n")
+
+
+@pytestmark_host
+def test_board_card_check(tmp_path):
+    import zlib
+
+    weights = tmp_path / "tinyllm_float32_weights"
+    weights.mkdir()
+    config = b'{"format": "tinyllm-sd/1"}'
+    (weights / "model_config.json").write_bytes(config)
+    expected = f"{zlib.crc32(config):08x}"
+    assert esp32.expected_card_id(weights) == expected
+    image = tmp_path / "sd.img"
+
+    esp32.check_card(_transcript(expected), expected, image)  # matching: no error
+    esp32.check_card(_transcript(expected.upper()), expected, image)  # case does not matter
+
+    with pytest.raises(HarnessError) as info:
+        esp32.check_card(_transcript("deadbeef"), expected, image)
+    message = str(info.value)
+    assert message.startswith(f"card holds other weights: card id deadbeef, expected {expected}")
+    assert f"write {image} to the card" in message and "TINYLLM_SD_MUX_CMD" in message
+
+    with pytest.raises(HarnessError, match="did not accept the card.*E_FILE_MISSING"):
+        esp32.check_card(_transcript(None, "E_FILE_MISSING tinyllm_float32_weights/model_config.json: not found"),
+                         expected, image)
+    with pytest.raises(HarnessError, match="cannot read"):
+        esp32.expected_card_id(tmp_path / "nowhere")
+
+
+@pytestmark_host
+def test_card_id_is_what_the_firmware_prints(cards, firmwares):
+    """The harness's expected id equals the card_id the core prints (checked on the linux target)."""
+    target = firmwares.target("linux")  # skips where the linux target cannot run
+    assert target is not None
+    for precision in PRECISIONS:
+        dut = firmwares.get("linux", "micro", precision)
+        assert dut.boot.info["card_id"] == esp32.expected_card_id(cards["micro"].dir / SET_DIRS[precision])
+
+
+@pytestmark_host
+def test_sd_mux_command(tmp_path):
+    assert esp32.sd_mux_command(None, env={}) is None
+    assert esp32.sd_mux_command(None, env={"TINYLLM_SD_MUX_CMD": "sdmux write"}) == "sdmux write"
+    assert esp32.sd_mux_command("from-option", env={"TINYLLM_SD_MUX_CMD": "x"}) == "from-option"
+
+    image = tmp_path / "my sd.img"
+    image.write_bytes(b"card bytes")
+    card = tmp_path / "card"
+    esp32.write_image_with_mux(f"cp {{image}} {card}", image)
+    assert card.read_bytes() == b"card bytes"
+    card2 = tmp_path / "card2"
+    seen = []
+
+    def run(argv, **kwargs):
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    esp32.write_image_with_mux(f"writer --to {card2}", image, run=run)
+    assert seen == [["writer", "--to", str(card2), str(image)]]  # the path is appended when {image} is absent
+    with pytest.raises(HarnessError, match="exited 1"):
+        esp32.write_image_with_mux("false", image)
+    with pytest.raises(HarnessError, match="failed to run"):
+        esp32.write_image_with_mux("/nonexistent/sdmux {image}", image)
+
+
+@pytestmark_host
+def test_read_until_ready_parses_a_dut_transcript():
+    import re
+
+    class FakeProc:
+        match: re.Match[bytes] | None = None
+
+    class FakeDut:
+        pexpect_proc = FakeProc()
+        written: list[str] = []
+
+        def write(self, line):
+            self.written.append(line)
+
+        def expect(self, pattern, timeout, return_what_before_match):
+            text = (b"I (5) tinyllm_inference: Generated 1 tokens\r\nGenerated tokens: 7\r\n"
+                    b'TINYLLM_RESULT {"tokens": [7]}\r\nTINYLLM_READY\r\n')
+            m = pattern.search(text)
+            self.pexpect_proc.match = m
+            return text[: m.start()]
+
+    dut = FakeDut()
+    t = esp32.command(dut, "gen 1 n=1", timeout=5)
+    assert dut.written == ["gen 1 n=1"]
+    assert t.results == [{"tokens": [7]}] and t.generated_lines == [[7]]
+
+
+@pytestmark_host
+def test_perf_report_and_cli(tmp_path, capsys):
+    assert "no esp32 runs recorded" in esp32.perf_report(tmp_path)
+    (tmp_path / "perf-board-tiny-llm-int8.json").write_text(json.dumps(
+        {"environment": "board", "model": "tiny-llm", "precision": "int8", "tokens_per_s": 0.71, "cycles_per_token": 3.3e8}))
+    out = tmp_path / "report.md"
+    assert esp32.main(["report", str(tmp_path), str(out)]) == 0
+    text = out.read_text()
+    assert "| board | tiny-llm | int8 | 0.71 |" in text and ">= 0.5 tok/s" in text
+    assert esp32.main(["build-command", "qemu_float32"]) == 0
+    assert "sdkconfig.ci.qemu_float32" in capsys.readouterr().out
+    assert esp32.main(["qemu-args", str(tmp_path / "missing.img")]) == 2
