@@ -28,6 +28,29 @@ BUILD = REPO_ROOT / "build"
 ALL_TARGETS = ("linux", "xtensa-sim", "esp32")
 
 
+def _run_steps(name: str, steps: list[list[str]]) -> None:
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise HarnessError(f"{name} build failed: {' '.join(step)}\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+
+
+def _cmake_build(name: str, source: Path, build_dir: Path, flags: list[str], artifact: str) -> Path:
+    """Configure + build a port (incremental); returns the firmware it produced."""
+    _run_steps(name, [["cmake", "-S", str(source), "-B", str(build_dir), *flags],
+                      ["cmake", "--build", str(build_dir), "-j2"]])
+    binary = build_dir / artifact
+    if not binary.is_file():
+        raise HarnessError(f"{name} build produced no {binary}")
+    return binary
+
+
+def _card_from_image(image: Path, work: Path) -> Path:
+    """The card a process target sees: the image's files, extracted with mtools, so an image
+    bug shows on every target."""
+    return extract_image(image, work / "card-from-image")
+
+
 @dataclass(frozen=True)
 class LinuxTarget:
     name: str = "linux"
@@ -48,21 +71,11 @@ class LinuxTarget:
 
     def build(self) -> Path:
         """Configure + build (incremental); returns the binary."""
-        source = FIRMWARE / "ports" / "linux"
         flags = [f"-DTINYLLM_SANITIZE={'ON' if self.sanitize else 'OFF'}", "-DCMAKE_BUILD_TYPE=Release"]
-        for step in (["cmake", "-S", str(source), "-B", str(self.build_dir), *flags],
-                     ["cmake", "--build", str(self.build_dir), "-j2"]):
-            result = subprocess.run(step, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise HarnessError(f"linux build failed: {' '.join(step)}\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-        binary = self.build_dir / "tinyllm"
-        if not binary.is_file():
-            raise HarnessError(f"linux build produced no {binary}")
-        return binary
+        return _cmake_build(self.name, FIRMWARE / "ports" / "linux", self.build_dir, flags, "tinyllm")
 
     def prepare_card(self, image: Path, work: Path) -> Path:
-        """The card the firmware sees: the image's files, extracted with mtools."""
-        return extract_image(image, work / "card-from-image")
+        return _card_from_image(image, work)
 
     def command(self, binary: Path, card: Path, precision: str, prompts: str = "none",
                 extra: tuple[str, ...] = ()) -> list[str]:
@@ -71,11 +84,6 @@ class LinuxTarget:
         return [str(binary), "--card", str(card), "--precision", precision, *prompt_args, *extra]
 
 
-def _run_steps(name: str, steps: list[list[str]]) -> None:
-    for step in steps:
-        result = subprocess.run(step, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise HarnessError(f"{name} build failed: {' '.join(step)}\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
 
 
 @dataclass(frozen=True)
@@ -110,19 +118,11 @@ class XtensaSimTarget:
         if not (CJSON_SOURCE / "cJSON.c").exists():
             _run_steps(self.name, [["bash", str(REPO_ROOT / "ci" / "fetch-cjson-source.sh")]])
         source = FIRMWARE / "ports" / "xtensa-sim"
-        _run_steps(self.name, [
-            ["cmake", "-S", str(source), "-B", str(self.build_dir), f"-DCMAKE_TOOLCHAIN_FILE={source / 'toolchain-lx106.cmake'}",
-             f"-DCJSON_SOURCE_DIR={CJSON_SOURCE}"],
-            ["cmake", "--build", str(self.build_dir), "-j2"],
-        ])
-        elf = self.build_dir / "tinyllm.elf"
-        if not elf.is_file():
-            raise HarnessError(f"xtensa-sim build produced no {elf}")
-        return elf
+        flags = [f"-DCMAKE_TOOLCHAIN_FILE={source / 'toolchain-lx106.cmake'}", f"-DCJSON_SOURCE_DIR={CJSON_SOURCE}"]
+        return _cmake_build(self.name, source, self.build_dir, flags, "tinyllm.elf")
 
     def prepare_card(self, image: Path, work: Path) -> Path:
-        """Semihosting reads host files: the image's files, extracted with mtools."""
-        return extract_image(image, work / "card-from-image")
+        return _card_from_image(image, work)  # semihosting reads host files
 
     def command(self, binary: Path, card: Path, precision: str, prompts: str = "none",
                 extra: tuple[str, ...] = ()) -> list[str]:
