@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${SKIP_SETUP:-0}" = 1 ] || bash ci/setup.sh
-python3 -m harness.cli e2e --out build/e2e "$@"
+PY=$(bash ci/python.sh)
+"$PY" -m harness.cli e2e --out build/e2e "$@"
 echo "report: build/e2e/report.md"

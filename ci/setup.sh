@@ -7,6 +7,7 @@ SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 APT_PACKAGES=(
+  python3 python3-pip python3-venv                 # the harness
   build-essential cmake pkg-config libcjson-dev   # linux target: host build of the C core
   mtools dosfstools                                # read back / fsck the FAT image
   qemu-system-misc gcc-xtensa-lx106 picolibc-xtensa-lx106-elf   # xtensa-sim target ...
@@ -35,7 +36,18 @@ if ! grep -rqs "^Types:.*deb-src" /etc/apt/sources.list.d/ && ! grep -qs "^deb-s
 fi
 bash "$here/ci/fetch-cjson-source.sh" || echo "ci/setup.sh: could not fetch cJSON's source; the xtensa-sim tests will be skipped"
 
+# A distribution's own python3 (Debian 12, Ubuntu 24.04) refuses pip installs (PEP 668): then the
+# harness lives in .venv, and ci/python.sh tells the other scripts which interpreter to use.
 PY=${PYTHON:-python3}
-# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
-$PY -m pip install -q --disable-pip-version-check "torch==2.13.0" "setuptools<81"
+if [ -z "${PYTHON:-}" ] && $PY -c 'import os, sys, sysconfig; sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+  [ -x "$here/.venv/bin/python" ] || $PY -m venv "$here/.venv"
+fi
+PY=$(bash "$here/ci/python.sh")
+# torch first and pinned to the release this project is tested with. On PyPI a Linux torch
+# wheel brings CUDA libraries (GBs); TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# takes the CPU build instead where that index is reachable.
+torch_index=()
+[ -n "${TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$TORCH_INDEX_URL")
+$PY -m pip install -q --disable-pip-version-check "${torch_index[@]}" "torch==2.13.0"
+$PY -m pip install -q --disable-pip-version-check "setuptools<81"
 $PY -m pip install -q --disable-pip-version-check -e "$here[dev]"

@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # idempotent and quick once installed; SKIP_SETUP=1 skips it
 [ "${SKIP_SETUP:-0}" = 1 ] || bash ci/setup.sh
+PY=$(bash ci/python.sh)
 mkdir -p build/reports
-python3 -m ruff check harness tests
+"$PY" -m ruff check harness tests
 status=0
-python3 -m pytest --junitxml=build/reports/junit.xml "$@" || status=$?
+"$PY" -m pytest --junitxml=build/reports/junit.xml "$@" || status=$?
 # pytest exit 5 means no test ran: never let that look like a pass.
 if [ "$status" = 5 ]; then echo "ci/test.sh: no tests were collected" >&2; exit 1; fi
 exit "$status"

@@ -37,3 +37,16 @@ def estimated_cycles(model: str, precision: str, target: str, prompt_steps: int,
     if per_token is None or per_prompt is None:
         return None
     return prompt_steps * per_prompt + decode_steps * per_token
+
+
+# QEMU runs lx106 code at ~4e8 instructions/s on this project's machines; a command gets 4x that
+# time plus a minute before it counts as hung.
+EMULATED_INSTRUCTIONS_PER_S = 1e8
+
+
+def command_timeout(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int) -> float:
+    """Seconds a firmware command may take before the harness calls it hung."""
+    cycles = estimated_cycles(model, precision, target, prompt_steps, decode_steps)
+    if cycles is None:  # host build, or a model without budgets (e.g. a user's HF folder)
+        return 120.0 + 0.5 * (prompt_steps + decode_steps)
+    return 60.0 + cycles / EMULATED_INSTRUCTIONS_PER_S

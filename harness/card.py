@@ -34,13 +34,13 @@ def extract_image(image: Path, dest: Path) -> Path:
         raise HarnessError("mcopy not found: install mtools (apt-get install mtools)")
     if dest.exists():
         shutil.rmtree(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract.", dir=dest.parent if dest.parent.exists() else None))
+    dest.parent.mkdir(parents=True, exist_ok=True)  # the temp folder must be on dest's filesystem for rename
+    tmp = Path(tempfile.mkdtemp(prefix=".extract.", dir=dest.parent))
     try:
         result = subprocess.run(["mcopy", "-s", "-n", "-i", str(image), "::/*", str(tmp)],
                                 capture_output=True, text=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
         if result.returncode != 0:
             raise HarnessError(f"mcopy could not read {image}: {result.stderr.strip()}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,6 +25,9 @@ INT8_MAX_ABS = 0.0
 
 @dataclass
 class LogitComparison:
+    # The firmware's i-th reported id must hold, in the reference, the i-th largest logit up
+    # to this tolerance (so near-ties may swap, nothing else): 0 for the bit-exact int8 path.
+    rank_tolerance: float = 0.0
     steps: int = 0
     max_abs: float = 0.0
     sq_err: float = 0.0
@@ -32,6 +35,7 @@ class LogitComparison:
     step_errors: list[float] = field(default_factory=list)  # max abs error per step
     # (position, the oracle's own top1-top2 margin there) where the firmware's top-1 differs
     top1_mismatches: list[tuple[int, float]] = field(default_factory=list)
+    rank_mismatches: list[int] = field(default_factory=list)  # positions whose top-k ids are not the reference's
 
     @property
     def nmse(self) -> float:
@@ -52,6 +56,9 @@ class LogitComparison:
             self.max_abs = max(self.max_abs, self.step_errors[-1])
             self.sq_err += float(np.sum((values - ref) ** 2))
             self.sq_ref += float(np.sum(ref**2))
+            ranked = np.sort(ref_logits[pos])[::-1][: len(ids)].astype(np.float64)
+            if np.any(np.abs(ref - ranked) > self.rank_tolerance):
+                self.rank_mismatches.append(pos)
             if int(ids[0]) != int(np.argmax(ref_logits[pos])):
                 top2 = np.sort(ref_logits[pos])[-2:]
                 self.top1_mismatches.append((pos, float(top2[1] - top2[0])))
@@ -59,7 +66,7 @@ class LogitComparison:
     def to_json(self) -> dict[str, Any]:
         return {"steps": self.steps, "max_abs": self.max_abs, "nmse": self.nmse,
                 "exact_steps": sum(e == 0.0 for e in self.step_errors),
-                "top1_mismatches": len(self.top1_mismatches),
+                "top1_mismatches": len(self.top1_mismatches), "rank_mismatches": len(self.rank_mismatches),
                 "mismatch_margins": [round(m, 5) for _, m in self.top1_mismatches]}
 
 

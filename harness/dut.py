@@ -40,9 +40,14 @@ class FirmwareProcess(PopenSpawn):
     def buffer_debug_str(self) -> str:  # what pytest-embedded's Dut prints on a failed expect
         return self.buffer.decode(errors="replace")[-2000:] if isinstance(self.buffer, bytes) else str(self.buffer)
 
+    @property
+    def log_closed(self) -> bool:
+        return self._log_file.closed
+
     def close(self) -> None:
-        self._log_file.flush()
-        self._log_file.close()
+        if not self._log_file.closed:
+            self._log_file.flush()
+            self._log_file.close()
 
 
 class TinyLLMDut(Dut):
@@ -56,7 +61,11 @@ class TinyLLMDut(Dut):
         proc = FirmwareProcess(self.cmd, log_path)
         super().__init__(pexpect_proc=proc, msg_queue=None, app=App(str(app_path)),  # type: ignore[arg-type]
                          pexpect_logfile=str(log_path), test_case_name=test_case_name)
-        self.boot = self.read_until_ready(boot_timeout)
+        try:
+            self.boot = self.read_until_ready(boot_timeout)
+        except BaseException:
+            self.close()  # never leave a firmware (or QEMU) running behind a failed boot
+            raise
 
     # --- sending and receiving ----------------------------------------------------------------
     def write(self, s: Any) -> None:
@@ -87,6 +96,8 @@ class TinyLLMDut(Dut):
         return Path(self.logfile).read_text(errors="replace")
 
     def close(self) -> None:
+        if self.pexpect_proc.proc.returncode is not None and self.pexpect_proc.log_closed:
+            return  # already closed
         try:
             if self.alive:
                 self.pexpect_proc.sendline("quit")

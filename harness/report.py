@@ -66,7 +66,8 @@ def write_report(record: dict[str, Any], out: Path) -> Path:
         f"- SD image: {record['image']['bytes'] / 2**20:.0f} MiB FAT32, built in {record['image']['seconds']:.2f} s, "
         f"sha256 `{record['image']['sha256'][:16]}…`",
         f"- reference (HF LlamaForCausalLM, eager, float32): {record['reference']['tokens']} tokens, "
-        f"{record['reference']['tokens_per_s']:.1f} tokens/s, smallest top-1/top-2 margin "
+        f"{record['reference']['tokens_per_s']:.1f} decode tokens/s (KV cache, prefill excluded, as for the firmware), "
+        f"smallest top-1/top-2 margin "
         f"{record['reference']['min_margin']:.4f}",
         "",
         "| precision | tokens match | logits vs oracle (max abs / NMSE) | tokens/s | × reference | MiB read/token "

@@ -4,7 +4,8 @@
 a device that:
 - is not a block device (unless `allow_regular_file`, for loop files and tests),
 - is mounted, itself or any of its partitions (`/proc/mounts`),
-- is not removable (`/sys/block/<dev>/removable` is not 1: a system disk),
+- is not removable (`/sys/block/<dev>/removable` is not 1: a system disk), unless it is an SD
+  card in a built-in MMC slot (`mmcblkN` whose `device/type` is `SD`; eMMC says `MMC`),
 - is smaller than the image (`/sys/block/<dev>/size` x 512, or the file's size);
 then asks the person to type the device's name (unless `assume_yes`), writes with fsync, and
 reads the written bytes back to compare SHA-256 digests.
@@ -98,9 +99,12 @@ def check_device(image: Path, device: Path, sys_root: Path = Path("/"), allow_re
     if block or sys_dir.exists():
         if not sys_dir.is_dir():
             raise HarnessError(f"{device}: no {sys_dir} (is it a partition? give the whole card, e.g. /dev/sdb not /dev/sdb1)")
-        if _sysfs_int(sys_dir / "removable", "the removable flag") != 1:
-            raise HarnessError(f"{device} is not a removable disk ({sys_dir / 'removable'} is not 1): refusing to "
-                               "overwrite what may be a system disk")
+        # Built-in SD slots (mmcblkN) report removable=0; the card type tells an SD card from eMMC.
+        card_type = sys_dir / "device" / "type"
+        sd_slot = name.startswith("mmcblk") and card_type.is_file() and card_type.read_text().strip() == "SD"
+        if not sd_slot and _sysfs_int(sys_dir / "removable", "the removable flag") != 1:
+            raise HarnessError(f"{device} is not a removable disk ({sys_dir / 'removable'} is not 1, and not an SD "
+                               "card in an MMC slot): refusing to overwrite what may be a system disk")
         capacity = _sysfs_int(sys_dir / "size", "the size in sectors") * SECTOR
     else:
         capacity = device.stat().st_size  # a plain file standing in for a card

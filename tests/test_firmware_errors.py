@@ -75,8 +75,9 @@ def test_bad_commands_are_answered_and_the_firmware_goes_on(firmwares, oracle, t
             ("gen 1 512 7 n=2", "E_PROMPT", "512"),            # token id >= vocab (512)
             ("gen 1 -3 n=2", "E_PROMPT", "-3"),
             ("gen " + " ".join(["1"] * 120) + " n=10", "E_PROMPT", "128"),  # needs 129 positions
-            ("gen n=4", "E_PROMPT", ""),                        # no token ids
-            ("gen 1 2 k=9", "E_COMMAND", "k"),
+            ("gen n=4", "E_PROMPT", "empty prompt"),            # no token ids
+            ("gen 1 2 k=9", "E_COMMAND", "k=9"),
+            ("gen 99999999999999999999 n=1", "E_PROMPT", "99999999999999999999"),
             ("launch 1 2", "E_COMMAND", "launch"),
         ]
         for line, code, needle in cases:

@@ -145,3 +145,18 @@ def test_verification_catches_a_card_that_drops_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(sdwriter.os, "write", lambda fd, data: real_write(fd, bytes(len(data))))  # writes zeros
     with pytest.raises(HarnessError, match="verification failed"):
         write_image_to_device(image, device, assume_yes=True, sys_root=root, allow_regular_file=True)
+
+
+@pytest.mark.parametrize(("card_type", "accepted"), [("SD", True), ("MMC", False)])
+def test_built_in_sd_slot_is_accepted_but_emmc_is_not(tmp_path, card_type, accepted):
+    """A laptop's SD slot shows as mmcblkN with removable=0; its device/type tells SD from eMMC."""
+    image, device = make_image(tmp_path), make_device(tmp_path, name="mmcblk0")
+    root = make_root(tmp_path, dev="mmcblk0", removable=0)
+    (root / "sys" / "block" / "mmcblk0" / "device").mkdir()
+    (root / "sys" / "block" / "mmcblk0" / "device" / "type").write_text(f"{card_type}\n")
+    if accepted:
+        write_image_to_device(image, device, assume_yes=True, sys_root=root, allow_regular_file=True)
+        assert device.read_bytes().startswith(image.read_bytes())
+    else:
+        with pytest.raises(HarnessError, match="not a removable disk"):
+            write_image_to_device(image, device, assume_yes=True, sys_root=root, allow_regular_file=True)

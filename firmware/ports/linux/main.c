@@ -18,8 +18,9 @@
 
 #include "tinyllm/tinyllm.h"
 
-/* ESP32-CAM budget: 4 MiB PSRAM + 256 KiB internal RAM. */
-#define DEFAULT_ARENA_BYTES 4456448u
+/* The ESP32 app's arena: 4032 KiB of the 4 MiB PSRAM (CONFIG_TINYLLM_ARENA_KB), so
+ * residency and memory figures here are the ones the board can have. */
+#define DEFAULT_ARENA_BYTES 4128768u
 
 typedef struct posix_port {
     const char *card_dir;
@@ -101,7 +102,7 @@ static void usage(FILE *f)
             "  --precision P     float32 (default) or int8\n"
             "  --prompts FILE    prompt file run at start-up (default DIR/prompts.txt if present;\n"
             "                    'none' disables); then commands are read from stdin\n"
-            "  --arena-bytes N   memory budget (default %u = 4 MiB PSRAM + 256 KiB)\n"
+            "  --arena-bytes N   memory budget (default %u = the ESP32 app's 4032 KiB PSRAM arena)\n"
             "  --context N       max positions (default max_position_embeddings)\n"
             "  --chunk-rows N    rows per streamed chunk (default 256)\n"
             "  --no-resident     stream every matrix from the card at every use\n",

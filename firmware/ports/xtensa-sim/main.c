@@ -22,8 +22,8 @@
 
 #include "tinyllm/tinyllm.h"
 
-/* Board budget: 4 MiB PSRAM + 256 KiB internal RAM, as on the linux target. */
-#define DEFAULT_ARENA_BYTES 4456448u
+/* The ESP32 app's arena (CONFIG_TINYLLM_ARENA_KB = 4032 KiB of PSRAM), as on linux. */
+#define DEFAULT_ARENA_BYTES 4128768u
 #define LINE_MAX_BYTES 16384u /* a full-context prompt is ~6 KB of ids */
 
 enum { SYS_EXIT = 1, SYS_READ = 3, SYS_WRITE = 4, SYS_OPEN = 5, SYS_CLOSE = 6, SYS_LSEEK = 19,
@@ -152,13 +152,17 @@ static void sim_console(void *ctx, const char *text, size_t n)
 
 /* ---- arguments ---------------------------------------------------------------------- */
 
-static char argv_buf[1024];
+static char argv_buf[4096];
 
 static int sim_args(char ***argv_out)
 {
     long argc = tl_sim_simcall(SYS_ARGC, 0, 0, 0);
     long size = tl_sim_simcall(SYS_ARGV_SZ, 0, 0, 0);
-    if (argc <= 0 || size <= 0 || (size_t)size > sizeof argv_buf) return 0;
+    if (argc <= 0 || size <= 0) return 0;
+    if ((size_t)size > sizeof argv_buf) {
+        sim_puts("TINYLLM_ERROR E_COMMAND arguments longer than 4096 bytes\nTINYLLM_EXIT 2\n");
+        sim_exit(2);
+    }
     tl_sim_simcall(SYS_ARGV, (long)argv_buf, 0, 0); /* pointer table, then the strings */
     *argv_out = (char **)(void *)argv_buf;
     return (int)argc;
@@ -179,34 +183,35 @@ static int parse_count(const char *s, unsigned long max, unsigned long *out)
 static char line_buf[LINE_MAX_BYTES + 1];
 static size_t line_len;
 
-/* Returns a line without its '\n', or NULL at end of input. Over-long lines are cut
- * at LINE_MAX_BYTES (the engine then reports a bad command). */
-static char *read_line(void)
+/* Returns a line without its '\n', or NULL at end of input. A line longer than
+ * LINE_MAX_BYTES is read to its end and dropped, and *overlong is set: running the
+ * cut-off front of a command would run something the user did not ask for. */
+static char *read_line(int *overlong)
 {
     static size_t consumed;
-    if (consumed) {
-        memmove(line_buf, line_buf + consumed, line_len - consumed);
-        line_len -= consumed;
-        consumed = 0;
-    }
+    *overlong = 0;
     for (;;) {
+        if (consumed) {
+            memmove(line_buf, line_buf + consumed, line_len - consumed);
+            line_len -= consumed;
+            consumed = 0;
+        }
         char *nl = memchr(line_buf, '\n', line_len);
         if (nl) {
             *nl = '\0';
             consumed = (size_t)(nl - line_buf) + 1;
-            return line_buf;
+            return line_buf; /* with *overlong set, this is the tail of a dropped line */
         }
-        if (line_len == LINE_MAX_BYTES) { /* no newline in a full buffer */
-            line_buf[line_len] = '\0';
-            consumed = line_len;
-            return line_buf;
+        if (line_len == LINE_MAX_BYTES) { /* no newline in a full buffer: drop it, keep reading */
+            *overlong = 1;
+            line_len = 0;
         }
         long got = tl_sim_simcall(SYS_READ, 0, (long)(line_buf + line_len), (long)(LINE_MAX_BYTES - line_len));
         if (got <= 0) {
-            if (line_len == 0) return NULL;
+            if (line_len == 0 && !*overlong) return NULL;
             line_buf[line_len] = '\0';
             consumed = line_len;
-            return line_buf;
+            return line_buf; /* last line without '\n' (or the end of a dropped one) */
         }
         line_len += (size_t)got;
     }
@@ -280,7 +285,17 @@ static int run(void)
         if (r > 0) failed += r;
     }
     char *line;
-    while (!quit && (line = read_line()) != NULL) {
+    int overlong;
+    while (!quit && (line = read_line(&overlong)) != NULL) {
+        if (overlong) {
+            char msg[120];
+            snprintf(msg, sizeof msg, "TINYLLM_ERROR E_COMMAND console line longer than %u bytes: ignored\n",
+                     LINE_MAX_BYTES);
+            sim_puts(msg);
+            sim_puts("TINYLLM_READY\n");
+            failed++;
+            continue;
+        }
         int r = tl_engine_exec(e, line);
         if (r == TL_CMD_FAILED) failed++;
         if (r == TL_CMD_QUIT) quit = 1;

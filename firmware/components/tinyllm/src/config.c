@@ -97,7 +97,7 @@ static int get_pos_float(const cJSON *obj, const char *key, float *out, tl_err *
     if (!cJSON_IsNumber(it))
         return tl_fail(err, TL_E_CONFIG, "model_config.json: config.%s missing or not a number", key);
     double v = it->valuedouble;
-    if (!(v > 0.0) || !isfinite(v) || (float)v <= 0.0f)
+    if (!(v > 0.0) || !isfinite(v) || (float)v <= 0.0f || !isfinite((float)v))
         return tl_fail(err, TL_E_CONFIG, "model_config.json: config.%s = %.17g, expected a positive number", key, v);
     *out = (float)v;
     return TL_OK;
@@ -258,7 +258,7 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
              cJSON_IsString(name) ? name->valuestring : "tiny-llm");
     /* The name goes into JSON output unescaped: keep it to safe characters. */
     for (char *p = cfg->model_name; *p; p++)
-        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) *p = '_';
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p >= 0x80) *p = '_';
 
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(root, "dtype");
     if (!cJSON_IsString(dtype) ||
@@ -273,6 +273,17 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
         goto done;
     }
     cfg->int8 = strcmp(dtype->valuestring, "int8") == 0;
+    /* The int8 matvec's int32 accumulator must convert to float exactly
+     * (|acc| <= 127*127*in_features < 2^24): the contract's bit-exactness needs it. */
+    if (cfg->int8) {
+        int widest = cfg->hidden > cfg->inter ? cfg->hidden : cfg->inter;
+        if (cfg->heads * cfg->head_dim > widest) widest = cfg->heads * cfg->head_dim;
+        if (widest > 1040) {
+            rc = tl_fail(err, TL_E_CONFIG, "model_config.json: int8 needs every matrix input <= 1040 wide, got %d",
+                         widest);
+            goto done;
+        }
+    }
 
     if (parse_model(cJSON_GetObjectItemCaseSensitive(root, "config"), cfg, err)) goto fail;
     if (parse_quantization(root, cfg, err)) goto fail;

@@ -82,14 +82,18 @@ tl_engine *tl_engine_init(const tl_port *port, const tl_options *opt)
     m->arena = &e->arena;
     m->err = &e->err;
 
-    if (tl_model_open(m, opt, &e->card_id) == TL_OK && tl_model_layout(m, opt) == TL_OK) {
+    /* Keep room, while weights are made resident, for the token buffer and step
+     * log (per position) and the prompt-file line buffer allocated later. */
+    size_t per_position = sizeof(int32_t) + sizeof(tl_step);
+    if (tl_model_open(m, opt, &e->card_id) == TL_OK &&
+        tl_model_layout(m, opt, TL_SCRIPT_LINE_BYTES, per_position) == TL_OK) {
         e->tokens = (int32_t *)tl_arena_alloc(&e->arena, ((size_t)m->context + 1) * sizeof(int32_t), "token buffer",
                                               &e->err);
         if (e->tokens)
             e->steps = (tl_step *)tl_arena_alloc(&e->arena, (size_t)m->context * sizeof(tl_step), "step log", &e->err);
     }
-    /* The step log and tokens are allocated after the weights; if they did not
-     * fit, the budget is too small even with everything streamed. */
+    /* Residency left room for these; if they did not fit, the budget is too
+     * small even with every matrix streamed. */
     if (e->err.code != TL_OK) {
         tl_emit_error(port, e->err.code, e->err.msg);
         return NULL;
@@ -105,14 +109,16 @@ tl_engine *tl_engine_init(const tl_port *port, const tl_options *opt)
 
 /* ---------------------------------------------------------------------- gen */
 
-/* Parses a decimal integer that must be the whole word. */
+/* Parses a decimal integer that must be the whole word: -1 if it is not a
+ * number, -2 if it is one but does not fit a long. */
 static int parse_long(const char *s, long *out)
 {
     char *end;
     if (!*s) return -1;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (*end != '\0' || errno == ERANGE) return -1;
+    if (*end != '\0') return -1;
+    if (errno == ERANGE) return -2;
     *out = v;
     return 0;
 }
@@ -188,7 +194,11 @@ static int cmd_gen(tl_engine *e, char *args)
             else return tl_fail(&e->err, TL_E_COMMAND, "gen: unknown option '%s' (expected n=, k=, tf=)", word);
             continue;
         }
-        if (parse_long(word, &v))
+        int bad = parse_long(word, &v);
+        if (bad == -2)
+            return tl_fail(&e->err, TL_E_PROMPT, "gen: token id %s at prompt position %d out of range [0, %d)", word,
+                           n_prompt, m->cfg.vocab);
+        if (bad)
             return tl_fail(&e->err, TL_E_COMMAND, "gen: '%s' is neither a token id nor an option", word);
         if (v < 0 || v >= m->cfg.vocab)
             return tl_fail(&e->err, TL_E_PROMPT, "gen: token id %ld at prompt position %d out of range [0, %d)", v,
@@ -196,8 +206,9 @@ static int cmd_gen(tl_engine *e, char *args)
         if (n_prompt <= m->context) e->tokens[n_prompt] = (int32_t)v; /* keep counting, stop storing */
         if (n_prompt < 0x7fffffff) n_prompt++;
     }
-    if (n_new < 0 || n_new > 0x7fffffffL - n_prompt)
-        return tl_fail(&e->err, TL_E_COMMAND, "gen: n=%ld, expected n >= 0", n_new);
+    if (n_new < 0) return tl_fail(&e->err, TL_E_COMMAND, "gen: n=%ld, expected n >= 0", n_new);
+    if (n_new > 0x7fffffffL - n_prompt)
+        return tl_fail(&e->err, TL_E_PROMPT, "gen: n=%ld exceeds the context of %d positions", n_new, m->context);
     if (k < 1 || k > TL_MAX_TOPK) return tl_fail(&e->err, TL_E_COMMAND, "gen: k=%ld, expected 1..%d", k, TL_MAX_TOPK);
     if (tf != 0 && tf != 1) return tl_fail(&e->err, TL_E_COMMAND, "gen: tf=%ld, expected 0 or 1", tf);
     if (n_prompt < 1) return tl_fail(&e->err, TL_E_PROMPT, "gen: empty prompt, expected at least 1 token id");

@@ -20,9 +20,10 @@ float tl_quantize_act(int8_t *qx, const float *x, int n)
         if (a > xmax) xmax = a;
     }
     float sx = xmax / 127.0f;
-    if (xmax == 0.0f) sx = 1.0f;
+    if (xmax == 0.0f || !isfinite(xmax)) sx = 1.0f;
     for (int j = 0; j < n; j++) {
         float q = rintf(x[j] / sx); /* round half to even (default rounding mode) */
+        if (q != q) q = 0.0f;       /* NaN from corrupt weights: no undefined cast below */
         if (q > 127.0f) q = 127.0f;
         if (q < -127.0f) q = -127.0f;
         qx[j] = (int8_t)q;

@@ -8,7 +8,9 @@
 #include "kernels.h"
 #include "output.h"
 
-#define TL_MAX_CONFIG_BYTES (256u * 1024u)
+/* A real model_config.json is 4-8 KB; cJSON needs about twice the text in
+ * heap, and the bare-metal port reserves 96 KiB of heap for it. */
+#define TL_MAX_CONFIG_BYTES (32u * 1024u)
 
 static const char *const TAG_LOADER = "weight_loader";
 
@@ -134,7 +136,7 @@ static int make_resident(tl_model *m, tl_tensor *t)
     return read_exact(m, t->fh, t->name, 0, t->resident, (size_t)t->bytes);
 }
 
-int tl_model_layout(tl_model *m, const tl_options *opt)
+int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, size_t reserve_per_position)
 {
     const tl_config *c = &m->cfg;
     int H = c->hidden, d = c->head_dim, qdim = c->heads * d, kvdim = c->kv_heads * d;
@@ -179,12 +181,13 @@ int tl_model_layout(tl_model *m, const tl_options *opt)
      * embedding (one row per step) and lm_head (chunked) are always streamed. */
     static const int order[] = {TL_T_NORM1, TL_T_NORM2, TL_T_FINAL_NORM, TL_T_Q,  TL_T_K,
                                 TL_T_V,     TL_T_O,     TL_T_GATE,       TL_T_UP, TL_T_DOWN};
+    uint64_t reserve = (uint64_t)reserve_fixed + (uint64_t)reserve_per_position * ((uint64_t)m->context + 1u) + 64u;
     if (!opt->no_resident) {
         for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
             int id = order[i];
             tl_tensor *w = &m->w[id], *s = &m->scale[id];
             uint64_t need = w->bytes + s->bytes + 32u; /* + alignment padding */
-            if (need > (uint64_t)tl_arena_available(m->arena) || need > (uint64_t)(size_t)-1) continue;
+            if (need + reserve > (uint64_t)tl_arena_available(m->arena) || need > (uint64_t)(size_t)-1) continue;
             if (make_resident(m, w)) return m->err->code;
             if (s->fh >= 0 && make_resident(m, s)) return m->err->code;
         }

@@ -76,7 +76,10 @@ typedef struct tl_model {
 int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id);
 /* Lays out the arena (KV cache, activations, buffers) and makes weights
  * resident while they fit, after the caller's own fixed allocations. */
-int tl_model_layout(tl_model *m, const tl_options *opt);
+/* Lays out the arena. Weights are made resident only while `reserve_fixed +
+ * reserve_per_position * (context + 1)` bytes stay free for what the caller
+ * allocates afterwards (token buffer, step log, prompt-file line buffer). */
+int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, size_t reserve_per_position);
 /* One forward pass of `token` at position `pos`. If top != NULL the logits are
  * computed (lm_head streamed) and their top-k kept in *top. */
 int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top);
