@@ -115,3 +115,15 @@ def test_verify_passes_on_a_good_card(firmwares, target_name, request):
 def test_teacher_forced_command_syntax():
     assert Prompt("x", (1, 5), 0).command(teacher_forced=True) == "gen 1 5 n=0 tf=1"
     assert Prompt("x", (7,), 3).command(k=8) == "gen 7 n=3 k=8"
+
+
+def test_cpu_exception_is_an_error_line_not_a_hang(firmwares, target_name, request):
+    """xtensa-sim's exception vectors turn a fault into E_CRASH (cause and pc) and exit 3."""
+    if target_name != "xtensa-sim":
+        pytest.skip(f"CPU exception vectors are the bare-metal port's; {target_name} has an OS that reports faults")
+    dut = firmwares.start(target_name, "micro", "float32", extra=("--selftest-exception",), log_name="micro-exception")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    dut.close()
+    assert [e.code for e in dut.boot.errors] == ["E_CRASH"]
+    assert "cause 0 at pc 0x" in dut.boot.errors[0].message  # 0 = IllegalInstructionCause
+    assert dut.boot.exit_code == 3 and dut.exit_code == 3

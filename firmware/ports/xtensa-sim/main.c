@@ -8,6 +8,7 @@
  *
  *   tinyllm --card DIR [--precision float32|int8] [--prompts card|none]
  *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]
+ *           [--selftest-exception]   (executes an illegal instruction: tests the vectors)
  *
  * Cycles: under `-icount shift=0,sleep=off` QEMU advances virtual time by 1 ns per
  * executed instruction and CCOUNT ticks at the core's clock, so CCOUNT is
@@ -245,6 +246,7 @@ static int run(void)
         else if (strcmp(a, "--context") == 0 && !parse_count(val, 1UL << 24, &context)) i++;
         else if (strcmp(a, "--chunk-rows") == 0 && !parse_count(val, 1UL << 24, &chunk_rows)) i++;
         else if (strcmp(a, "--no-resident") == 0) no_resident = 1;
+        else if (strcmp(a, "--selftest-exception") == 0) __asm__ volatile("ill"); /* proves the vectors: E_CRASH, exit 3 */
         else usage_exit(a);
     }
     if (!card) usage_exit("(missing --card)");

@@ -28,27 +28,31 @@ _boot:
     .section .vectors, "ax"
     .align  1024
     .global tl_sim_vectors
-tl_sim_vectors:
+tl_sim_vectors:                 /* each stub: a2 = vector id, a4 = the pc that vector saved */
     .org    0x10
     movi    a2, 2
+    rsr.epc2 a4
     j       .Lfatal_common
     .org    0x20
     movi    a2, 3
+    rsr.epc3 a4
     j       .Lfatal_common
     .org    0x30
     movi    a2, 1
+    rsr.epc1 a4
     j       .Lfatal_common
     .org    0x50
     movi    a2, 0
+    rsr.epc1 a4
     j       .Lfatal_common
     .org    0x70
     movi    a2, 4
+    rsr.depc a4
     j       .Lfatal_common
     .align  4
     .literal_position
-.Lfatal_common:                 /* a2 = vector id; cause, pc and address from special registers */
+.Lfatal_common:                 /* cause and faulting address from special registers */
     rsr.exccause a3
-    rsr.epc1 a4
     rsr.excvaddr a5
     movi    a1, __stack_top     /* the fault may have come from a bad stack */
     movi    a0, tl_sim_fatal
