@@ -127,3 +127,20 @@ def test_cpu_exception_is_an_error_line_not_a_hang(firmwares, target_name, reque
     assert [e.code for e in dut.boot.errors] == ["E_CRASH"]
     assert "cause 0 at pc 0x" in dut.boot.errors[0].message  # 0 = IllegalInstructionCause
     assert dut.boot.exit_code == 3 and dut.exit_code == 3
+
+
+def test_over_long_console_line_is_refused_whole(firmwares, oracle, target_name, request):
+    """A line longer than the bare-metal console buffer is not run cut off (its front could be
+    another command): E_COMMAND, then the next line works."""
+    if target_name != "xtensa-sim":
+        pytest.skip(f"{target_name} reads lines of any length (getline)")
+    dut = firmwares.start(target_name, "micro", "float32", log_name="micro-long-line")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    try:
+        transcript = dut.command("gen 1 4" + " " * 20000 + "50 n=2", timeout=60)
+        assert [e.code for e in transcript.errors] == ["E_COMMAND"] and "longer than" in transcript.errors[0].message
+        assert not transcript.results
+        prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
+        assert dut.generate(prompt, timeout=120).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
+    finally:
+        dut.close()

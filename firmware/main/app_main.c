@@ -203,15 +203,7 @@ void app_main(void)
     console_init();
     while (!quit) {
         int len = read_line(s_line, sizeof s_line);
-        if (len < 0) {
-            char msg[96];
-            snprintf(msg, sizeof msg, "TINYLLM_ERROR E_COMMAND console line longer than %d bytes\n", LINE_BYTES - 1);
-            put_line(msg);
-            put_line("TINYLLM_READY\n");
-            failed++;
-            continue;
-        }
-        int r = tl_engine_exec(e, s_line);
+        int r = len < 0 ? tl_engine_reject_long_line(e, LINE_BYTES - 1) : tl_engine_exec(e, s_line);
         if (r == TL_CMD_FAILED) failed++;
         if (r == TL_CMD_QUIT) quit = 1;
     }

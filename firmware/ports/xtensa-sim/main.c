@@ -289,16 +289,7 @@ static int run(void)
     char *line;
     int overlong;
     while (!quit && (line = read_line(&overlong)) != NULL) {
-        if (overlong) {
-            char msg[120];
-            snprintf(msg, sizeof msg, "TINYLLM_ERROR E_COMMAND console line longer than %u bytes: ignored\n",
-                     LINE_MAX_BYTES);
-            sim_puts(msg);
-            sim_puts("TINYLLM_READY\n");
-            failed++;
-            continue;
-        }
-        int r = tl_engine_exec(e, line);
+        int r = overlong ? tl_engine_reject_long_line(e, LINE_MAX_BYTES) : tl_engine_exec(e, line);
         if (r == TL_CMD_FAILED) failed++;
         if (r == TL_CMD_QUIT) quit = 1;
     }

@@ -296,6 +296,14 @@ int tl_engine_exec(tl_engine *e, char *line)
     return result;
 }
 
+int tl_engine_reject_long_line(tl_engine *e, size_t limit)
+{
+    tl_fail(&e->err, TL_E_COMMAND, "console line longer than %lu bytes: ignored", (unsigned long)limit);
+    report_error(e);
+    tl_emit_ready(e->port);
+    return TL_CMD_FAILED;
+}
+
 /* ------------------------------------------------------------------ scripts */
 
 int tl_engine_run_script(tl_engine *e, const char *path, int *quit)

@@ -40,6 +40,11 @@ tl_engine *tl_engine_init(const tl_port *port, const tl_options *opt);
 /* Runs one command line (modified in place while parsing). */
 int tl_engine_exec(tl_engine *e, char *line);
 
+/* For a port whose console line buffer overflowed: the line is not run (its
+ * cut-off front could be a different command); prints E_COMMAND and
+ * TINYLLM_READY. Returns TL_CMD_FAILED. */
+int tl_engine_reject_long_line(tl_engine *e, size_t limit);
+
 /* Runs every line of a card-relative file (the boot prompt file).
  * Returns the number of failed commands, or -1 if the file does not exist.
  * *quit is set to 1 if the file contained "quit". */
