@@ -21,7 +21,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -171,11 +170,9 @@ def unavailable(config: str, firmware: Path = FIRMWARE, port: str | None = None,
 # --- board checks ------------------------------------------------------------------------------
 def expected_card_id(weights_dir: Path) -> str:
     """The card id the firmware prints for a weight set: CRC-32 of its model_config.json, lowercase hex."""
-    config = Path(weights_dir) / "model_config.json"
-    try:
-        return f"{zlib.crc32(config.read_bytes()) & 0xFFFFFFFF:08x}"
-    except OSError as exc:
-        raise HarnessError(f"cannot read {config}: {exc}") from exc
+    from harness.weights import card_id
+
+    return card_id(weights_dir)
 
 
 def _write_hint(image: Path | None) -> str:

@@ -63,13 +63,18 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def crc32_hex(data: bytes) -> str:
+    """zlib's CRC-32 as the manifest and the firmware's card id write it: 8 lowercase hex digits."""
+    return f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
+
+
 def _file_entry(path: Path, shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
     data = path.read_bytes()
     return {
         "shape": list(shape),
         "dtype": dtype,
         "bytes": len(data),
-        "crc32": f"{zlib.crc32(data) & 0xFFFFFFFF:08x}",
+        "crc32": crc32_hex(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
 

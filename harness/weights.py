@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.export import CONFIG_FILE, FORMAT
+from harness.export import CONFIG_FILE, FORMAT, crc32_hex
 from harness.spec import ModelSpec, spec_from_hf_config
 
 NP_DTYPES = {"float32": "<f4", "int8": "i1"}
@@ -26,9 +26,16 @@ class WeightSet:
     tensors: dict[str, np.ndarray]  # file stem (e.g. "q_proj", "q_proj_scales") -> array
 
     def card_id(self) -> str:
-        import zlib
+        return card_id(self.folder)
 
-        return f"{zlib.crc32((self.folder / CONFIG_FILE).read_bytes()) & 0xFFFFFFFF:08x}"
+
+def card_id(folder: Path) -> str:
+    """The id the firmware prints for a weight set: CRC-32 of its model_config.json bytes."""
+    config = Path(folder) / CONFIG_FILE
+    try:
+        return crc32_hex(config.read_bytes())
+    except OSError as exc:
+        raise HarnessError(f"cannot read {config}: {exc}") from exc
 
 
 def read_config(folder: Path) -> dict[str, Any]:
