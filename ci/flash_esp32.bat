@@ -23,7 +23,9 @@ if errorlevel 1 (
   echo idf.py not found: install ESP-IDF v5.4 and run export.bat first
   exit /b 2
 )
-set "CONFIG=board_%PRECISION%"
+rem One build serves both precisions: the firmware boots float32; "load int8" switches.
+set "CONFIG=board"
+if /i "%PRECISION%"=="int8" echo the firmware boots float32: type "load int8" in the monitor ^(or put it in prompts.txt^)
 set "BUILD=build_esp32_%CONFIG%"
 cd /d "%~dp0..\firmware" || exit /b 2
 call idf.py -B "%BUILD%" -D "SDKCONFIG=%BUILD%/sdkconfig" -D "SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.%CONFIG%" -D IDF_TARGET=esp32 build || exit /b 1

@@ -5,8 +5,10 @@
 #   ci/flash_esp32.sh /dev/ttyUSB0 [float32|int8] [--no-monitor]
 #   ESPPORT=/dev/ttyUSB0 ci/flash_esp32.sh
 #
-# Put the card image on the micro-SD card first (python -m harness.sdwriter build/sd.img /dev/sdX).
-# In the monitor, type commands such as `gen 1 450 263 n=16`; Ctrl-] quits.
+# Put the card image on the micro-SD card first (tinyllm-harness write-card build/sd.img /dev/sdX).
+# One build serves both precisions: the firmware boots the float32 set, and `load int8` (typed in
+# the monitor, or a line of the card's prompts.txt) switches. In the monitor, type commands such as
+# `gen 1 450 263 n=16`; Ctrl-] quits.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -24,8 +26,9 @@ if ! command -v idf.py >/dev/null 2>&1; then
   exit 2
 fi
 
-config="board_$precision"
+config="board"
 build="build_esp32_$config"
+[ "$precision" = int8 ] && echo "the firmware boots float32: type 'load int8' in the monitor (or put it in prompts.txt)"
 cd "$here/firmware"
 # set-target is implied by IDF_TARGET; each config keeps its own build dir and sdkconfig.
 idf.py -B "$build" -D SDKCONFIG="$build/sdkconfig" \

@@ -36,11 +36,12 @@ if ! grep -rqs "^Types:.*deb-src" /etc/apt/sources.list.d/ && ! grep -qs "^deb-s
 fi
 bash "$here/ci/fetch-cjson-source.sh" || echo "ci/setup.sh: could not fetch cJSON's source; the xtensa-sim tests will be skipped"
 
-# A distribution's own python3 (Debian 12, Ubuntu 24.04) refuses pip installs (PEP 668): then the
-# harness lives in .venv, and ci/python.sh tells the other scripts which interpreter to use.
-PY=${PYTHON:-python3}
-if [ -z "${PYTHON:-}" ] && $PY -c 'import os, sys, sysconfig; sys.exit(0 if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
-  [ -x "$here/.venv/bin/python" ] || $PY -m venv "$here/.venv"
+# The harness always lives in the project's own .venv: never in a user's global interpreter (a
+# second clone would re-point an editable install there), and it works where python3 is
+# externally managed (PEP 668: Debian 12, Ubuntu 24.04). ci/python.sh prints its interpreter.
+# PYTHON=/path/to/python uses that interpreter as it is instead (e.g. inside a container).
+if [ -z "${PYTHON:-}" ]; then
+  [ -x "$here/.venv/bin/python" ] || python3 -m venv "$here/.venv"
 fi
 PY=$(bash "$here/ci/python.sh")
 # torch first and pinned to the release this project is tested with. On PyPI a Linux torch
@@ -50,4 +51,18 @@ torch_index=()
 [ -n "${TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$TORCH_INDEX_URL")
 $PY -m pip install -q --disable-pip-version-check "${torch_index[@]}" "torch==2.13.0"
 $PY -m pip install -q --disable-pip-version-check "setuptools<81"
-$PY -m pip install -q --disable-pip-version-check -e "$here[dev]"
+# [esp32]: pytest-embedded's idf + qemu services and esptool >= 5 (pytest-embedded 2.x merges
+# the flash image with `esptool merge-bin`; ESP-IDF's own Python keeps esptool 4.x for idf.py).
+$PY -m pip install -q --disable-pip-version-check -e "$here[dev,esp32]"
+
+# The esp32 target needs ESP-IDF, its xtensa-esp32 toolchain and Espressif's QEMU. A user's own
+# ESP-IDF (IDF_PATH exported, as in the espressif/idf container) is used as it is. Otherwise, where
+# a prebuilt bundle of the three sits beside the repository (ESPRESSIF_BUNDLE, default
+# ../shared/espressif; this project's own machines), it is installed into ESPRESSIF_HOME and
+# the harness finds it there (harness/targets.py). Neither: the esp32 cases are skipped with the reason.
+bundle=${ESPRESSIF_BUNDLE:-$here/../shared/espressif}
+if [ -z "${IDF_PATH:-}" ] && [ -f "$bundle/install.sh" ]; then
+  dest=${ESPRESSIF_HOME:-$HOME/.cache/tinyllm-espressif}
+  echo "ci/setup.sh: ESP-IDF + Espressif QEMU from $bundle into $dest"
+  bash "$bundle/install.sh" "$dest" | tail -n 1
+fi

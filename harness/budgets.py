@@ -39,14 +39,30 @@ def estimated_cycles(model: str, precision: str, target: str, prompt_steps: int,
     return prompt_steps * per_prompt + decode_steps * per_token
 
 
-# QEMU runs lx106 code at ~4e8 instructions/s on this project's machines; a command gets 4x that
-# time plus a minute before it counts as hung.
-EMULATED_INSTRUCTIONS_PER_S = 1e8
+# QEMU runs lx106 code at ~4e8 instructions/s on this project's machines; a command gets 4x the
+# estimate plus a minute before it counts as hung.
+EMULATED_INSTRUCTIONS_PER_S = 4e8
+# Espressif's QEMU on this project's machines (2 cores), measured on tiny-llm: its SD card model
+# moves data one byte at a time (~5 MB/s), and it runs ~2.5e9 CCOUNT cycles of -icount shift=3
+# virtual time per second. Sizes test runs and timeouts only; nothing asserts wall time.
+ESP32_QEMU_BYTES_PER_S = 5e6
+ESP32_QEMU_CYCLES_PER_S = 2.5e9
+
+
+def estimated_seconds(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int) -> float | None:
+    """Wall time a run takes on an emulated target, from the budgets (None: no estimate)."""
+    cycles = estimated_cycles(model, precision, target, prompt_steps, decode_steps)
+    if cycles is None:
+        return None
+    if target == "esp32":
+        io = decode_steps * load_budgets()["models"][model][precision]["bytes_per_token"]
+        return io / ESP32_QEMU_BYTES_PER_S + cycles / ESP32_QEMU_CYCLES_PER_S
+    return cycles / EMULATED_INSTRUCTIONS_PER_S
 
 
 def command_timeout(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int) -> float:
     """Seconds a firmware command may take before the harness calls it hung."""
-    cycles = estimated_cycles(model, precision, target, prompt_steps, decode_steps)
-    if cycles is None:  # host build, or a model without budgets (e.g. a user's HF folder)
+    seconds = estimated_seconds(model, precision, target, prompt_steps, decode_steps)
+    if seconds is None:  # host build, or a model without budgets (e.g. a user's HF folder)
         return 120.0 + 0.5 * (prompt_steps + decode_steps)
-    return 60.0 + cycles / EMULATED_INSTRUCTIONS_PER_S
+    return 60.0 + 4 * seconds

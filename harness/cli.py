@@ -16,6 +16,8 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.export import PRECISIONS, SET_DIRS
 
+TARGETS = ("linux", "xtensa-sim", "esp32")
+
 
 def _precisions(text: str) -> tuple[str, ...]:
     values = tuple(p.strip() for p in text.split(",") if p.strip())
@@ -43,7 +45,7 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
     from harness.fatimage import build_image
 
     start = time.perf_counter()
-    info = build_image(args.card, args.out, size=args.size)
+    info = build_image(args.card, args.out, size=args.size, cluster=args.cluster, fat=args.fat)
     return {**info.to_json(), "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -64,30 +66,54 @@ def cmd_write_card(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def best_target() -> str:
-    """The most board-like target this machine can run the main job on: xtensa-sim (the
-    firmware as Xtensa code in QEMU), else linux. esp32 runs through pytest-embedded
-    (tests/test_esp32.py) where ESP-IDF and Espressif's QEMU or a board exist."""
+    """The most board-like target this machine can run the main job on: esp32 (the ESP-IDF
+    app in Espressif's QEMU, where ESP-IDF and that QEMU are installed), else xtensa-sim (the
+    core as Xtensa code in Debian's QEMU), else linux."""
     from harness.targets import get_target
 
-    return "xtensa-sim" if get_target("xtensa-sim").unavailable() is None else "linux"
+    for name in ("esp32", "xtensa-sim"):
+        if get_target(name).unavailable() is None:
+            return name
+    return "linux"
 
 
-# soft-float on lx106 costs ~0.7 G instructions per float32 tiny-llm token: the full-context
-# prompt of the edge set (and teacher forcing over it) would take the emulator half an hour
-DEFAULT_PROMPTS = {"linux": "smoke,edge", "xtensa-sim": "smoke"}
+# Emulated targets run the smoke set: teacher forcing over the edge set's 1024-token prompt is one
+# lm_head stream per position (half an hour of soft-float on lx106; over an hour of Espressif
+# QEMU's byte-at-a-time SD model for float32).
+DEFAULT_PROMPTS = {"linux": "smoke,edge", "xtensa-sim": "smoke", "esp32": "smoke"}
+
+
+def e2e_targets(text: str) -> list[str]:
+    """`auto`: the best target here, with linux beside it (a fast host column for comparison);
+    else a comma list of targets."""
+    if text == "auto":
+        best = best_target()
+        return [best] if best == "linux" else [best, "linux"]
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in TARGETS]
+    if bad or not names:
+        raise HarnessError(f"--target {text!r}: expected auto or a comma list of {', '.join(TARGETS)}")
+    return list(dict.fromkeys(names))
 
 
 def cmd_e2e(args: argparse.Namespace) -> dict[str, Any]:
     from harness import pipeline
+    from harness.report import write_comparison
 
-    target = best_target() if args.target == "auto" else args.target
-    prompts = args.prompts or DEFAULT_PROMPTS.get(target, "smoke")
-    record = pipeline.run_e2e(args.model, target, args.out, tuple(prompts.split(",")), args.precision,
-                              hf_folder=args.hf_folder)
-    summary = {p: {k: e[k] for k in ("tokens_match", "logits_ok", "tokens_per_s", "bytes_per_token", "reads_per_token",
-                                     "peak_arena")} for p, e in record["precisions"].items()}
-    return {"ok": record["ok"], "target": target, "prompts": prompts, "report": record["report"],
-            "perf": str(args.out / "perf.json"), **summary}
+    names = e2e_targets(args.target)
+    records, results = [], {}
+    for name in names:
+        prompts = args.prompts or DEFAULT_PROMPTS.get(name, "smoke")
+        out = args.out if len(names) == 1 else args.out / name
+        record = pipeline.run_e2e(args.model, name, out, tuple(prompts.split(",")), args.precision,
+                                  hf_folder=args.hf_folder)
+        records.append(record)
+        results[name] = {"ok": record["ok"], "prompts": prompts, "report": record["report"], "perf": str(out / "perf.json"),
+                         **{p: {k: e.get(k) for k in ("tokens_match", "logits_ok", "bytes_per_token", "reads_per_token",
+                                                      "instructions_per_token", "sd_commands_per_token", "peak_arena")}
+                            for p, e in record["precisions"].items()}}
+    report = records[0]["report"] if len(records) == 1 else str(write_comparison(records, args.out))
+    return {"ok": all(r["ok"] for r in records), "targets": names, "report": report, **results}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,10 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", type=_precisions, default=PRECISIONS, help="float32,int8 (default both)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("image", help="build a reproducible FAT32 SD image (no partition table) from a card folder")
+    p = sub.add_parser("image", help="build a reproducible FAT16/FAT32 SD image (no partition table) from a card folder")
     p.add_argument("--card", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--size", type=_size, help="image size, e.g. 128M (default: smallest power of two >= 64 MiB that fits)")
+    p.add_argument("--cluster", type=_size, default=32 * 1024,
+                   help="bytes per cluster, 512 to 64K (default 32K: FatFs reads at most one cluster per SD command)")
+    p.add_argument("--fat", choices=("auto", "16", "32"), default="auto",
+                   help="FAT type (default auto: FAT16 when the cluster count allows, else FAT32)")
     p.set_defaults(func=cmd_image)
 
     p = sub.add_parser("reference", help="greedy tokens and per-step top-k logits from the HF reference")
@@ -118,11 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("e2e", help="the main job: export -> image -> build -> run on a target -> compare -> report")
     p.add_argument("--model", default="tiny-llm")
     p.add_argument("--hf-folder", type=Path, help="export this local HF model instead of synthetic weights")
-    p.add_argument("--target", default="auto", choices=("auto", "linux", "xtensa-sim"),
-                   help="auto (default): xtensa-sim where its tools are installed, else linux. "
-                        "esp32: pytest tests/test_esp32.py --target esp32 --embedded-services idf,qemu")
+    p.add_argument("--target", default="auto",
+                   help="auto (default): the best target here — esp32 (Espressif QEMU) where ESP-IDF is installed, "
+                        "else xtensa-sim where its tools are, else linux — with linux beside it; or a comma list, "
+                        "e.g. esp32,xtensa-sim,linux (one report column per target)")
     p.add_argument("--prompts", default=None,
-                   help="comma list of prompt sets (default: smoke,edge on linux, smoke on xtensa-sim)")
+                   help="comma list of prompt sets (default: smoke,edge on linux, smoke on the emulated targets)")
     p.add_argument("--precision", type=_precisions, default=PRECISIONS)
     p.add_argument("--out", type=Path, default=Path("build/e2e"))
     p.set_defaults(func=cmd_e2e)

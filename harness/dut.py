@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pexpect
 from pexpect.popen_spawn import PopenSpawn
@@ -22,7 +22,13 @@ from pytest_embedded.dut import Dut
 from harness import protocol
 from harness.prompts import Prompt
 
+if TYPE_CHECKING:
+    from harness.targets import Target
+
 READY_OR_EXIT = re.compile(rb"TINYLLM_READY\r?\n|TINYLLM_EXIT (-?\d+)\r?\n")
+EXIT_LINE = re.compile(rb"TINYLLM_EXIT (-?\d+)\r?\n")
+# a QEMU `-trace sdcard_normal_command` record: "sdcard_normal_command SD  READ_MULTIPLE_BLOCK/ CMD18 arg ..."
+SD_COMMAND = re.compile(rb"sdcard_normal_command .*?/ (CMD\d+) ")
 
 
 class FirmwareProcess(PopenSpawn):
@@ -54,15 +60,33 @@ class TinyLLMDut(Dut):
     """One running firmware instance speaking docs/contracts.md."""
 
     def __init__(self, cmd: Sequence[str], log_path: Path, target: str, app_path: Path,
-                 test_case_name: str = "tinyllm", boot_timeout: float = 60.0) -> None:
+                 test_case_name: str = "tinyllm", boot_timeout: float = 60.0, prompt_file_lines: int = 0,
+                 prompt_line_timeout: float = 600.0, boot_commands: Sequence[str] = (),
+                 sd_trace: Path | None = None) -> None:
+        """Starts `cmd` and reads its start-up (up to TINYLLM_READY) into `boot`; then the results
+        of the card's prompt file, when it runs (`prompt_file_lines` commands), into `boot_runs`;
+        then sends `boot_commands` (e.g. `load int8` on the esp32) and, if one of them printed
+        TINYLLM_INFO, makes that transcript `boot`."""
         self.cmd = list(map(str, cmd))
         self.target = target
         self.started = time.monotonic()
+        self.sd_trace = sd_trace
+        self._sd_offset = 0  # bytes of sd_trace already counted
+        self.boot_runs: list[protocol.Transcript] = []
+        self.precision: str | None = None  # the weight set loaded (start_firmware, load())
+        self.card_prompts: list[Prompt] = []  # the prompt-file lines boot_runs answer
         proc = FirmwareProcess(self.cmd, log_path)
         super().__init__(pexpect_proc=proc, msg_queue=None, app=App(str(app_path)),  # type: ignore[arg-type]
                          pexpect_logfile=str(log_path), test_case_name=test_case_name)
         try:
             self.boot = self.read_until_ready(boot_timeout)
+            if self.boot.info is not None:  # a failed start-up prints no INFO and runs no prompt file
+                for _ in range(prompt_file_lines):
+                    self.boot_runs.append(self.read_until_ready(prompt_line_timeout))
+                for line in boot_commands:
+                    t = self.command(line, boot_timeout)
+                    if t.info is not None or t.errors:
+                        self.boot = t
         except BaseException:
             self.close()  # never leave a firmware (or QEMU) running behind a failed boot
             raise
@@ -75,6 +99,8 @@ class TinyLLMDut(Dut):
     def read_until_ready(self, timeout: float) -> protocol.Transcript:
         before = self.expect(READY_OR_EXIT, timeout=timeout, return_what_before_match=True)
         match = self.pexpect_proc.match
+        if match.group(1) is not None:  # the firmware stopped (a device halts: its process goes on)
+            self._exit_line = int(match.group(1))
         text = before.decode(errors="replace") + match.group(0).decode()
         return protocol.parse(text)
 
@@ -85,8 +111,35 @@ class TinyLLMDut(Dut):
     def command(self, line: str, timeout: float) -> protocol.Transcript:
         if not self.alive:
             raise RuntimeError(f"firmware exited ({self.pexpect_proc.proc.returncode}); log: {self.logfile}")
+        self.sd_commands()  # what came before this command is not its own
         self.write(line)
-        return self.read_until_ready(timeout)
+        t = self.read_until_ready(timeout)
+        t.sd_commands = self.sd_commands()
+        return t
+
+    def sd_commands(self) -> dict[str, int] | None:
+        """SD commands QEMU's card model logged since the last call, by name (None: not traced).
+        QEMU flushes its log after every record, so by the time the firmware printed
+        TINYLLM_READY every command of the step is in the file."""
+        if self.sd_trace is None or not Path(self.sd_trace).exists():
+            return None
+        with open(self.sd_trace, "rb") as fp:
+            fp.seek(self._sd_offset)
+            data = fp.read()
+        end = data.rfind(b"\n") + 1  # a record still being written is counted next time
+        self._sd_offset += end
+        counts: dict[str, int] = {}
+        for name in SD_COMMAND.findall(data[:end]):
+            counts[name.decode()] = counts.get(name.decode(), 0) + 1
+        return counts
+
+    def load(self, precision: str, timeout: float = 120.0) -> protocol.Transcript:
+        """`load <precision>`: the same firmware switches to the other weight set."""
+        t = self.command(f"load {precision}", timeout)
+        if t.errors or t.info is None or t.info.get("precision") != precision:
+            raise RuntimeError(f"load {precision} failed: {t.errors}; log {self.logfile}")
+        self.boot, self.precision = t, precision
+        return t
 
     def generate(self, prompt: Prompt, k: int = 2, teacher_forced: bool = False,
                  timeout: float = 120.0) -> protocol.Transcript:
@@ -96,19 +149,57 @@ class TinyLLMDut(Dut):
         return Path(self.logfile).read_text(errors="replace")
 
     def close(self) -> None:
+        """`quit`, then wait for the process to end. A device (the esp32 in QEMU) halts after its
+        TINYLLM_EXIT line instead of ending, so QEMU is then stopped; anything still running
+        after 10 s is killed."""
         if self.pexpect_proc.proc.returncode is not None and self.pexpect_proc.log_closed:
             return  # already closed
         try:
-            if self.alive:
+            if self.alive and self._exit_line is not None:  # stopped already (a halted device)
+                try:
+                    self.pexpect_proc.expect(pexpect.EOF, timeout=5)
+                except pexpect.TIMEOUT:
+                    self.pexpect_proc.proc.terminate()
+            elif self.alive:
                 self.pexpect_proc.sendline("quit")
                 try:
-                    self.pexpect_proc.expect(pexpect.EOF, timeout=10)
+                    if self.pexpect_proc.expect([pexpect.EOF, EXIT_LINE], timeout=10) == 1:
+                        self._exit_line = int(self.pexpect_proc.match.group(1))
+                        try:  # a process ends by itself (sanitizer reports come after the line)
+                            self.pexpect_proc.expect(pexpect.EOF, timeout=5)
+                        except pexpect.TIMEOUT:  # a device halts: stop its emulator
+                            self.pexpect_proc.proc.terminate()
                 except pexpect.TIMEOUT:
                     self.pexpect_proc.kill(9)
             self.pexpect_proc.wait()
         finally:
             self.pexpect_proc.close()
 
+    _exit_line: int | None = None
+
     @property
     def exit_code(self) -> int | None:
-        return self.pexpect_proc.proc.returncode
+        """The firmware's TINYLLM_EXIT code where a device printed it and was then stopped, else
+        the process's exit status."""
+        return self._exit_line if self._exit_line is not None else self.pexpect_proc.proc.returncode
+
+
+def start_firmware(target: Target, binary: Path, card: Path, precision: str, log_path: Path,
+                   card_prompts: Sequence[Prompt] = (), prompts: str = "none", extra: tuple[str, ...] = (),
+                   line_timeout: float = 600.0) -> TinyLLMDut:
+    """Boots `binary` on `target` with `card` the same way on every target: `precision` and
+    `extra` become arguments (linux, xtensa-sim) or console commands (`load ...`, esp32); where
+    the card's prompt file runs (asked for with prompts="card", or always on a device), the
+    results of its `card_prompts` are in `dut.boot_runs`."""
+    runs = list(card_prompts) if target.runs_card_prompts(prompts) else []
+    if target.name == "esp32":  # QEMU's SD model counts what the card sees
+        sd_trace = log_path.with_suffix(".sd-trace.log")
+        cmd = target.command(binary, card, precision, prompts, extra, sd_trace=sd_trace)
+    else:
+        sd_trace, cmd = None, target.command(binary, card, precision, prompts, extra)
+    dut = TinyLLMDut(cmd, log_path, target=target.name, app_path=binary.parent, boot_timeout=120.0,
+                     prompt_file_lines=len(runs), prompt_line_timeout=line_timeout,
+                     boot_commands=target.boot_commands(precision, extra), sd_trace=sd_trace)
+    dut.precision = precision
+    dut.card_prompts = runs
+    return dut

@@ -4,7 +4,8 @@ pytest-embedded runs it (`--embedded-services idf,qemu` or `esp,idf`); this modu
 the tests need around that and what can be checked without ESP-IDF:
 
 - the build directories, one per `firmware/sdkconfig.ci.<config>` (`build_esp32_<config>`,
-  the idf-build-apps naming) and the `idf.py` line that makes one;
+  the idf-build-apps naming: `qemu` and `board`; one build serves both precisions, the
+  console command `load int8` switches) and the `idf.py` line that makes one;
 - the extra QEMU arguments pytest-embedded's qemu service does not add (it runs
   `qemu-system-xtensa -nographic -machine esp32` plus `-drive file=<flash>,if=mtd,format=raw`):
   4 MB of PSRAM, the SD card image on the SD/MMC host, the timer-group watchdogs off;
@@ -32,8 +33,8 @@ FIRMWARE = REPO_ROOT / "firmware"
 TARGET = "esp32"
 ENVIRONMENTS = ("qemu", "board")
 PRECISIONS = ("float32", "int8")
-CONFIGS = tuple(f"{env}_{precision}" for env in ENVIRONMENTS for precision in PRECISIONS)
-IDF_VERSION = "v5.4"
+CONFIGS = ENVIRONMENTS  # firmware/sdkconfig.ci.qemu, firmware/sdkconfig.ci.board
+IDF_VERSION = "v5.5"
 APP_NAME = "tinyllm_esp32cam"  # project() in firmware/CMakeLists.txt
 
 QEMU_PROG = "qemu-system-xtensa"
@@ -51,10 +52,11 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 # --- builds ------------------------------------------------------------------------------------
 def config_name(environment: str, precision: str) -> str:
+    """The build config for an environment; the precision is chosen at run time (`load`)."""
     if environment not in ENVIRONMENTS or precision not in PRECISIONS:
         raise HarnessError(f"no esp32 build config for {environment!r}/{precision!r} "
                            f"(environments {ENVIRONMENTS}, precisions {PRECISIONS})")
-    return f"{environment}_{precision}"
+    return environment
 
 
 def build_dir_name(config: str) -> str:

@@ -1,14 +1,17 @@
-"""Build the SD-card image: FAT32 with long file names, no partition table ("superfloppy").
+"""Build the SD-card image: FAT16/FAT32 with long file names, no partition table ("superfloppy").
 
-Built with pyfatfs. Its file API allocates each file as one contiguous cluster run, so a
-62 MiB card takes well under a second (see `tinyllm-harness image` output). Three things it
-does not do are done here, each for a reason:
+`mkfs.fat` (dosfstools) formats it with the cluster size asked for (default 32 KiB), then
+pyfatfs writes the files (each one contiguous cluster run, well under a second for 62 MiB).
+The cluster size matters on the board: FatFs reads at most one cluster per SD command.
+- FAT type: FAT16 holds 4085..65524 clusters, FAT32 65525 or more. `fat="auto"` takes the
+  smallest power-of-two image (Espressif's QEMU SD model needs a power of two) with a type
+  that fits: with 32 KiB clusters that is FAT16 in 128 MiB for both tiny-llm sets; FAT32
+  with 32 KiB clusters needs 4 GiB (a sparse file: only the data takes disk space).
 - timestamps: pyfatfs stamps entries with the wall clock; images must be byte-reproducible,
-  so the clock it reads is pinned to SOURCE_DATE_EPOCH (default 2024-01-01 00:00 UTC);
-- FSInfo: pyfatfs leaves the free-cluster count of an empty volume; fsck.fat flags that, so
-  the count and next-free hint are rewritten from the final FAT;
-- geometry: sectors-per-track/heads are 0, which mtools rejects; set to the 63/255 that
-  mkfs.fat writes.
+  so the clock it reads is pinned to SOURCE_DATE_EPOCH (default 2024-01-01 00:00 UTC), and
+  mkfs.fat runs with --invariant and a fixed volume id;
+- FSInfo (FAT32): pyfatfs does not update the free-cluster count; fsck.fat flags that, so the
+  count and next-free hint are rewritten from the final FAT.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import shutil
 import struct
+import subprocess
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,9 +33,14 @@ from unittest import mock
 from harness.errors import HarnessError
 
 MIB = 1024 * 1024
-# FAT32 needs more than 65525 clusters; with 512-byte clusters that is ~33 MiB, and
-# Espressif's QEMU SD model wants a power-of-two image, so 64 MiB is the smallest card.
+# Espressif's QEMU SD model wants a power-of-two image; 64 MiB is the smallest card made.
 MIN_IMAGE = 64 * MIB
+MAX_IMAGE = 64 * 1024 * MIB  # SDXC starts above 32 GiB; nothing here needs more
+DEFAULT_CLUSTER = 32 * 1024  # FatFs reads at most one cluster per SD command
+FAT_TYPES = ("auto", "16", "32")
+# clusters each FAT type can address (Microsoft's FAT specification; FatFs decides the same way)
+FAT16_CLUSTERS = (4085, 65524)
+FAT32_MIN_CLUSTERS = 65525
 DEFAULT_EPOCH = 1704067200  # 2024-01-01T00:00:00Z
 VOLUME_ID = 0x544C4C4D  # "TLLM": fixed so two builds are byte-identical
 LABEL = "TINYLLM"
@@ -40,6 +50,7 @@ LABEL = "TINYLLM"
 class ImageInfo:
     path: Path
     size: int
+    fat_type: int
     cluster_bytes: int
     used_bytes: int
     files: int
@@ -102,27 +113,33 @@ def required_clusters(card_root: Path, files: list[Path], cluster: int) -> int:
 
 def _data_clusters(bpb: dict[str, int]) -> int:
     """Clusters in the data region; the FAT's last sector may hold entries past them."""
-    data_sectors = bpb["BPB_TotSec32"] - bpb["BPB_RsvdSecCnt"] - bpb["BPB_NumFATs"] * bpb["BPB_FATSz32"]
+    fat_sectors = bpb.get("BPB_FATSz16") or bpb["BPB_FATSz32"]
+    total = bpb.get("BPB_TotSec16") or bpb["BPB_TotSec32"]
+    root_sectors = (bpb.get("BPB_RootEntCnt", 0) * 32 + bpb["BPB_BytsPerSec"] - 1) // bpb["BPB_BytsPerSec"]
+    data_sectors = total - bpb["BPB_RsvdSecCnt"] - bpb["BPB_NumFATs"] * fat_sectors - root_sectors
     return data_sectors // bpb["BPB_SecPerClus"]
 
 
-def _free_clusters(path: Path) -> tuple[int, int]:
-    """(cluster size, free clusters) of a FAT image, read back from its FAT."""
+def _free_clusters(path: Path) -> tuple[int, int, int]:
+    """(cluster size, clusters, free clusters) of a FAT image, read back from its FAT."""
     PyFat, _ = _import_pyfatfs()
     fat = PyFat()
     fat.open(str(path), read_only=True)
     try:
         n_clusters = _data_clusters(fat.bpb_header)
-        return fat.bytes_per_cluster, sum(1 for e in fat.fat[2 : n_clusters + 2] if e == 0)
+        return fat.bytes_per_cluster, n_clusters, sum(1 for e in fat.fat[2 : n_clusters + 2] if e == 0)
     finally:
         fat.close()
 
 
-def _patch_boot_and_fsinfo(path: Path) -> None:
+def _patch_fsinfo(path: Path) -> None:
+    """FAT32 only: the FSInfo free count and next-free hint, from the final FAT."""
     PyFat, _ = _import_pyfatfs()
     fat = PyFat()
     fat.open(str(path), read_only=True)
     try:
+        if fat.fat_type != PyFat.FAT_TYPE_FAT32:
+            return
         entries = fat.fat[: _data_clusters(fat.bpb_header) + 2]
         free = sum(1 for e in entries[2:] if e == 0)
         next_free = next((i for i, e in enumerate(entries) if i >= 2 and e == 0), 0xFFFFFFFF)
@@ -133,47 +150,99 @@ def _patch_boot_and_fsinfo(path: Path) -> None:
         fat.close()
     with open(path, "r+b") as fp:
         for base in (0, backup * sector):
-            fp.seek(base + 0x18)
-            fp.write(struct.pack("<HH", 63, 255))
             fp.seek(base + fsinfo_sector * sector + 488)
             fp.write(struct.pack("<II", free, next_free))
 
 
-def build_image(card_root: Path, out: Path, size: int | None = None) -> ImageInfo:
-    """Write the files under `card_root` into a new FAT32 image at `out` (atomically)."""
+def fat_type_for(size: int, cluster: int, fat: str = "auto") -> int | None:
+    """The FAT type an image of `size` bytes with `cluster`-byte clusters gets (16 or 32), or
+    None if that type (or, for "auto", any) cannot have that many clusters. The count is the
+    upper bound size / cluster; mkfs.fat has the final word (its FAT and reserved sectors)."""
+    clusters = size // cluster
+    fits16 = FAT16_CLUSTERS[0] <= clusters <= FAT16_CLUSTERS[1]
+    fits32 = clusters >= FAT32_MIN_CLUSTERS
+    if fat == "16":
+        return 16 if fits16 else None
+    if fat == "32":
+        return 32 if fits32 else None
+    return 16 if fits16 else 32 if fits32 else None
+
+
+def _mkfs(path: Path, size: int, cluster: int, fat_type: int) -> None:
+    if shutil.which("mkfs.fat") is None:
+        raise HarnessError("mkfs.fat not found: install dosfstools (apt-get install dosfstools)")
+    with open(path, "wb") as fp:
+        fp.truncate(size)  # sparse
+    argv = ["mkfs.fat", "-F", str(fat_type), "-S", "512", "-s", str(cluster // 512), "-n", LABEL,
+            "-i", f"{VOLUME_ID:08X}", "--invariant", str(path)]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise HarnessError(f"mkfs.fat failed ({' '.join(argv)}): {(result.stderr or result.stdout).strip()}")
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fp:
+        return hashlib.file_digest(fp, "sha256").hexdigest()
+
+
+def build_image(card_root: Path, out: Path, size: int | None = None, cluster: int = DEFAULT_CLUSTER,
+                fat: str = "auto") -> ImageInfo:
+    """Write the files under `card_root` into a new FAT image at `out` (atomically).
+
+    `size`: bytes (default: the smallest power of two >= 64 MiB that holds the files with the
+    chosen cluster size and FAT type); `cluster`: bytes per cluster, 512..65536, a power of
+    two; `fat`: "auto", "16" or "32".
+    """
     PyFat, PyFatFS = _import_pyfatfs()
+    if fat not in FAT_TYPES:
+        raise HarnessError(f"FAT type {fat!r}: expected one of {', '.join(FAT_TYPES)}")
+    if not 512 <= cluster <= 65536 or cluster & (cluster - 1):
+        raise HarnessError(f"cluster size {cluster} B: expected a power of two from 512 B to 64 KiB")
     card_root = Path(card_root)
     files = collect_files(card_root)
     if not files:
         raise HarnessError(f"{card_root}: nothing to put on the card")
     data_bytes = sum((card_root / f).stat().st_size for f in files)
-    candidates = [size] if size else [MIN_IMAGE << i for i in range(8)]
+    if size is not None and (size <= 0 or size % 512 or size > MAX_IMAGE):
+        raise HarnessError(f"image size {size} B: expected a positive multiple of 512 up to {MAX_IMAGE // MIB} MiB")
+    candidates = [size] if size else [MIN_IMAGE << i for i in range(11)]
     tmp = out.with_name(f".{out.name}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise HarnessError(f"{out} is a directory: name the image file to write")
+    tried = []
     try:
         for candidate in candidates:
-            if candidate % 512 or candidate < MIN_IMAGE:
-                raise HarnessError(
-                    f"image size {candidate} B: must be a multiple of 512 and at least {MIN_IMAGE // MIB} MiB "
-                    "(FAT32 needs > 65525 clusters)"
-                )
-            with open(tmp, "wb") as fp:
-                fp.truncate(candidate)
-            with _pinned_clock():
-                fat = PyFat()
-                fat.mkfs(str(tmp), fat_type=PyFat.FAT_TYPE_FAT32, size=candidate, label=LABEL, volume_id=VOLUME_ID)
-                fat.close()
-            cluster, free = _free_clusters(tmp)
-            need = required_clusters(card_root, files, cluster)
+            fat_type = fat_type_for(candidate, cluster, fat)
+            if fat_type is None:
+                tried.append(f"{candidate / MIB:.0f} MiB has {candidate // cluster} clusters of {cluster} B")
+                if size:
+                    raise HarnessError(
+                        f"image size {size / MIB:.1f} MiB with {cluster} B clusters: {size // cluster} clusters fit no "
+                        f"FAT{'' if fat == 'auto' else fat} volume (FAT16 {FAT16_CLUSTERS[0]}..{FAT16_CLUSTERS[1]}, "
+                        f"FAT32 >= {FAT32_MIN_CLUSTERS}); choose another size or cluster size")
+                continue
+            _mkfs(tmp, candidate, cluster, fat_type)
+            cluster_got, clusters, free = _free_clusters(tmp)
+            low, high = FAT16_CLUSTERS if fat_type == 16 else (FAT32_MIN_CLUSTERS, 1 << 28)
+            if not low <= clusters <= high:  # the FATs took enough sectors to leave the type's range
+                tried.append(f"{candidate / MIB:.0f} MiB FAT{fat_type} has {clusters} clusters")
+                if size:
+                    raise HarnessError(f"image size {size / MIB:.1f} MiB: FAT{fat_type} with {cluster} B clusters "
+                                       f"leaves {clusters} clusters, outside {low}..{high}")
+                continue
+            need = required_clusters(card_root, files, cluster_got)
             if need <= free:
                 break
+            tried.append(f"{candidate / MIB:.0f} MiB FAT{fat_type} has {free} free clusters, {need} needed")
             if size:
                 raise HarnessError(
                     f"image size {size / MIB:.1f} MiB is too small: the {len(files)} files ({data_bytes / MIB:.2f} MiB) "
-                    f"need {need} clusters of {cluster} B, the volume has {free} free"
+                    f"need {need} clusters of {cluster_got} B, the volume has {free} free"
                 )
         else:
-            raise HarnessError(f"{data_bytes / MIB:.1f} MiB of files do not fit any image up to {candidates[-1] // MIB} MiB")
+            raise HarnessError(f"{data_bytes / MIB:.1f} MiB of files fit no image up to {candidates[-1] // MIB} MiB "
+                               f"with {cluster} B clusters: " + "; ".join(tried[-3:]))
         with _pinned_clock():
             fs = PyFatFS(str(tmp), utc=True, preserve_case=True)
             try:
@@ -187,10 +256,10 @@ def build_image(card_root: Path, out: Path, size: int | None = None) -> ImageInf
                         dst.write((card_root / rel).read_bytes())
             finally:
                 fs.close()
-        _patch_boot_and_fsinfo(tmp)
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        _patch_fsinfo(tmp)
+        digest = _sha256(tmp)
         tmp.replace(out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return ImageInfo(out, candidate, cluster, need * cluster, len(files), digest)
+    return ImageInfo(out, candidate, fat_type, cluster_got, need * cluster_got, len(files), digest)

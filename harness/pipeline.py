@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -96,120 +97,177 @@ def reference_json(card: Path, prompt_set: str, int8: bool = False) -> dict[str,
 
 # --- the main job: export -> image -> build -> run -> compare -> report -----------------------
 
-def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...] = ("smoke", "edge"),
-            precisions: tuple[str, ...] = ("float32", "int8"), hf_folder: Path | None = None) -> dict[str, Any]:
-    """The whole chain on one target; returns the perf/accuracy record (also written as JSON)."""
+def _instructions(target: Any, cycles: float) -> float | None:
+    """Executed instructions from the firmware's cycle figure, where the target counts them
+    deterministically (QEMU -icount): xtensa-sim's port reports instructions as cycles; the
+    esp32's CCOUNT runs at 240 MHz of virtual time."""
+    if hasattr(target, "instructions"):
+        return float(target.instructions(cycles))
+    return float(cycles) if target.name == "xtensa-sim" else None
+
+
+def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: Path, prompts: list[Any],
+                   refs: dict[Any, Any], boot_results: dict[Any, Any], progress: bool) -> dict[str, Any]:
+    """Every prompt on a running firmware: greedy tokens, teacher-forced logits, per-token figures."""
+    from tqdm import tqdm
+
     from harness import budgets
     from harness.compare import FLOAT32_MAX_ABS, FLOAT32_NMSE, INT8_MAX_ABS, LogitComparison, per_token
-    from harness.dut import TinyLLMDut
-    from harness.fatimage import build_image
     from harness.prompts import Prompt
+
+    emu = NumpyLlama(load_weight_set(card_dir / SET_DIRS[precision])) if precision == "int8" else None
+    rows, figures = [], []
+    logits = LogitComparison(rank_tolerance=2 * FLOAT32_MAX_ABS if precision == "float32" else INT8_MAX_ABS)
+    vs_float32 = LogitComparison(rank_tolerance=float("inf"))
+    bar = tqdm(prompts, desc=f"{target.name} {precision}", unit="prompt", disable=not progress, leave=True)
+    tokens_done = 0
+    sd: dict[str, int] = {}  # SD commands QEMU's card model saw during the teacher-forced runs
+    sd_steps = 0
+    for prompt in bar:
+        r = refs[prompt]
+        expected, oracle_logits = emu.run(list(prompt.ids), prompt.n_new) if emu is not None else (r.tokens, r.logits)
+        steps = len(prompt.ids) + prompt.n_new
+
+        def timeout(tf: bool, steps: int = steps, n_prompt: int = len(prompt.ids)) -> float:
+            return budgets.command_timeout(spec.name, precision, target.name, 0 if tf else n_prompt,
+                                           steps if tf else steps - n_prompt)
+
+        boot = boot_results.get(prompt) if precision == "float32" else None  # the card's prompts.txt ran it
+        result = (boot or dut.generate(prompt, timeout=timeout(False))).results[0]
+        figures.append(per_token(result))
+        forced = Prompt(prompt.name, tuple((list(prompt.ids) + expected)[:-1]), 1)
+        tf = dut.generate(forced, k=8, teacher_forced=True, timeout=timeout(True))
+        logits.add(tf.results[0]["steps"], oracle_logits)
+        if tf.sd_commands is not None:  # every teacher-forced step streams the lm_head, like a token
+            sd_steps += len(tf.results[0]["steps"])
+            for name, count in tf.sd_commands.items():
+                sd[name] = sd.get(name, 0) + count
+        if emu is not None:
+            forced32 = Prompt(prompt.name, tuple((list(prompt.ids) + r.tokens)[:-1]), 1)
+            vs_float32.add(dut.generate(forced32, teacher_forced=True, timeout=timeout(True)).results[0]["steps"],
+                           r.logits)
+        rows.append({"prompt": prompt.name, "n_prompt": len(prompt.ids), "tokens": result["tokens"],
+                     "expected": expected, "match": result["tokens"] == expected, **figures[-1]})
+        tokens_done += len(result["tokens"])
+        bar.set_postfix(tokens=tokens_done, fw_tok_s=f"{figures[-1]['tokens_per_s']:.3g}")
+    bar.close()
+    info = dut.boot.info or {}
+    tokens_ok = all(row["match"] for row in rows)
+    logits_ok = not logits.top1_mismatches and not logits.rank_mismatches and (
+        logits.max_abs <= FLOAT32_MAX_ABS and logits.nmse <= FLOAT32_NMSE if precision == "float32"
+        else logits.max_abs == INT8_MAX_ABS)
+    over = [problem for f in figures for problem in budgets.check(f, spec.name, precision, target.name)]
+    total_tokens = sum(f["n_tokens"] for f in figures)
+    cycles = sum(f["cycles_per_token"] for f in figures) / len(figures)
+    entry: dict[str, Any] = {
+        "oracle": "HF PyTorch float32" if precision == "float32" else "int8 emulation (bit-exact)",
+        "tokens_match": tokens_ok, "logits": logits.to_json(), "logits_ok": logits_ok, "over_budget": over,
+        "tokens_per_s": total_tokens / sum(f["us_per_token"] * f["n_tokens"] / 1e6 for f in figures),
+        "bytes_per_token": max(f["bytes_per_token"] for f in figures),
+        "reads_per_token": max(f["reads_per_token"] for f in figures),
+        "cycles_per_token": cycles, "instructions_per_token": _instructions(target, cycles),
+        "peak_arena": max(f["peak_arena"] for f in figures),
+        "arena_budget": info.get("arena_budget"), "resident_bytes": info.get("resident_bytes"),
+        "prompts": rows, "log": str(dut.logfile),
+    }
+    if precision == "int8" and vs_float32.steps:
+        entry["top1_agreement_with_float32"] = 1 - len(vs_float32.top1_mismatches) / vs_float32.steps
+    if sd_steps:
+        entry["sd_read_commands_per_token"] = (sd.get("CMD17", 0) + sd.get("CMD18", 0)) / sd_steps
+        entry["sd_commands_per_token"] = sum(sd.values()) / sd_steps
+        entry["sd_commands_by_name"] = sd
+    return entry
+
+
+def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...] = ("smoke", "edge"),
+            precisions: tuple[str, ...] = ("float32", "int8"), hf_folder: Path | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """The whole chain on one target; returns the perf/accuracy record (also written as JSON)."""
+    import json
+
+    from harness.dut import start_firmware
+    from harness.fatimage import build_image
+    from harness.report import write_report
     from harness.targets import get_target
 
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    exported = export_card(model, out / "card", prompt_sets[0], precisions, hf_folder=hf_folder)
-    timings["export_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    image = build_image(out / "card", out / "sd.img")
-    timings["image_s"] = time.perf_counter() - t0
+    def say(text: str) -> None:
+        if progress:
+            print(text, file=sys.stderr, flush=True)
 
     target = get_target(target_name)
     reason = target.unavailable()
     if reason:
         raise HarnessError(f"target {target_name} cannot run here: {reason}")
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    say(f"exporting {model} (float32 + int8 sets) to {out / 'card'}")
+    exported = export_card(model, out / "card", prompt_sets[0], precisions, hf_folder=hf_folder)
+    timings["export_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    image = build_image(out / "card", out / "sd.img")
+    timings["image_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    say(f"building the {target_name} firmware")
     binary = target.build()
     timings["build_s"] = time.perf_counter() - t0
     card = target.prepare_card(image.path, out)
+    # the reference reads what the firmware reads: the files back out of the image where the
+    # target reads them that way, else (a device reading the image itself) the exported folder
+    card_dir = card if card.is_dir() else out / "card"
 
-    weights32 = load_weight_set(card / SET_DIRS["float32"])
+    weights32 = load_weight_set(card_dir / SET_DIRS["float32"])
     spec = weights32.spec
     t0 = time.perf_counter()
+    say("running the PyTorch reference")
     ref = Reference(weights32)
     prompts = [p for name in prompt_sets for p in load_prompt_set(name, spec)]
     refs = {p: ref.run(p) for p in prompts}
     timings["reference_s"] = time.perf_counter() - t0
     ref_decode_s = sum(r.seconds for r in refs.values())
-    ref_tokens = sum(len(r.tokens) for r in refs.values())
     ref_decode_steps = sum(max(len(r.tokens) - 1, 0) for r in refs.values())
 
     record: dict[str, Any] = {
         "model": spec.name, "target": target_name, "params": spec.n_params(),
-        "image": {"bytes": image.size, "sha256": image.sha256, "seconds": round(timings["image_s"], 3)},
+        "image": {"bytes": image.size, "fat_type": image.fat_type, "cluster_bytes": image.cluster_bytes,
+                  "sha256": image.sha256, "seconds": round(timings["image_s"], 3)},
         "export": exported, "timings": timings,
         # decode tokens/s on both sides: one single-token forward (KV cache) per token, prefill excluded
-        "reference": {"tokens": ref_tokens, "tokens_per_s": ref_decode_steps / ref_decode_s if ref_decode_s else None,
+        "reference": {"tokens": sum(len(r.tokens) for r in refs.values()),
+                      "tokens_per_s": ref_decode_steps / ref_decode_s if ref_decode_s else None,
                       "min_margin": float(min(r.margins().min() for r in refs.values() if r.margins().size))},
         "precisions": {}, "ok": True,
     }
-    for precision in precisions:
-        emu = NumpyLlama(load_weight_set(card / SET_DIRS[precision])) if precision == "int8" else None
-        dut = TinyLLMDut(target.command(binary, card, precision), out / "logs" / f"{precision}.log",
-                         target=target_name, app_path=binary.parent)
-        rows, figures = [], []
-        logits = LogitComparison(rank_tolerance=2 * FLOAT32_MAX_ABS if precision == "float32" else INT8_MAX_ABS)
-        vs_float32 = LogitComparison(rank_tolerance=float("inf"))
-        try:
-            for prompt in prompts:
-                r = refs[prompt]
-                if emu is not None:
-                    expected, oracle_logits = emu.run(list(prompt.ids), prompt.n_new)
-                else:
-                    expected, oracle_logits = r.tokens, r.logits
-                steps = len(prompt.ids) + prompt.n_new
-
-                def timeout(tf: bool, steps: int = steps, n_prompt: int = len(prompt.ids), precision: str = precision) -> float:
-                    return budgets.command_timeout(spec.name, precision, target_name, 0 if tf else n_prompt,
-                                                   steps if tf else steps - n_prompt)
-
-                result = dut.generate(prompt, timeout=timeout(False)).results[0]
-                figures.append(per_token(result))
-                forced = Prompt(prompt.name, tuple((list(prompt.ids) + expected)[:-1]), 1)
-                logits.add(dut.generate(forced, k=8, teacher_forced=True, timeout=timeout(True)).results[0]["steps"],
-                           oracle_logits)
-                if emu is not None:
-                    forced32 = Prompt(prompt.name, tuple((list(prompt.ids) + r.tokens)[:-1]), 1)
-                    vs_float32.add(dut.generate(forced32, teacher_forced=True, timeout=timeout(True)).results[0]["steps"],
-                                   r.logits)
-                rows.append({"prompt": prompt.name, "n_prompt": len(prompt.ids), "tokens": result["tokens"],
-                             "expected": expected, "match": result["tokens"] == expected, **figures[-1]})
-            info = dut.boot.info or {}
-        finally:
+    card_prompts = load_prompt_set(prompt_sets[0], spec)  # the card's prompts.txt
+    device = target.runs_card_prompts("none")  # boots once, then `load` switches the weight set
+    dut = None
+    t0 = time.perf_counter()
+    try:
+        for precision in precisions:
+            if dut is not None and device:
+                dut.load(precision)
+            else:
+                if dut is not None:
+                    dut.close()
+                say(f"booting the firmware on {target_name}" + (f" (it runs the card's {len(card_prompts)} boot prompts "
+                    "first)" if device else ""))
+                dut = start_firmware(target, binary, card, precision, out / "logs" / f"{precision}.log",
+                                     card_prompts=card_prompts, line_timeout=3600)
+            boot_results = dict(zip(dut.card_prompts, dut.boot_runs, strict=True))
+            entry = _run_precision(dut, target, spec, precision, card_dir, prompts, refs, boot_results, progress)
+            if record["reference"]["tokens_per_s"]:
+                entry["speed_vs_reference"] = entry["tokens_per_s"] / record["reference"]["tokens_per_s"]
+            record["ok"] = record["ok"] and entry["tokens_match"] and entry["logits_ok"] and not entry["over_budget"]
+            record["precisions"][precision] = entry
+    finally:
+        if dut is not None:
             dut.close()
-        tokens_ok = all(row["match"] for row in rows)
-        logits_ok = not logits.top1_mismatches and not logits.rank_mismatches and (
-            logits.max_abs <= FLOAT32_MAX_ABS and logits.nmse <= FLOAT32_NMSE if precision == "float32"
-            else logits.max_abs == INT8_MAX_ABS)
-        over = [problem for f in figures for problem in budgets.check(f, spec.name, precision, target_name)]
-        record["ok"] = record["ok"] and tokens_ok and logits_ok and not over
-        total_tokens = sum(f["n_tokens"] for f in figures)
-        entry: dict[str, Any] = {
-            "oracle": "HF PyTorch float32" if precision == "float32" else "int8 emulation (bit-exact)",
-            "tokens_match": tokens_ok, "logits": logits.to_json(), "logits_ok": logits_ok, "over_budget": over,
-            "tokens_per_s": total_tokens / sum(f["us_per_token"] * f["n_tokens"] / 1e6 for f in figures),
-            "bytes_per_token": max(f["bytes_per_token"] for f in figures),
-            "reads_per_token": max(f["reads_per_token"] for f in figures),
-            "cycles_per_token": sum(f["cycles_per_token"] for f in figures) / len(figures),
-            "peak_arena": max(f["peak_arena"] for f in figures),
-            "arena_budget": info.get("arena_budget"), "resident_bytes": info.get("resident_bytes"),
-            "prompts": rows, "log": str(out / "logs" / f"{precision}.log"),
-        }
-        if precision == "int8" and vs_float32.steps:
-            entry["top1_agreement_with_float32"] = 1 - len(vs_float32.top1_mismatches) / vs_float32.steps
-        if record["reference"]["tokens_per_s"]:
-            entry["speed_vs_reference"] = entry["tokens_per_s"] / record["reference"]["tokens_per_s"]
-        record["precisions"][precision] = entry
+    timings["firmware_s"] = time.perf_counter() - t0
     if hasattr(target, "static_ram"):  # bare metal: the image's own RAM besides the arena
         static = target.static_ram(binary)
         record["static_ram"] = static
         for entry in record["precisions"].values():
             entry["peak_ram"] = entry["peak_arena"] + sum(static.values())
-    import json
-
     (out / "perf.json").write_text(json.dumps(record, indent=1) + "\n")
-    from harness.report import write_report
-
     record["report"] = str(write_report(record, out))
     return record

@@ -45,6 +45,9 @@ class Transcript:
     exit_code: int | None = None
     log: list[re.Match[str]] = field(default_factory=list)
     generated_lines: list[list[int]] = field(default_factory=list)
+    # what the SD card saw while the command ran, counted by QEMU's SD model (esp32 in QEMU):
+    # command name (e.g. "CMD18") -> how many; None where nothing counts them
+    sd_commands: dict[str, int] | None = None
 
 
 def parse(text: str) -> Transcript:

@@ -22,7 +22,8 @@ def test_export_image_reference_chain(tmp_path, capsys):
 
     assert main(["image", "--card", str(card), "--out", str(tmp_path / "sd.img")]) == 0
     image = json.loads(capsys.readouterr().out)
-    assert image["size"] == 64 * 2**20 and (tmp_path / "sd.img").stat().st_size == image["size"]
+    assert image["size"] == 128 * 2**20 and (tmp_path / "sd.img").stat().st_size == image["size"]
+    assert (image["fat_type"], image["cluster_bytes"]) == (16, 32768)
 
     out = tmp_path / "ref.json"
     assert main(["reference", "--card", str(card), "--prompts", "smoke", "--int8", "--out", str(out)]) == 0

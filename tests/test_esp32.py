@@ -125,18 +125,22 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
     dut = request.getfixturevalue("dut")  # boots: QEMU with the SD image, or flash + reset the board
     request.node.user_properties.append(("firmware_log", dut.logfile))
     boot = esp32.read_until_ready(dut, timeout=300)
-    esp32.check_card(boot, esp32.expected_card_id(card.dir / SET_DIRS[precision]), image)
-    assert boot.info["precision"] == precision
+    # the app boots the float32 set; the card's prompts.txt (the smoke set) then runs unattended
+    esp32.check_card(boot, esp32.expected_card_id(card.dir / SET_DIRS["float32"]), image)
+    assert boot.info["precision"] == "float32"
+    smoke = load_prompt_set("smoke", card.spec)
+    for prompt in smoke:  # one TINYLLM_READY per line
+        t = esp32.read_until_ready(dut, timeout)
+        assert not t.errors, t.errors
+        assert t.results and t.results[0]["tokens"] == oracle.float32(model, prompt).tokens, prompt.name
+    if precision != "float32":  # one build serves both precisions
+        loaded = esp32.command(dut, f"load {precision}", timeout=120)
+        assert not loaded.errors, loaded.errors
+        esp32.check_card(loaded, esp32.expected_card_id(card.dir / SET_DIRS[precision]), image)
+        assert loaded.info["precision"] == precision
 
     def expected(prompt):
         return oracle.float32(model, prompt).tokens if precision == "float32" else oracle.int8(model, prompt)[0]
-
-    # the card's prompts.txt (the smoke set) ran unattended: one TINYLLM_READY per line
-    smoke = load_prompt_set("smoke", card.spec)
-    for prompt in smoke:
-        t = esp32.read_until_ready(dut, timeout)
-        assert not t.errors, t.errors
-        assert t.results and t.results[0]["tokens"] == expected(prompt), prompt.name
 
     figures = []
     for prompt_set in ("smoke", "edge"):
@@ -219,10 +223,10 @@ def test_qemu_args_accept_the_harness_image(cards):
 
 @pytestmark_host
 def test_build_dir_lookup(tmp_path):
-    assert esp32.build_dir("qemu_float32") == REPO_ROOT / "firmware" / "build_esp32_qemu_float32"
-    assert esp32.build_dir("board_int8", tmp_path) == tmp_path / "build_esp32_board_int8"
-    assert esp32.config_name("qemu", "int8") == "qemu_int8"
-    assert set(esp32.CONFIGS) == {"qemu_float32", "qemu_int8", "board_float32", "board_int8"}
+    assert esp32.build_dir("qemu") == REPO_ROOT / "firmware" / "build_esp32_qemu"
+    assert esp32.build_dir("board", tmp_path) == tmp_path / "build_esp32_board"
+    assert esp32.config_name("qemu", "int8") == "qemu"  # the precision is chosen at run time
+    assert set(esp32.CONFIGS) == {"qemu", "board"}
     for config in esp32.CONFIGS:  # every config has its sdkconfig.ci file
         assert (esp32.FIRMWARE / f"sdkconfig.ci.{config}").is_file(), config
     with pytest.raises(HarnessError, match="unknown esp32 build config"):
@@ -230,17 +234,17 @@ def test_build_dir_lookup(tmp_path):
     with pytest.raises(HarnessError, match="no esp32 build config"):
         esp32.config_name("sim", "float32")
 
-    assert not esp32.is_built("qemu_int8", tmp_path)
-    d = tmp_path / "build_esp32_qemu_int8"
+    assert not esp32.is_built("qemu", tmp_path)
+    d = tmp_path / "build_esp32_qemu"
     d.mkdir()
     (d / "flasher_args.json").write_text("{}")
-    assert not esp32.is_built("qemu_int8", tmp_path)
+    assert not esp32.is_built("qemu", tmp_path)
     (d / f"{esp32.APP_NAME}.bin").write_bytes(b"\xe9")
-    assert esp32.is_built("qemu_int8", tmp_path)
+    assert esp32.is_built("qemu", tmp_path)
 
-    cmd = esp32.build_command("qemu_int8", tmp_path)
+    cmd = esp32.build_command("qemu", tmp_path)
     assert cmd[0] == "idf.py" and cmd[-1] == "build"
-    assert "SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.qemu_int8" in cmd
+    assert "SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.qemu" in cmd
     assert cmd[cmd.index("-B") + 1] == str(d)
 
 
@@ -272,34 +276,34 @@ def test_unavailable_reasons(tmp_path):
     have = {"pytest_embedded_idf", "pytest_embedded_qemu", "pytest_embedded_serial_esp"}
     kw = dict(firmware=tmp_path, have_module=lambda m: m in have, env=no_idf)
 
-    reason = esp32.unavailable("qemu_float32", have_module=lambda m: False, env=no_idf)
+    reason = esp32.unavailable("qemu", have_module=lambda m: False, env=no_idf)
     assert "pytest-embedded-idf not installed" in reason
 
-    reason = esp32.unavailable("qemu_float32", which=which_none, **kw)
+    reason = esp32.unavailable("qemu", which=which_none, **kw)
     assert "qemu-system-xtensa not found" in reason and "idf_tools.py install qemu-xtensa" in reason
 
-    reason = esp32.unavailable("qemu_float32", which=which_qemu, run=_fake_run(DEBIAN_MACHINES), **kw)
+    reason = esp32.unavailable("qemu", which=which_qemu, run=_fake_run(DEBIAN_MACHINES), **kw)
     assert "has no esp32 machine" in reason and "Debian" in reason
 
-    reason = esp32.unavailable("qemu_float32", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES), **kw)
+    reason = esp32.unavailable("qemu", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES), **kw)
     assert "no firmware build at" in reason and "idf.py not found" in reason and "IDF_PATH unset" in reason
 
-    reason = esp32.unavailable("qemu_float32", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES),
+    reason = esp32.unavailable("qemu", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES),
                                firmware=tmp_path, have_module=lambda m: m in have, env={"IDF_PATH": "/opt/esp-idf"})
     assert "no firmware build at" in reason and "idf.py" in reason and "not set up" not in reason
 
-    d = tmp_path / "build_esp32_qemu_float32"
+    d = tmp_path / "build_esp32_qemu"
     d.mkdir()
     (d / "flasher_args.json").write_text("{}")
     (d / f"{esp32.APP_NAME}.bin").write_bytes(b"\xe9")
-    assert esp32.unavailable("qemu_float32", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES), **kw) is None
+    assert esp32.unavailable("qemu", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES), **kw) is None
 
     # a board needs the serial plugin, a port and its own build
-    assert "no board serial port" in esp32.unavailable("board_int8", which=which_none, **kw)
-    assert "no firmware build at" in esp32.unavailable("board_int8", port="/dev/ttyUSB0", which=which_none, **kw)
-    assert "no firmware build at" in esp32.unavailable("board_int8", which=which_none, firmware=tmp_path,
+    assert "no board serial port" in esp32.unavailable("board", which=which_none, **kw)
+    assert "no firmware build at" in esp32.unavailable("board", port="/dev/ttyUSB0", which=which_none, **kw)
+    assert "no firmware build at" in esp32.unavailable("board", which=which_none, firmware=tmp_path,
                                                        have_module=lambda m: m in have, env={"ESPPORT": "/dev/ttyUSB1"})
-    no_serial = esp32.unavailable("board_int8", have_module=lambda m: m != "pytest_embedded_serial_esp", env=no_idf)
+    no_serial = esp32.unavailable("board", have_module=lambda m: m != "pytest_embedded_serial_esp", env=no_idf)
     assert "pytest-embedded-serial-esp" in no_serial
 
 
@@ -314,7 +318,7 @@ def test_qemu_machine_probe_survives_a_broken_binary():
 @pytestmark_host
 def test_skip_reason_here_is_precise():
     """On a machine without Espressif's QEMU (like this project's CI) the reason names what is missing."""
-    reason = esp32.unavailable("qemu_float32")
+    reason = esp32.unavailable("qemu")
     if reason is None:
         pytest.skip("this machine can run the esp32 target")
     assert any(key in reason for key in ("not installed", "not found", "no esp32 machine", "no firmware build"))
@@ -431,6 +435,6 @@ def test_perf_report_and_cli(tmp_path, capsys):
     assert esp32.main(["report", str(tmp_path), str(out)]) == 0
     text = out.read_text()
     assert "| board | tiny-llm | int8 | 0.71 |" in text and ">= 0.5 tok/s" in text
-    assert esp32.main(["build-command", "qemu_float32"]) == 0
-    assert "sdkconfig.ci.qemu_float32" in capsys.readouterr().out
+    assert esp32.main(["build-command", "qemu"]) == 0
+    assert "sdkconfig.ci.qemu" in capsys.readouterr().out
     assert esp32.main(["qemu-args", str(tmp_path / "missing.img")]) == 2

@@ -29,10 +29,25 @@ def test_image_is_byte_reproducible(cards, model, tmp_path):
     assert hashlib.sha256((tmp_path / "again.img").read_bytes()).hexdigest() == again.sha256
 
 
-def test_tiny_llm_image_holds_both_sets_in_64_mib(cards):
+def test_tiny_llm_image_holds_both_sets_in_128_mib_with_32_kib_clusters(cards):
     info = cards["tiny-llm"].image
-    assert info.size == 64 * MIB  # the seed: float32 needs a 64 MB+ card; both sets fit it
+    # 32 KiB clusters (FatFs reads at most one per SD command): 64 MiB would have 2048 clusters,
+    # too few for FAT16, so both sets go in 128 MiB of FAT16
+    assert (info.size, info.fat_type, info.cluster_bytes) == (128 * MIB, 16, 32 * 1024)
     assert info.used_bytes > 62 * MIB
+
+
+def test_cluster_size_and_fat_type_are_chosen(cards, tmp_path):
+    small = build_image(cards["micro"].dir, tmp_path / "small.img", cluster=512)
+    assert (small.size, small.fat_type, small.cluster_bytes) == (64 * MIB, 32, 512)  # 131072 clusters: FAT32
+    fat32 = build_image(cards["micro"].dir, tmp_path / "fat32.img", cluster=4096, fat="32")
+    assert (fat32.size, fat32.fat_type) == (512 * MIB, 32)  # FAT32 needs >= 65525 clusters
+    with pytest.raises(HarnessError, match="cluster size 3000 B"):
+        build_image(cards["micro"].dir, tmp_path / "x.img", cluster=3000)
+    with pytest.raises(HarnessError, match="FAT type '12'"):
+        build_image(cards["micro"].dir, tmp_path / "x.img", fat="12")
+    with pytest.raises(HarnessError, match="is a directory"):
+        build_image(cards["micro"].dir, tmp_path)
 
 
 @needs_fsck
@@ -62,17 +77,17 @@ def test_image_too_small_is_refused_without_output(cards, tmp_path):
     (folder / "extra.bin").write_bytes(b"\0" * 4 * MIB)
     out = tmp_path / "small.img"
     with pytest.raises(HarnessError, match=r"image size 64\.0 MiB is too small: the \d+ files \(.+ MiB\) need \d+ clusters"):
-        build_image(folder, out, size=64 * MIB)
+        build_image(folder, out, size=64 * MIB, cluster=4096)
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_auto_size_grows_to_the_next_power_of_two(cards, tmp_path):
     folder = tmp_path / "card"
     shutil.copytree(cards["micro"].dir, folder)
-    (folder / "big.bin").write_bytes(b"\1" * 70 * MIB)
-    assert build_image(folder, tmp_path / "sd.img").size == 128 * MIB
+    (folder / "big.bin").write_bytes(b"\1" * 130 * MIB)
+    assert build_image(folder, tmp_path / "sd.img").size == 256 * MIB
 
 
-def test_image_size_below_fat32_minimum_is_refused(cards, tmp_path):
-    with pytest.raises(HarnessError, match="at least 64 MiB"):
+def test_image_size_with_too_few_clusters_is_refused(cards, tmp_path):
+    with pytest.raises(HarnessError, match="16.0 MiB with 32768 B clusters: 512 clusters fit no FAT volume"):
         build_image(cards["micro"].dir, tmp_path / "x.img", size=16 * MIB)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.dut import TinyLLMDut
+from harness.fatimage import build_image
 from harness.prompts import Prompt, load_prompt_set
 
 F32 = "tinyllm_float32_weights"
@@ -18,15 +19,21 @@ F32 = "tinyllm_float32_weights"
 
 @pytest.fixture
 def broken_card(firmwares, target_name, tmp_path) -> Path:
+    """A copy of the micro card folder to damage; _boot puts it on an image like any card."""
+    firmwares.target(target_name)  # skips (with the reason) where the target cannot run
     card = tmp_path / "card"
-    shutil.copytree(firmwares.card(target_name, "micro"), card)
+    shutil.copytree(firmwares.cards["micro"].dir, card)
+    (card / "prompts.txt").unlink()  # commands come from the test
     return card
 
 
 def _boot(firmwares, target_name, card: Path, request, precision="float32", extra=()) -> TinyLLMDut:
     target = firmwares.target(target_name)
-    cmd = target.command(firmwares.binary(target_name), card, precision, "none", tuple(extra))
-    dut = TinyLLMDut(cmd, card.parent / "firmware.log", target=target_name, app_path=card.parent)
+    image = build_image(card, card.parent / "sd.img")
+    seen = target.prepare_card(image.path, card.parent / "target")
+    cmd = target.command(firmwares.binary(target_name), seen, precision, "none", tuple(extra))
+    dut = TinyLLMDut(cmd, card.parent / "firmware.log", target=target_name, app_path=card.parent,
+                     boot_commands=target.boot_commands(precision, tuple(extra)))
     request.node.user_properties.append(("firmware_log", dut.logfile))
     return dut
 
@@ -64,8 +71,53 @@ def test_size_in_config_that_disagrees_with_the_shapes(firmwares, target_name, b
 
 
 def test_budget_too_small_is_a_clear_out_of_memory(firmwares, target_name, broken_card, request):
-    code, message = _fatal(_boot(firmwares, target_name, broken_card, request, extra=("--arena-bytes", "20000")))
+    dut = _boot(firmwares, target_name, broken_card, request, extra=("--arena-bytes", "20000"))
+    if firmwares.target(target_name).boot_commands("float32", ("--arena-bytes", "20000")):
+        # a device sets its budget with `load ... arena=N`: the load fails, the old set stays
+        dut.close()
+        assert [e.code for e in dut.boot.errors] == ["E_OOM"] and "bytes" in dut.boot.errors[0].message
+        assert dut.boot.info is not None and dut.boot.info["precision"] == "float32"
+        return
+    code, message = _fatal(dut)
     assert code == "E_OOM" and "bytes" in message
+
+
+def test_load_switches_the_weight_set_and_a_failed_load_keeps_the_old_one(firmwares, oracle, target_name, broken_card,
+                                                                          request):
+    """One firmware build serves both precisions: `load int8` lays out the int8 set; a load
+    that cannot work names the problem and the set that was loaded keeps answering."""
+    shutil.rmtree(broken_card / "tinyllm_weights")  # no int8 set on this card
+    dut = _boot(firmwares, target_name, broken_card, request)
+    prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
+    try:
+        for line, code, needle in [("load int8", "E_FILE_MISSING", "tinyllm_weights/model_config.json"),
+                                   ("load fp16", "E_COMMAND", "fp16"), ("load", "E_COMMAND", "precision"),
+                                   ("load float32 arena=100", "E_OOM", "100"), ("load float32 speed=2", "E_COMMAND", "speed")]:
+            t = dut.command(line, timeout=60)
+            assert [e.code for e in t.errors] == [code], (line, t.errors)
+            assert needle in t.errors[0].message
+            assert dut.generate(prompt).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
+        t = dut.command("load float32 resident=0 context=16", timeout=60)
+        assert not t.errors and t.info["resident_bytes"] == 0 and t.info["context"] == 16
+        assert dut.generate(prompt).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
+    finally:
+        dut.close()
+    assert dut.exit_code == 1
+
+
+def test_load_int8_gives_the_int8_tokens(firmwares, oracle, target_name, request):
+    dut = firmwares.start(target_name, "micro", "float32", log_name="micro-load")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[2]
+    try:
+        t = dut.command("load int8", timeout=60)
+        assert not t.errors and t.info["precision"] == "int8"
+        assert dut.generate(prompt).results[0]["tokens"] == oracle.int8("micro", prompt)[0]
+        assert dut.command("load float32", timeout=60).info["precision"] == "float32"
+        assert dut.generate(prompt).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
+    finally:
+        dut.close()
+    assert dut.exit_code == 0
 
 
 def test_bad_commands_are_answered_and_the_firmware_goes_on(firmwares, oracle, target_name, broken_card, request):
@@ -132,7 +184,7 @@ def test_cpu_exception_is_an_error_line_not_a_hang(firmwares, target_name, reque
 def test_over_long_console_line_is_refused_whole(firmwares, oracle, target_name, request):
     """A line longer than the bare-metal console buffer is not run cut off (its front could be
     another command): E_COMMAND, then the next line works."""
-    if target_name != "xtensa-sim":
+    if target_name not in ("xtensa-sim", "esp32"):
         pytest.skip(f"{target_name} reads lines of any length (getline)")
     dut = firmwares.start(target_name, "micro", "float32", log_name="micro-long-line")
     request.node.user_properties.append(("firmware_log", dut.logfile))

@@ -167,8 +167,15 @@ static int read_line(char *buf, size_t cap)
 
 void app_main(void)
 {
-    esp32_port_init(&s_ctx, &s_port, MOUNT_POINT);
+    int bounce_failed = esp32_port_init(&s_ctx, &s_port, MOUNT_POINT, (size_t)CONFIG_TINYLLM_SD_BUFFER_KB * 1024u);
     tl_log(&s_port, TAG, "Tiny-LLM ESP32 Inference Engine Starting");
+    if (bounce_failed) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "cannot allocate the %d KiB SD read buffer in internal DMA-capable RAM (largest free "
+                 "block %u bytes): lower TINYLLM_SD_BUFFER_KB", CONFIG_TINYLLM_SD_BUFFER_KB,
+                 (unsigned)heap_caps_get_largest_free_block(MALLOC_CAP_DMA | MALLOC_CAP_INTERNAL));
+        fatal("E_OOM", msg);
+    }
     tl_log(&s_port, TAG, "Free heap: %u bytes (PSRAM free %u bytes)", (unsigned)esp_get_free_heap_size(),
            (unsigned)heap_caps_get_free_size(MALLOC_CAP_SPIRAM));
 
@@ -182,7 +189,7 @@ void app_main(void)
            arena, CONFIG_TINYLLM_PRECISION, CONFIG_TINYLLM_WEIGHTS_DIR);
 
     tl_options opt = {
-        .weights_dir = CONFIG_TINYLLM_WEIGHTS_DIR,
+        .weights_dir = NULL, /* the precision's folder */
         .precision = CONFIG_TINYLLM_PRECISION,
         .context = CONFIG_TINYLLM_CONTEXT,
         .chunk_rows = CONFIG_TINYLLM_CHUNK_ROWS,

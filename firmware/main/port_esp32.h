@@ -6,6 +6,7 @@
 #ifndef TINYLLM_PORT_ESP32_H
 #define TINYLLM_PORT_ESP32_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tinyllm/port.h"
@@ -20,9 +21,14 @@ typedef struct esp32_port {
     uint32_t last_ccount;                 /* cycle counter extension to 64 bits */
     uint64_t cycles_high;
     int64_t last_cycles_us;
+    void *bounce;        /* internal DMA-capable RAM that card reads land in (NULL: read in place) */
+    size_t bounce_bytes;
+    uint64_t disk_reads; /* read() calls into the VFS/FatFs, all files */
 } esp32_port;
 
-/* Fills `port` (callbacks + ctx); arena fields are set by the caller. */
-void esp32_port_init(esp32_port *ctx, tl_port *port, const char *root);
+/* Fills `port` (callbacks + ctx); arena fields are set by the caller. Takes a
+ * bounce buffer of `bounce_bytes` (rounded down to whole sectors; 0 = none)
+ * from internal DMA-capable RAM; returns -1 if that allocation failed. */
+int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bounce_bytes);
 
 #endif

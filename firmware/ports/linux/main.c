@@ -18,9 +18,8 @@
 
 #include "tinyllm/tinyllm.h"
 
-/* The ESP32 app's arena: 4032 KiB of the 4 MiB PSRAM (CONFIG_TINYLLM_ARENA_KB), so
- * residency and memory figures here are the ones the board can have. */
-#define DEFAULT_ARENA_BYTES 4128768u
+/* The ESP32 app's arena, so residency and memory figures here are the board's. */
+#define DEFAULT_ARENA_BYTES TL_DEFAULT_ARENA_BYTES
 
 typedef struct posix_port {
     const char *card_dir;
@@ -102,7 +101,7 @@ static void usage(FILE *f)
             "  --precision P     float32 (default) or int8\n"
             "  --prompts FILE    prompt file run at start-up (default DIR/prompts.txt if present;\n"
             "                    'none' disables); then commands are read from stdin\n"
-            "  --arena-bytes N   memory budget (default %u = the ESP32 app's 4032 KiB PSRAM arena)\n"
+            "  --arena-bytes N   memory budget (default %u = the ESP32 app's 3840 KiB PSRAM arena)\n"
             "  --context N       max positions (default max_position_embeddings)\n"
             "  --chunk-rows N    rows per streamed chunk (default 256)\n"
             "  --no-resident     stream every matrix from the card at every use\n",
@@ -191,7 +190,6 @@ int main(int argc, char **argv)
         .arena_bytes = (size_t)arena_bytes,
     };
     tl_options opt = {
-        .weights_dir = strcmp(precision, "int8") == 0 ? "tinyllm_weights" : "tinyllm_float32_weights",
         .precision = precision,
         .context = (int)context,
         .chunk_rows = (int)chunk_rows,

@@ -23,8 +23,8 @@
 
 #include "tinyllm/tinyllm.h"
 
-/* The ESP32 app's arena (CONFIG_TINYLLM_ARENA_KB = 4032 KiB of PSRAM), as on linux. */
-#define DEFAULT_ARENA_BYTES 4128768u
+/* The ESP32 app's arena (CONFIG_TINYLLM_ARENA_KB), as on linux. */
+#define DEFAULT_ARENA_BYTES TL_DEFAULT_ARENA_BYTES
 #define LINE_MAX_BYTES 16384u /* a full-context prompt is ~6 KB of ids */
 
 enum { SYS_EXIT = 1, SYS_READ = 3, SYS_WRITE = 4, SYS_OPEN = 5, SYS_CLOSE = 6, SYS_LSEEK = 19,
@@ -273,7 +273,6 @@ static int run(void)
         return 2;
     }
     tl_options opt = {
-        .weights_dir = strcmp(precision, "int8") == 0 ? "tinyllm_weights" : "tinyllm_float32_weights",
         .precision = precision, .context = (int)context, .chunk_rows = (int)chunk_rows, .no_resident = no_resident,
     };
     tl_engine *e = tl_engine_init(&port, &opt);

@@ -33,12 +33,17 @@ typedef struct tl_step {
 struct tl_engine {
     const tl_port *port;
     tl_arena arena;
+    size_t base; /* arena bytes the engine itself takes: every weight set is laid out after them */
     tl_err err;
+    tl_options boot;   /* the port's options; `load` starts from these */
+    tl_options loaded; /* those of the set in the arena (its precision points to `precision`) */
+    char precision[8]; /* "float32", "int8", or "" when no set is loaded (a failed load) */
     tl_model model;
     tl_writer out;
     uint32_t card_id;
     int32_t *tokens; /* prompt then generated ids [context + 1] */
     tl_step *steps;  /* [context] */
+    char script_line[TL_SCRIPT_LINE_BYTES]; /* the prompt file's current line */
 };
 
 /* ------------------------------------------------------------------- lines */
@@ -64,6 +69,73 @@ static int report_error(tl_engine *e)
 
 /* ------------------------------------------------------------------- start */
 
+const char *tl_weights_dir(const char *precision)
+{
+    if (precision && strcmp(precision, "float32") == 0) return "tinyllm_float32_weights";
+    if (precision && strcmp(precision, "int8") == 0) return "tinyllm_weights";
+    return NULL;
+}
+
+/* Drops the loaded set (if any) and lays out the one `opt` names from the
+ * engine's end of the arena: config and file checks, KV cache, buffers,
+ * resident weights, token buffer and step log. Prints the loader lines and
+ * TINYLLM_INFO; on failure records the error and leaves no set loaded. */
+static int load_set(tl_engine *e, const tl_options *opt)
+{
+    const tl_port *port = e->port;
+    tl_model *m = &e->model;
+    if (e->precision[0]) tl_model_close(m);
+    e->precision[0] = '\0';
+    memset(m, 0, sizeof *m);
+    m->port = port;
+    m->arena = &e->arena;
+    m->err = &e->err;
+    e->tokens = NULL;
+    e->steps = NULL;
+    e->arena.used = e->arena.peak = e->base;
+
+    size_t budget = opt->arena_bytes ? opt->arena_bytes : port->arena_bytes;
+    if (budget > port->arena_bytes)
+        return tl_fail(&e->err, TL_E_OOM, "arena budget %lu bytes exceeds the port's arena of %lu bytes",
+                       (unsigned long)budget, (unsigned long)port->arena_bytes);
+    if (budget < e->base + 64u)
+        return tl_fail(&e->err, TL_E_OOM, "arena budget %lu bytes: the engine alone takes %lu", (unsigned long)budget,
+                       (unsigned long)e->base);
+    e->arena.size = budget;
+    const char *dir = opt->weights_dir ? opt->weights_dir : tl_weights_dir(opt->precision);
+    if (!dir)
+        return tl_fail(&e->err, TL_E_COMMAND, "unknown precision '%s' (expected float32 or int8)",
+                       opt->precision ? opt->precision : "");
+    tl_options o = *opt;
+    o.weights_dir = dir;
+
+    /* Keep room, while weights are made resident, for the token buffer and
+     * step log (per position), allocated right after the layout. */
+    size_t per_position = sizeof(int32_t) + sizeof(tl_step);
+    if (tl_model_open(m, &o, &e->card_id) == TL_OK && tl_model_layout(m, &o, 0, per_position) == TL_OK) {
+        e->tokens = (int32_t *)tl_arena_alloc(&e->arena, ((size_t)m->context + 1) * sizeof(int32_t), "token buffer",
+                                              &e->err);
+        if (e->tokens)
+            e->steps = (tl_step *)tl_arena_alloc(&e->arena, (size_t)m->context * sizeof(tl_step), "step log", &e->err);
+    }
+    /* Residency left room for these; if they did not fit, the budget is too
+     * small even with every matrix streamed. */
+    if (e->err.code != TL_OK) {
+        tl_model_close(m);
+        return e->err.code;
+    }
+    snprintf(e->precision, sizeof e->precision, "%s", m->cfg.int8 ? "int8" : "float32");
+    e->loaded = o;
+    e->loaded.precision = e->precision;
+    e->loaded.weights_dir = NULL; /* derived from the precision again on a reload */
+    tl_log(port, TAG_INFER, "Arena: budget %lu bytes, used %lu (resident weights %llu), context %d, chunk rows %d",
+           (unsigned long)e->arena.size, (unsigned long)e->arena.used, (unsigned long long)m->resident_bytes,
+           m->context, m->chunk_rows);
+    tl_log(port, TAG_INFER, "Tiny-LLM inference engine initialized successfully");
+    print_info(e);
+    return TL_OK;
+}
+
 tl_engine *tl_engine_init(const tl_port *port, const tl_options *opt)
 {
     tl_arena arena;
@@ -76,33 +148,13 @@ tl_engine *tl_engine_init(const tl_port *port, const tl_options *opt)
     }
     e->port = port;
     e->arena = arena; /* from here on only e->arena is used */
+    e->base = arena.used;
+    e->boot = *opt;
     tl_w_init(&e->out, port);
-    tl_model *m = &e->model;
-    m->port = port;
-    m->arena = &e->arena;
-    m->err = &e->err;
-
-    /* Keep room, while weights are made resident, for the token buffer and step
-     * log (per position) and the prompt-file line buffer allocated later. */
-    size_t per_position = sizeof(int32_t) + sizeof(tl_step);
-    if (tl_model_open(m, opt, &e->card_id) == TL_OK &&
-        tl_model_layout(m, opt, TL_SCRIPT_LINE_BYTES, per_position) == TL_OK) {
-        e->tokens = (int32_t *)tl_arena_alloc(&e->arena, ((size_t)m->context + 1) * sizeof(int32_t), "token buffer",
-                                              &e->err);
-        if (e->tokens)
-            e->steps = (tl_step *)tl_arena_alloc(&e->arena, (size_t)m->context * sizeof(tl_step), "step log", &e->err);
-    }
-    /* Residency left room for these; if they did not fit, the budget is too
-     * small even with every matrix streamed. */
-    if (e->err.code != TL_OK) {
+    if (load_set(e, opt) != TL_OK) {
         tl_emit_error(port, e->err.code, e->err.msg);
         return NULL;
     }
-    tl_log(port, TAG_INFER, "Arena: budget %lu bytes, used %lu (resident weights %llu), context %d, chunk rows %d",
-           (unsigned long)e->arena.size, (unsigned long)e->arena.used, (unsigned long long)m->resident_bytes,
-           m->context, m->chunk_rows);
-    tl_log(port, TAG_INFER, "Tiny-LLM inference engine initialized successfully");
-    print_info(e);
     tl_emit_ready(port);
     return e;
 }
@@ -222,6 +274,7 @@ static int cmd_gen(tl_engine *e, char *args)
      * generated token is never fed back. */
     int n_steps = n_prompt + (int)n_new - 1;
     tl_log(port, TAG_INFER, "Starting inference with prompt length: %d", n_prompt);
+    if (port->settle) port->settle(port->ctx);
     uint64_t t0 = port->time_us(port->ctx), c0 = port->cycles(port->ctx);
     uint64_t b0 = m->bytes_read, r0 = m->read_calls;
     tl_topk top;
@@ -260,6 +313,40 @@ static int cmd_gen(tl_engine *e, char *args)
     return TL_OK;
 }
 
+/* --------------------------------------------------------------------- load */
+
+/* load <float32|int8> [context=N] [chunk=N] [resident=0|1] [arena=N]: lay out
+ * another weight set (or the same one with other options) in the arena, as if
+ * the firmware had booted with them; options not given are the port's. One
+ * firmware build thus serves both precisions. */
+static int cmd_load(tl_engine *e, char *args, tl_options *opt)
+{
+    *opt = e->boot;
+    opt->weights_dir = NULL;
+    opt->precision = next_word(&args);
+    if (!opt->precision)
+        return tl_fail(&e->err, TL_E_COMMAND, "load: expected a precision (load float32|int8 [context=N] [chunk=N] "
+                                              "[resident=0|1] [arena=N])");
+    if (!tl_weights_dir(opt->precision))
+        return tl_fail(&e->err, TL_E_COMMAND, "load: unknown precision '%s' (expected float32 or int8)",
+                       opt->precision);
+    for (char *word; (word = next_word(&args)) != NULL;) {
+        char *eq = strchr(word, '=');
+        long v;
+        if (!eq) return tl_fail(&e->err, TL_E_COMMAND, "load: '%s' is not an option (context=, chunk=, resident=, arena=)", word);
+        *eq = '\0';
+        if (parse_long(eq + 1, &v) || v < 0)
+            return tl_fail(&e->err, TL_E_COMMAND, "load: option %s=%s is not a count >= 0", word, eq + 1);
+        if (strcmp(word, "context") == 0 && v <= 0x7fffffffL) opt->context = (int)v;
+        else if (strcmp(word, "chunk") == 0 && v <= 0x7fffffffL) opt->chunk_rows = (int)v;
+        else if (strcmp(word, "resident") == 0 && v <= 1) opt->no_resident = v == 0;
+        else if (strcmp(word, "arena") == 0) opt->arena_bytes = (size_t)v;
+        else return tl_fail(&e->err, TL_E_COMMAND, "load: bad option %s=%ld (context=, chunk=, resident=0|1, arena=)",
+                            word, v);
+    }
+    return load_set(e, opt);
+}
+
 /* ------------------------------------------------------------------ commands */
 
 int tl_engine_exec(tl_engine *e, char *line)
@@ -271,7 +358,11 @@ int tl_engine_exec(tl_engine *e, char *line)
     int rc = TL_OK;
     e->err.code = TL_OK;
     int bare = cursor[strspn(cursor, " \t\r\n")] == '\0'; /* no arguments after the command word */
-    if (strcmp(cmd, "gen") == 0) {
+    int needs_set = strcmp(cmd, "gen") == 0 || strcmp(cmd, "info") == 0 || strcmp(cmd, "verify") == 0;
+    if (needs_set && !e->precision[0]) {
+        rc = tl_fail(&e->err, TL_E_COMMAND, "%s: no weight set is loaded (the last load failed): load float32|int8",
+                     cmd);
+    } else if (strcmp(cmd, "gen") == 0) {
         rc = cmd_gen(e, cursor);
     } else if (strcmp(cmd, "info") == 0 && bare) {
         tl_model *m = &e->model;
@@ -284,11 +375,28 @@ int tl_engine_exec(tl_engine *e, char *line)
             tl_emit_ready(e->port); /* one E_CHECKSUM / E_IO line was printed per bad file */
             return TL_CMD_FAILED;
         }
+    } else if (strcmp(cmd, "load") == 0) {
+        tl_options previous = e->loaded, wanted;
+        char previous_precision[sizeof e->precision];
+        memcpy(previous_precision, e->precision, sizeof previous_precision);
+        previous.precision = previous_precision;
+        rc = cmd_load(e, cursor, &wanted);
+        if (rc != TL_OK && previous_precision[0] && !e->precision[0]) {
+            /* The old set was dropped before the new one failed: say why, then
+             * load the old one again so the firmware keeps answering. */
+            report_error(e);
+            tl_log(e->port, TAG_INFER, "Load failed: loading the %s set again", previous_precision);
+            if (load_set(e, &previous) == TL_OK) {
+                tl_emit_ready(e->port);
+                return TL_CMD_FAILED;
+            }
+            rc = e->err.code; /* the old set cannot be loaded either: say that too */
+        }
     } else if (strcmp(cmd, "quit") == 0 && bare) {
         return TL_CMD_QUIT;
     } else {
-        rc = tl_fail(&e->err, TL_E_COMMAND, "unknown command or arguments: '%s' (expected gen, info, verify, quit)",
-                     cmd);
+        rc = tl_fail(&e->err, TL_E_COMMAND,
+                     "unknown command or arguments: '%s' (expected gen, info, verify, load, quit)", cmd);
     }
     int result = TL_CMD_OK;
     if (rc != TL_OK) result = report_error(e);
@@ -315,15 +423,7 @@ int tl_engine_run_script(tl_engine *e, const char *path, int *quit)
     int64_t size = port->size(port->ctx, fh);
     tl_log(port, "app_main", "Running prompt file %s (%lld bytes)", path, (long long)size);
 
-    /* The line buffer lives in the arena only while the script runs. */
-    size_t mark = tl_arena_mark(&e->arena);
-    char *line = (char *)tl_arena_alloc(&e->arena, TL_SCRIPT_LINE_BYTES, "prompt file line buffer", &e->err);
-    if (!line) {
-        report_error(e);
-        tl_emit_ready(port);
-        port->close(port->ctx, fh);
-        return 1;
-    }
+    char *line = e->script_line; /* in the engine: a `load` in the file re-lays out the arena */
     int failed = 0;
     size_t len = 0;
     int overlong = 0;
@@ -368,6 +468,5 @@ int tl_engine_run_script(tl_engine *e, const char *path, int *quit)
         if (at_end) break;
     }
     port->close(port->ctx, fh);
-    tl_arena_reset(&e->arena, mark);
     return failed;
 }

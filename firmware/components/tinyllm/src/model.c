@@ -111,6 +111,17 @@ int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id)
     return TL_OK;
 }
 
+void tl_model_close(tl_model *m)
+{
+    for (int id = 0; id < TL_NT; id++) {
+        tl_tensor *ts[2] = {&m->w[id], &m->scale[id]};
+        for (int i = 0; i < 2; i++) {
+            if (ts[i]->fh >= 0) m->port->close(m->port->ctx, ts[i]->fh);
+            ts[i]->fh = -1;
+        }
+    }
+}
+
 uint64_t tl_model_total_file_bytes(const tl_model *m)
 {
     uint64_t total = 0;

@@ -74,8 +74,6 @@ typedef struct tl_model {
 /* Reads model_config.json and checks the manifest and files; fills m->cfg and
  * opens every file. card_id receives the CRC-32 of the config bytes. */
 int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id);
-/* Lays out the arena (KV cache, activations, buffers) and makes weights
- * resident while they fit, after the caller's own fixed allocations. */
 /* Lays out the arena. Weights are made resident only while `reserve_fixed +
  * reserve_per_position * (context + 1)` bytes stay free for what the caller
  * allocates afterwards (token buffer, step log, prompt-file line buffer). */
@@ -86,6 +84,8 @@ int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top);
 /* CRC-32 of every file against the manifest; prints per-file results and
  * returns the number of mismatches (E_CHECKSUM / E_IO printed for each). */
 int tl_model_verify(tl_model *m);
+/* Closes every file the model opened (safe after a failed tl_model_open). */
+void tl_model_close(tl_model *m);
 /* Bytes of every file in the set. */
 uint64_t tl_model_total_file_bytes(const tl_model *m);
 

@@ -29,6 +29,11 @@ typedef struct tl_port {
     /* Clocks: microseconds and cycles since some fixed start (boot). */
     uint64_t (*time_us)(void *ctx);
     uint64_t (*cycles)(void *ctx);
+    /* Optional (NULL: none): called just before a generation is timed. A port
+     * under an RTOS waits for the next scheduler tick here, so periodic
+     * interrupts fall at the same points of every run and instruction counts
+     * under QEMU -icount repeat exactly. */
+    void (*settle)(void *ctx);
 
     /* Console output. The core writes whole lines in one or more pieces; a
      * piece ending in '\n' ends a line (a good moment to flush). */

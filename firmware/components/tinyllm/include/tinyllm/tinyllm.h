@@ -15,13 +15,24 @@
 
 #include "tinyllm/port.h"
 
+/* The memory budget the ESP32-CAM app gets: 3840 KiB of PSRAM (ESP-IDF leaves
+ * a largest free block of 3904 KiB; the app keeps 64 KiB of it for the heap).
+ * The host and emulator ports default to it, so residency and every per-token
+ * figure match the board's. */
+#define TL_DEFAULT_ARENA_BYTES 3932160u
+
 typedef struct tl_options {
-    const char *weights_dir; /* card-relative: "tinyllm_float32_weights" or "tinyllm_weights" */
+    const char *weights_dir; /* card-relative folder; NULL: the precision's (tl_weights_dir) */
     const char *precision;   /* "float32" or "int8"; must equal model_config.json "dtype" */
     int context;             /* 0: max_position_embeddings, else min(that, context) */
     int chunk_rows;          /* rows per streamed chunk (lm_head, streamed matrices); 0: 256 */
     int no_resident;         /* 1: stream every matrix from the card even if it would fit */
+    size_t arena_bytes;      /* memory budget: 0 = the port's whole arena, else at most that */
 } tl_options;
+
+/* The card folder of a precision's weight set (docs/contracts.md §1):
+ * "tinyllm_float32_weights" or "tinyllm_weights"; NULL for an unknown precision. */
+const char *tl_weights_dir(const char *precision);
 
 /* Result of one command line. */
 enum {
@@ -37,7 +48,8 @@ typedef struct tl_engine tl_engine;
  * Returns NULL after printing TINYLLM_ERROR on any start-up failure. */
 tl_engine *tl_engine_init(const tl_port *port, const tl_options *opt);
 
-/* Runs one command line (modified in place while parsing). */
+/* Runs one command line (modified in place while parsing): gen, info, verify,
+ * load, quit (docs/contracts.md §3). */
 int tl_engine_exec(tl_engine *e, char *line);
 
 /* For a port whose console line buffer overflowed: the line is not run (its
