@@ -230,7 +230,7 @@ def test_build_dir_lookup(tmp_path):
     for config in esp32.CONFIGS:  # every config has its sdkconfig.ci file
         assert (esp32.FIRMWARE / f"sdkconfig.ci.{config}").is_file(), config
     with pytest.raises(HarnessError, match="unknown esp32 build config"):
-        esp32.build_dir("qemu")
+        esp32.build_dir("sim")
     with pytest.raises(HarnessError, match="no esp32 build config"):
         esp32.config_name("sim", "float32")
 
