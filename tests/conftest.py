@@ -57,17 +57,6 @@ IMPLEMENTED_TARGETS = ("linux", "xtensa-sim", "esp32")
 ESP32_REQUIRED_ENV = "TINYLLM_ESP32_REQUIRED"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`-n 2 --dist loadgroup`, as ci/test.sh runs it) every case of one
-    target goes to one worker: a target's firmware boots once per worker, and the long esp32
-    cases (single-threaded QEMU) run beside the other targets on the second core."""
-    for item in items:
-        params = getattr(item, "callspec", None)
-        target = params.params.get("target_name") if params else None
-        if target is not None:
-            item.add_marker(pytest.mark.xdist_group(name=f"target-{target}"))
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target_name" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("target", "auto")
@@ -209,9 +198,13 @@ class Firmwares:
 
 @pytest.fixture(scope="session")
 def firmwares(cards, tmp_path_factory):
+    import os
+
     from harness import REPO_ROOT
 
-    made = Firmwares(cards, REPO_ROOT / "build" / "test-runs")
+    # TINYLLM_TEST_RUNS names the folder under build/: ci/test.sh runs two pytest processes side by
+    # side, and cards, logs and SD traces are never shared between processes
+    made = Firmwares(cards, REPO_ROOT / "build" / os.environ.get("TINYLLM_TEST_RUNS", "test-runs"))
     yield made
     made.close()
 

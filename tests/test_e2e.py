@@ -41,7 +41,11 @@ def _cost(target_name, model, precision, prompts, teacher_forced=False) -> float
     return budgets.estimated_seconds(model, precision, target_name, prompt_steps, decode_steps) or 0.0
 
 
-def _skip_if_too_costly(target_name, model, precision, prompts, teacher_forced=False):
+def _skip_if_too_costly(target_name, model, precision, prompts, teacher_forced=False, firmwares=None):
+    """Skips a case whose runs would take an emulated target too long. Runs the session already
+    made (memoized greedy runs, the boot prompt file's) cost nothing more and are not counted."""
+    if firmwares is not None and not teacher_forced:
+        prompts = [p for p in prompts if (target_name, model, precision, p, 2) not in firmwares.transcripts]
     cost = _cost(target_name, model, precision, prompts, teacher_forced)
     limit = MAX_CASE_SECONDS.get(target_name)
     if limit is not None and cost > limit:
@@ -61,7 +65,7 @@ def _expected_tokens(oracle, model, precision, prompt):
 def test_greedy_tokens_match(firmwares, oracle, request, target_name, model, precision, prompt_name):
     """float32: identical to HF PyTorch; int8: identical to the int8 emulation."""
     prompt = _prompt(firmwares, model, prompt_name)
-    _skip_if_too_costly(target_name, model, precision, [prompt])
+    _skip_if_too_costly(target_name, model, precision, [prompt], firmwares=firmwares)
     _dut(firmwares, request, target_name, model, precision)
     transcript = firmwares.run(target_name, model, precision, prompt)
     assert not transcript.errors, transcript.errors
@@ -95,7 +99,7 @@ def test_teacher_forced_logits_within_tolerance(firmwares, oracle, request, reco
             forced_prompts.append(p)
             spent += cost
     generated_only = [p for p in prompts if p not in forced_prompts]
-    _skip_if_too_costly(target_name, model, precision, generated_only)
+    _skip_if_too_costly(target_name, model, precision, generated_only, firmwares=firmwares)
     if generated_only:
         record_property("logits_at_generated_positions_only", [p.name for p in generated_only])
         print(f"{target_name}/{model}/{precision}/{prompt_set}: teacher forcing over {[p.name for p in generated_only]} "
@@ -148,13 +152,13 @@ def test_boot_time_prompt_file(firmwares, oracle, request, target_name, model):
     """The card's prompts.txt runs unattended at boot; every line gives a result."""
     spec = firmwares.cards[model].spec
     prompts = load_prompt_set("smoke", spec)
-    _skip_if_too_costly(target_name, model, "float32", prompts)
     target = firmwares.target(target_name)
     if target.runs_card_prompts("none"):  # a device always runs it: its session boot did
         dut = firmwares.get(target_name, model, "float32")
         request.node.user_properties.append(("firmware_log", dut.logfile))
         assert [t.results[0]["tokens"] for t in dut.boot_runs] == [oracle.float32(model, p).tokens for p in prompts]
         return
+    _skip_if_too_costly(target_name, model, "float32", prompts)
     dut = firmwares.start(target_name, model, "float32", prompts="card", log_name=f"{model}-boot-prompts")
     request.node.user_properties.append(("firmware_log", dut.logfile))
     try:
@@ -239,7 +243,7 @@ def test_per_token_io_memory_and_cycles_within_budget(firmwares, request, record
     """Bytes and read calls per token, peak arena, and (xtensa-sim) instructions per token,
     against fixtures/budgets.json."""
     prompts = load_prompt_set("smoke", firmwares.cards[model].spec)
-    _skip_if_too_costly(target_name, model, precision, prompts)
+    _skip_if_too_costly(target_name, model, precision, prompts, firmwares=firmwares)
     _dut(firmwares, request, target_name, model, precision)
     budget = budgets.load_budgets()["models"][model][precision]
     for prompt in prompts:
