@@ -87,7 +87,8 @@ def build_command(config: str, firmware: Path = FIRMWARE) -> list[str]:
 
 
 # --- QEMU --------------------------------------------------------------------------------------
-def qemu_args(sd_image: Path, icount_shift: int | None = None, wdt_off: bool = True) -> list[str]:
+def qemu_args(sd_image: Path, icount_shift: int | None = None, wdt_off: bool = True,
+              snapshot: bool = False) -> list[str]:
     """Arguments to append to pytest-embedded's QEMU command line for this firmware.
 
     `-m 4M` gives the emulated ESP32 its PSRAM (without it there is none); the card goes on the
@@ -102,7 +103,7 @@ def qemu_args(sd_image: Path, icount_shift: int | None = None, wdt_off: bool = T
     if size <= 0 or size & (size - 1):
         raise HarnessError(f"SD image {image} is {size} bytes: Espressif's QEMU SD model needs a power-of-two size "
                            "(`tinyllm-harness image` sizes it so)")
-    args = ["-m", QEMU_PSRAM, "-drive", f"file={image},if=sd,format=raw"]
+    args = ["-m", QEMU_PSRAM, "-drive", f"file={image},if=sd,format=raw" + (",snapshot=on" if snapshot else "")]
     if wdt_off:
         args += ["-global", QEMU_WDT_OFF]
     if icount_shift is not None:

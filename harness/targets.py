@@ -197,6 +197,27 @@ def idf_environment() -> dict[str, str] | None:
     return exported if exported.get("IDF_PATH") else None
 
 
+@functools.lru_cache(maxsize=1)
+def _esp32_unavailable() -> str | None:
+    """Why the esp32 target cannot run here, or None; probed once per process (every test asks)."""
+    from harness.esp32 import qemu_has_esp32
+
+    env = idf_environment()
+    if env is None:
+        return ("ESP-IDF not found: export it (. $IDF_PATH/export.sh), or set TINYLLM_IDF_EXPORT to a script that "
+                "does (ci/setup.sh installs one where a prebuilt bundle is present)")
+    qemu = shutil.which("qemu-system-xtensa", path=env.get("PATH"))
+    if qemu is None:
+        return "qemu-system-xtensa not found: install Espressif's QEMU (idf_tools.py install qemu-xtensa)"
+    if not qemu_has_esp32(qemu, run=functools.partial(subprocess.run, env=env)):
+        return f"{qemu} has no esp32 machine (Debian's QEMU lacks it): install Espressif's QEMU"
+    version = subprocess.run([sys.executable, "-m", "esptool", "version"], capture_output=True, text=True).stdout
+    major = re.search(r"^(\d+)\.", version.strip().splitlines()[-1]) if version.strip() else None
+    if major is None or int(major.group(1)) < 5:
+        return "esptool >= 5 not installed in the harness's Python (pip install -e '.[esp32]')"
+    return None
+
+
 def _esp32_sources() -> list[Path]:
     """What an esp32 build depends on: the app, the core, the project files."""
     files = [*(FIRMWARE / "main").rglob("*"), *(FIRMWARE / "components").rglob("*"), FIRMWARE / "CMakeLists.txt"]
@@ -230,21 +251,7 @@ class Esp32QemuTarget:
         return shutil.which("qemu-system-xtensa", path=(env or os.environ).get("PATH"))
 
     def unavailable(self) -> str | None:
-        env = idf_environment()
-        if env is None:
-            return ("ESP-IDF not found: export it (. $IDF_PATH/export.sh), or set TINYLLM_IDF_EXPORT to a script that "
-                    "does (ci/setup.sh installs one where a prebuilt bundle is present)")
-        qemu = self.qemu_binary()
-        if qemu is None:
-            return "qemu-system-xtensa not found: install Espressif's QEMU (idf_tools.py install qemu-xtensa)"
-        probe = subprocess.run([qemu, "-machine", "help"], capture_output=True, text=True, env=env, timeout=60)
-        if not re.search(r"^esp32\s", probe.stdout, re.MULTILINE):
-            return f"{qemu} has no esp32 machine (Debian's QEMU lacks it): install Espressif's QEMU"
-        esptool = subprocess.run([sys.executable, "-m", "esptool", "version"], capture_output=True, text=True)
-        if esptool.returncode != 0 or not re.search(r"^(\d+)\.", esptool.stdout.splitlines()[-1] if esptool.stdout else "") \
-                or int(esptool.stdout.splitlines()[-1].split(".")[0]) < 5:
-            return "esptool >= 5 not installed in the harness's Python (pip install -e '.[esp32]')"
-        return None
+        return _esp32_unavailable()
 
     def _stale(self) -> bool:
         app = self.build_dir / "tinyllm_esp32cam.bin"
@@ -316,12 +323,9 @@ class Esp32QemuTarget:
     def qemu_args(self, card: Path) -> list[str]:
         from harness.esp32 import qemu_args
 
-        # snapshot=on: the image is opened read-only (writes would go to a temporary overlay),
+        # snapshot: the image is opened read-only (writes would go to a temporary overlay),
         # so one image serves several QEMUs and stays byte-identical
-        args = qemu_args(card, icount_shift=self.icount_shift)
-        i = args.index("-drive") + 1
-        args[i] += ",snapshot=on"
-        return args
+        return qemu_args(card, icount_shift=self.icount_shift, snapshot=True)
 
     def command(self, binary: Path, card: Path, precision: str, prompts: str = "none",
                 extra: tuple[str, ...] = (), sd_trace: Path | None = None) -> list[str]:
