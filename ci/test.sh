@@ -33,7 +33,9 @@ checked "$rc" "esp32" || status=1
 qemu=$("$PY" -c 'from harness.targets import get_target as g; t = g("esp32"); print("" if t.unavailable() else t.qemu_binary())')
 if [ -n "$qemu" ] && [ "$#" = 0 ]; then
   echo "---- esp32 through pytest-embedded's idf,qemu services ($qemu) ----"
-  rc=0; PATH="$(dirname "$qemu"):$PATH" "$PY" -m pytest tests/test_esp32.py -k end_to_end -m "not slow" --target esp32 \
+  # pytest-embedded's qemu service runs `esptool.py merge-bin` from PATH: the harness's
+  # environment has esptool >= 5 (ESP-IDF's own environment may carry 4.x, which lacks merge-bin).
+  rc=0; PATH="$(dirname "$(command -v "$PY")"):$(dirname "$qemu"):$PATH" "$PY" -m pytest tests/test_esp32.py -k end_to_end -m "not slow" --target esp32 \
     --embedded-services idf,qemu --junitxml=build/reports/junit-esp32-services.xml || rc=$?
   checked "$rc" "esp32 services" || status=1
 elif [ "${TINYLLM_ESP32_REQUIRED:-0}" = 1 ] && [ "$#" = 0 ]; then

@@ -158,6 +158,9 @@ def unavailable(config: str, firmware: Path = FIRMWARE, port: str | None = None,
         if not qemu_has_esp32(qemu, run):
             return (f"{qemu} has no esp32 machine (`-machine help` does not list it; Debian's QEMU lacks it): "
                     "install Espressif's QEMU with python $IDF_PATH/tools/idf_tools.py install qemu-xtensa")
+        if which("esptool.py") is None:  # pytest-embedded's qemu service merges the flash image with it
+            return ("esptool.py not on PATH (pytest-embedded's qemu service runs `esptool.py merge-bin`): "
+                    "put the bin folder of the Python that has esptool >= 5 on PATH")
     else:
         for module, package in (("pytest_embedded_idf", "pytest-embedded-idf"),
                                 ("pytest_embedded_serial_esp", "pytest-embedded-serial-esp")):

@@ -270,6 +270,9 @@ def test_unavailable_reasons(tmp_path):
         return None
 
     def which_qemu(name):
+        return {esp32.QEMU_PROG: "/opt/qemu/bin/qemu-system-xtensa", "esptool.py": "/venv/bin/esptool.py"}.get(name)
+
+    def which_qemu_only(name):
         return "/opt/qemu/bin/qemu-system-xtensa" if name == esp32.QEMU_PROG else None
 
     no_idf = {}
@@ -284,6 +287,9 @@ def test_unavailable_reasons(tmp_path):
 
     reason = esp32.unavailable("qemu", which=which_qemu, run=_fake_run(DEBIAN_MACHINES), **kw)
     assert "has no esp32 machine" in reason and "Debian" in reason
+
+    reason = esp32.unavailable("qemu", which=which_qemu_only, run=_fake_run(ESPRESSIF_MACHINES), **kw)
+    assert "esptool.py not on PATH" in reason
 
     reason = esp32.unavailable("qemu", which=which_qemu, run=_fake_run(ESPRESSIF_MACHINES), **kw)
     assert "no firmware build at" in reason and "idf.py not found" in reason and "IDF_PATH unset" in reason
