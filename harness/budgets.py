@@ -16,9 +16,18 @@ def check(figures: dict[str, float], model: str, precision: str, target: str | N
     """Over-budget findings for one run's per-token figures (empty when within budget)."""
     budget = load_budgets()["models"].get(model, {}).get(precision, {})
     problems = []
+    # a pruned float32 lm_head reads one float32 row (one call) per candidate beside its stream
+    candidates = figures.get("candidates_per_token", 0.0)
+    allowed = {"bytes_per_token": budget.get("bytes_per_token", 0) + candidates * budget.get("bytes_per_candidate", 0),
+               "reads_per_token": budget.get("reads_per_token", 0) + candidates}
     for key in ("bytes_per_token", "reads_per_token", "peak_arena"):
-        if key in budget and figures[key] > budget[key]:
-            problems.append(f"{model}/{precision}: {key} {figures[key]:.0f} > budget {budget[key]}")
+        if key in budget and figures[key] > allowed.get(key, budget[key]) + 1e-6:
+            problems.append(f"{model}/{precision}: {key} {figures[key]:.0f} > budget {allowed.get(key, budget[key]):.0f}")
+    if "max_candidates_per_token" in budget and figures.get("max_candidates", 0) > budget["max_candidates_per_token"]:
+        problems.append(f"{model}/{precision}: {figures['max_candidates']} candidate rows in one step > budget "
+                        f"{budget['max_candidates_per_token']}")
+    if figures.get("fallback_steps", 0):
+        problems.append(f"{model}/{precision}: {figures['fallback_steps']} steps fell back to the full lm_head stream")
     cycles = budget.get("cycles_per_token", {}).get(target or "", None)
     if cycles is not None and figures["cycles_per_token"] > cycles:
         problems.append(f"{model}/{precision} on {target}: cycles_per_token {figures['cycles_per_token']:.0f} > {cycles}")
@@ -29,9 +38,17 @@ def check(figures: dict[str, float], model: str, precision: str, target: str | N
     return problems
 
 
-def estimated_cycles(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int) -> float | None:
-    """Cost of a run from the cycle budgets (None where the target has none, e.g. linux)."""
+def _budget(model: str, precision: str, full: bool = False) -> dict[str, Any]:
+    """A model's budget for one precision; `full`: its float32 lm_head streamed in full
+    (`gen ... full=1`, the reference path of the pruned lm_head)."""
     budget = load_budgets()["models"].get(model, {}).get(precision, {})
+    return {**budget, **budget.get("full_lm_head", {})} if full else budget
+
+
+def estimated_cycles(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int,
+                     full: bool = False) -> float | None:
+    """Cost of a run from the cycle budgets (None where the target has none, e.g. linux)."""
+    budget = _budget(model, precision, full)
     per_token = budget.get("cycles_per_token", {}).get(target)
     per_prompt = budget.get("cycles_per_prompt_step", {}).get(target)
     if per_token is None or per_prompt is None:
@@ -49,20 +66,22 @@ ESP32_QEMU_BYTES_PER_S = 5e6
 ESP32_QEMU_CYCLES_PER_S = 2.5e9
 
 
-def estimated_seconds(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int) -> float | None:
+def estimated_seconds(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int,
+                      full: bool = False) -> float | None:
     """Wall time a run takes on an emulated target, from the budgets (None: no estimate)."""
-    cycles = estimated_cycles(model, precision, target, prompt_steps, decode_steps)
+    cycles = estimated_cycles(model, precision, target, prompt_steps, decode_steps, full)
     if cycles is None:
         return None
     if target == "esp32":
-        io = decode_steps * load_budgets()["models"][model][precision]["bytes_per_token"]
+        io = decode_steps * _budget(model, precision, full)["bytes_per_token"]
         return io / ESP32_QEMU_BYTES_PER_S + cycles / ESP32_QEMU_CYCLES_PER_S
     return cycles / EMULATED_INSTRUCTIONS_PER_S
 
 
-def command_timeout(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int) -> float:
+def command_timeout(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int,
+                    full: bool = False) -> float:
     """Seconds a firmware command may take before the harness calls it hung."""
-    seconds = estimated_seconds(model, precision, target, prompt_steps, decode_steps)
+    seconds = estimated_seconds(model, precision, target, prompt_steps, decode_steps, full)
     if seconds is None:  # host build, or a model without budgets (e.g. a user's HF folder)
         return 120.0 + 0.5 * (prompt_steps + decode_steps)
     return 60.0 + 4 * seconds

@@ -93,4 +93,8 @@ def per_token(result: dict[str, Any]) -> dict[str, float]:
         "cycles_per_prompt_step": (sum(s["cycles"] for s in prompt) / len(prompt)) if (prompt := [
             s for s in result["steps"] if "top" not in s]) else 0.0,
         "peak_arena": result["peak_arena"],
+        # pruned float32 lm_head: float32 rows read per step beside the proxy stream (0 in full)
+        "candidates_per_token": mean("candidates") if all("candidates" in s for s in decode) else 0.0,
+        "max_candidates": max((s.get("candidates", 0) for s in decode), default=0),
+        "fallback_steps": sum(s.get("fallback", 0) for s in decode),
     }

@@ -142,8 +142,8 @@ class TinyLLMDut(Dut):
         return t
 
     def generate(self, prompt: Prompt, k: int = 2, teacher_forced: bool = False,
-                 timeout: float = 120.0) -> protocol.Transcript:
-        return self.command(prompt.command(k=k, teacher_forced=teacher_forced), timeout)
+                 timeout: float = 120.0, full: bool = False) -> protocol.Transcript:
+        return self.command(prompt.command(k=k, teacher_forced=teacher_forced, full=full), timeout)
 
     def log_text(self) -> str:
         return Path(self.logfile).read_text(errors="replace")

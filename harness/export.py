@@ -28,6 +28,7 @@ SET_DIRS = {"float32": "tinyllm_float32_weights", "int8": "tinyllm_weights"}
 PRECISIONS = tuple(SET_DIRS)
 CONFIG_FILE = "model_config.json"
 NORM_FILES = ("norm1", "norm2", "final_norm")  # stay float32 in the int8 set
+PROXY_FILE = "lm_head_proxy.bin"  # float32 sets: int8 rows + scale + error bound per lm_head row
 
 
 def file_tensors(spec: ModelSpec, state: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -97,6 +98,13 @@ def write_set(spec: ModelSpec, tensors: dict[str, np.ndarray], precision: str, d
         else:
             _write(dest / f"{stem}.bin", arr, "f4")
             files[f"{stem}.bin"] = _file_entry(dest / f"{stem}.bin", arr.shape, "float32")
+    if precision == "float32":  # the int8 proxy that lets the firmware prune lm_head (contracts §1)
+        try:
+            proxy = quant.proxy_records(tensors["lm_head"])
+        except ValueError as exc:
+            raise HarnessError(f"{PROXY_FILE}: {exc}") from exc
+        proxy.tofile(dest / PROXY_FILE)
+        files[PROXY_FILE] = _file_entry(dest / PROXY_FILE, tuple(tensors["lm_head"].shape), quant.PROXY_DTYPE)
     config = {
         "format": FORMAT,
         "model_name": spec.name,

@@ -20,10 +20,12 @@ class Prompt:
     ids: tuple[int, ...]
     n_new: int
 
-    def command(self, k: int = 2, teacher_forced: bool = False) -> str:
-        """The firmware command line for this prompt (docs/contracts.md §3)."""
+    def command(self, k: int = 2, teacher_forced: bool = False, full: bool = False) -> str:
+        """The firmware command line for this prompt (docs/contracts.md §3); `full` streams the
+        float32 lm_head in full instead of pruning it (the reference path)."""
         extra = f" k={k}" if k != 2 else ""
         extra += " tf=1" if teacher_forced else ""
+        extra += " full=1" if full else ""
         return f"gen {' '.join(map(str, self.ids))} n={self.n_new}{extra}"
 
 

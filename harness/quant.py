@@ -61,3 +61,50 @@ def quantization_error(w: np.ndarray) -> dict[str, float]:
         "max_abs_over_half_step": float(np.max(np.abs(err) / (scales[..., None] / 2))),
         "nmse": float(np.sum(err.astype(np.float64) ** 2) / denom),
     }
+
+
+PROXY_DTYPE = "int8-proxy"  # lm_head_proxy.bin in a float32 set (docs/contracts.md §1)
+PROXY_HEADER_BYTES = 5  # float32 scale, uint8 error code
+PROXY_ERROR_DIVISOR = 500
+
+
+def proxy_records(w: np.ndarray) -> np.ndarray:
+    """The lm_head proxy of a float32 matrix [rows, n], as bytes [rows, 5 + n]: per row the float32
+    scale, a uint8 error code c, then the int8 row (q and scale are this scheme's, quantize_rows).
+
+    c is the smallest integer with ||w_r - scale_r * q_r||_2 <= c * |scale_r| * sqrt(n) / 500, so the
+    firmware's bound holds for the bits it reads. It is computed in float64 from the exact float32
+    values: scale * q is exact (24 + 8 significant bits) and so is the difference; the sum of squares,
+    square root and division lose at most ~(n + 4) * 2**-53 relative, covered by raising the ratio by
+    2**-30 before the ceiling. Round-to-nearest keeps each element within half a step, so the ratio is
+    at most ~0.5 * 500 = 250 and fits a byte.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    q, scales = quantize_rows(w)
+    s64 = scales.astype(np.float64)
+    diff = w.astype(np.float64) - q.astype(np.float64) * s64[:, None]
+    err = np.sqrt(np.sum(diff * diff, axis=1))
+    rows, n = w.shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = err * PROXY_ERROR_DIVISOR / (np.abs(s64) * np.sqrt(n)) * (1.0 + 2.0**-30)
+    ratio[err == 0] = 0.0
+    code = np.ceil(ratio)
+    if not np.all(np.isfinite(code)) or code.max(initial=0) > 255:
+        bad = int(np.argmax(~np.isfinite(code) | (code > 255)))
+        raise ValueError(f"lm_head row {bad}: quantization error {err[bad]:.3g} does not fit the proxy's error code "
+                         f"(scale {scales[bad]:.3g})")
+    out = np.empty((rows, PROXY_HEADER_BYTES + n), dtype=np.uint8)
+    out[:, 0:4] = scales.astype("<f4").view(np.uint8).reshape(rows, 4)
+    out[:, 4] = code.astype(np.uint8)
+    out[:, PROXY_HEADER_BYTES:] = q.view(np.uint8)
+    return out
+
+
+def split_proxy(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scales float32, error codes uint8, q int8) of proxy records [rows, 5 + n]."""
+    rows = records.shape[0]
+    raw = np.ascontiguousarray(records, dtype=np.uint8)
+    scales = raw[:, 0:4].copy().view("<f4").reshape(rows)
+    codes = raw[:, 4].copy()
+    q = raw[:, PROXY_HEADER_BYTES:].copy().view(np.int8)
+    return scales, codes, q

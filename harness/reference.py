@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.export import PROXY_FILE
 from harness.prompts import Prompt, validate_prompt
 from harness.spec import ModelSpec
 from harness.synth import PER_LAYER_FILES, hf_name
@@ -25,6 +26,8 @@ def state_dict_from_set(weights: WeightSet) -> dict[str, np.ndarray]:
         raise HarnessError(f"{weights.folder}: the HF reference needs the float32 set, got {weights.precision}")
     state: dict[str, np.ndarray] = {}
     for stem, arr in weights.tensors.items():
+        if stem == PROXY_FILE.removesuffix(".bin"):
+            continue  # the firmware's own lm_head proxy, not a model tensor
         if stem in PER_LAYER_FILES:
             for layer in range(weights.spec.num_hidden_layers):
                 state[hf_name(stem, layer)] = arr[layer]

@@ -346,7 +346,8 @@ class Esp32QemuTarget:
 
 
 # the process targets' options and the `load` command's (docs/contracts.md §3)
-_LOAD_OPTIONS = {"--context": "context", "--chunk-rows": "chunk", "--arena-bytes": "arena"}
+_LOAD_OPTIONS = {"--context": "context", "--chunk-rows": "chunk", "--arena-bytes": "arena", "--lm-head": "lm_head",
+                 "--max-candidates": "candidates"}
 
 
 def load_command(precision: str, extra: tuple[str, ...], default_precision: str) -> list[str]:
@@ -361,7 +362,7 @@ def load_command(precision: str, extra: tuple[str, ...], default_precision: str)
             i += 2
         else:
             raise HarnessError(f"option {extra[i]!r} has no console equivalent (load float32|int8 "
-                               "[context=N] [chunk=N] [resident=0|1] [arena=N])")
+                               "[context=N] [chunk=N] [resident=0|1] [arena=N] [lm_head=M] [candidates=N])")
     if precision == default_precision and not words:
         return []
     return [" ".join(["load", precision, *words])]

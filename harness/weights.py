@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from harness import quant
 from harness.errors import HarnessError
 from harness.export import CONFIG_FILE, FORMAT, crc32_hex
 from harness.spec import ModelSpec, spec_from_hf_config
@@ -66,6 +67,10 @@ def load_weight_set(folder: Path, verify: bool = True) -> WeightSet:
             raise HarnessError(f"{path}: {len(data)} bytes, manifest says {entry['bytes']}")
         if verify and hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise HarnessError(f"{path}: SHA-256 differs from the manifest (corrupt file)")
-        arr = np.frombuffer(data, dtype=NP_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+        if entry["dtype"] == quant.PROXY_DTYPE:  # records: 8 header bytes + one int8 row each
+            rows, cols = entry["shape"]
+            arr = np.frombuffer(data, dtype=np.uint8).reshape(rows, quant.PROXY_HEADER_BYTES + cols)
+        else:
+            arr = np.frombuffer(data, dtype=NP_DTYPES[entry["dtype"]]).reshape(entry["shape"])
         tensors[name.removesuffix(".bin")] = arr
     return WeightSet(folder, spec, config["dtype"], config, tensors)

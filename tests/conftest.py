@@ -161,6 +161,19 @@ class Firmwares:
         return start_firmware(target, self.binary(name, sanitize), self.card(name, model), precision, log,
                               card_prompts=card.prompts, prompts=prompts, extra=extra, line_timeout=line_timeout)
 
+    def boot_folder(self, name: str, card: Path, precision: str = "float32", extra: tuple[str, ...] = ()):
+        """Boots a firmware on a card folder of the test's own (damaged, adversarial...): the
+        folder goes on a FAT image like any card; nothing runs at start-up but what the target
+        must (a device's `load` line)."""
+        from harness.dut import TinyLLMDut
+
+        target = self.target(name)
+        image = build_image(card, card.parent / "sd.img")
+        seen = target.prepare_card(image.path, card.parent / "target")
+        cmd = target.command(self.binary(name), seen, precision, "none", tuple(extra))
+        return TinyLLMDut(cmd, card.parent / "firmware.log", target=name, app_path=card.parent,
+                          boot_commands=target.boot_commands(precision, tuple(extra)))
+
     def run(self, name: str, model: str, precision: str, prompt, k: int = 2):
         """One greedy generation on the session's firmware, memoized: the firmware is
         deterministic (test_two_boots_give_identical_results), so tests that need the same

@@ -12,7 +12,7 @@ import torch
 
 from harness import quant
 from harness.errors import HarnessError
-from harness.export import SET_DIRS, export_sets, load_hf_folder
+from harness.export import PROXY_FILE, SET_DIRS, export_sets, load_hf_folder
 from harness.reference import build_hf_model
 from harness.spec import load_spec
 from harness.weights import load_weight_set
@@ -38,6 +38,8 @@ def test_tiny_llm_float32_sizes_equal_the_seed(cards):
     card = cards["tiny-llm"]
     folder = card.dir / SET_DIRS["float32"]
     sizes = {p.name: p.stat().st_size for p in folder.glob("*.bin")}
+    # beside the seed's files, the int8 proxy of lm_head: 5 header bytes + 192 int8 per row
+    assert sizes.pop(PROXY_FILE) == 32000 * (5 + 192)
     assert sizes == SEED_FLOAT32_BYTES
     total = sum(sizes.values())
     assert card.spec.n_params() == 12_988_992

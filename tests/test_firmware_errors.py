@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from harness.dut import TinyLLMDut
-from harness.fatimage import build_image
 from harness.prompts import Prompt, load_prompt_set
 
 F32 = "tinyllm_float32_weights"
@@ -28,12 +27,7 @@ def broken_card(firmwares, target_name, tmp_path) -> Path:
 
 
 def _boot(firmwares, target_name, card: Path, request, precision="float32", extra=()) -> TinyLLMDut:
-    target = firmwares.target(target_name)
-    image = build_image(card, card.parent / "sd.img")
-    seen = target.prepare_card(image.path, card.parent / "target")
-    cmd = target.command(firmwares.binary(target_name), seen, precision, "none", tuple(extra))
-    dut = TinyLLMDut(cmd, card.parent / "firmware.log", target=target_name, app_path=card.parent,
-                     boot_commands=target.boot_commands(precision, tuple(extra)))
+    dut = firmwares.boot_folder(target_name, card, precision, tuple(extra))
     request.node.user_properties.append(("firmware_log", dut.logfile))
     return dut
 

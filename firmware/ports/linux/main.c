@@ -3,7 +3,7 @@
  * stdin/stdout, the arena is one malloc of the board's memory budget.
  *
  *   tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none]
- *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]
+ *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] [--lm-head M]
  *
  * Exit codes: 0 ok, 1 a command failed, 2 start-up error.
  */
@@ -97,6 +97,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none]\n"
             "               [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]\n"
+            "               [--lm-head auto|full|pruned] [--max-candidates N]\n"
             "  --card DIR        card root: DIR/tinyllm_float32_weights or DIR/tinyllm_weights\n"
             "  --precision P     float32 (default) or int8\n"
             "  --prompts FILE    prompt file run at start-up (default DIR/prompts.txt if present;\n"
@@ -104,7 +105,11 @@ static void usage(FILE *f)
             "  --arena-bytes N   memory budget (default %u = the ESP32 app's 3840 KiB PSRAM arena)\n"
             "  --context N       max positions (default max_position_embeddings)\n"
             "  --chunk-rows N    rows per streamed chunk (default 256)\n"
-            "  --no-resident     stream every matrix from the card at every use\n",
+            "  --no-resident     stream every matrix from the card at every use\n"
+            "  --lm-head MODE    float32 logits: auto (default: pruned through lm_head_proxy.bin when\n"
+            "                    the set has it), full (stream the float32 lm_head), pruned (require it)\n"
+            "  --max-candidates N  pruned lm_head: a step with more candidate rows streams it in full\n"
+            "                    (1..512, default 512)\n",
             DEFAULT_ARENA_BYTES);
 }
 
@@ -141,8 +146,8 @@ static int run_host_prompts(tl_engine *e, const char *path, int *quit)
 int main(int argc, char **argv)
 {
     const char *card = NULL, *precision = "float32", *prompts = NULL;
-    unsigned long long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0;
-    int no_resident = 0;
+    unsigned long long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
+    int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -155,6 +160,8 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--context") == 0) bad = parse_count(val, 1u << 24, &context), i++;
         else if (strcmp(a, "--chunk-rows") == 0) bad = parse_count(val, 1u << 24, &chunk_rows), i++;
         else if (strcmp(a, "--no-resident") == 0) no_resident = 1;
+        else if (strcmp(a, "--lm-head") == 0) bad = (lm_head = tl_lm_head_mode(val)) < 0, i++;
+        else if (strcmp(a, "--max-candidates") == 0) bad = parse_count(val, 512, &max_candidates) || !max_candidates, i++;
         else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
@@ -194,6 +201,8 @@ int main(int argc, char **argv)
         .context = (int)context,
         .chunk_rows = (int)chunk_rows,
         .no_resident = no_resident,
+        .lm_head = lm_head,
+        .max_candidates = (int)max_candidates,
     };
 
     tl_log(&port, "app_main", "Tiny-LLM ESP32 Inference Engine Starting");

@@ -7,7 +7,7 @@
  * Arguments come from `-semihosting-config enable=on,arg=...`:
  *
  *   tinyllm --card DIR [--precision float32|int8] [--prompts card|none]
- *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]
+ *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] [--lm-head M]
  *           [--selftest-exception]   (executes an illegal instruction: tests the vectors)
  *
  * Cycles: under `-icount shift=0,sleep=off` QEMU advances virtual time by 1 ns per
@@ -223,7 +223,8 @@ static _Noreturn void usage_exit(const char *bad)
     char msg[600];
     snprintf(msg, sizeof msg,
              "TINYLLM_ERROR E_COMMAND bad argument '%s': usage tinyllm --card DIR [--precision float32|int8] "
-             "[--prompts card|none] [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]\n",
+             "[--prompts card|none] [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] "
+             "[--lm-head auto|full|pruned] [--max-candidates N]\n",
              bad);
     sim_puts(msg);
     sim_puts("TINYLLM_EXIT 2\n");
@@ -235,8 +236,8 @@ static int run(void)
     char **argv = NULL;
     int argc = sim_args(&argv);
     const char *card = NULL, *precision = "float32", *prompts = "card";
-    unsigned long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0;
-    int no_resident = 0;
+    unsigned long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
+    int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--card") == 0 && val) card = argv[++i];
@@ -246,6 +247,8 @@ static int run(void)
         else if (strcmp(a, "--context") == 0 && !parse_count(val, 1UL << 24, &context)) i++;
         else if (strcmp(a, "--chunk-rows") == 0 && !parse_count(val, 1UL << 24, &chunk_rows)) i++;
         else if (strcmp(a, "--no-resident") == 0) no_resident = 1;
+        else if (strcmp(a, "--lm-head") == 0 && (lm_head = tl_lm_head_mode(val)) >= 0) i++;
+        else if (strcmp(a, "--max-candidates") == 0 && !parse_count(val, 512, &max_candidates) && max_candidates) i++;
         else if (strcmp(a, "--selftest-exception") == 0) __asm__ volatile("ill"); /* proves the vectors: E_CRASH, exit 3 */
         else usage_exit(a);
     }
@@ -274,6 +277,7 @@ static int run(void)
     }
     tl_options opt = {
         .precision = precision, .context = (int)context, .chunk_rows = (int)chunk_rows, .no_resident = no_resident,
+        .lm_head = lm_head, .max_candidates = (int)max_candidates,
     };
     tl_engine *e = tl_engine_init(&port, &opt);
     if (!e) {

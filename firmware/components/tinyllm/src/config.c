@@ -231,7 +231,32 @@ static int parse_file_entry(const cJSON *files, const tl_config *cfg, int id, in
 
     man->bytes[scales][id] = want;
     man->crc32[scales][id] = crcv;
-    man->present[scales][id] = 1;
+    return TL_OK;
+}
+
+/* The optional lm_head proxy of a float32 set: absent is fine (lm_head is then
+ * always streamed in full); present, it must be exactly what the contract says. */
+static int parse_proxy_entry(const cJSON *files, const tl_config *cfg, tl_manifest *man, tl_err *err)
+{
+    const char *name = TL_PROXY_FILE;
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(files, name);
+    if (!f) return TL_OK;
+    if (cfg->int8) return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s is for float32 sets only", name);
+    if (!cJSON_IsObject(f)) return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s is not an object", name);
+    uint64_t want = (uint64_t)cfg->vocab * ((uint64_t)cfg->hidden + TL_PROXY_HEADER_BYTES);
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(f, "bytes");
+    if (!cJSON_IsNumber(b) || b->valuedouble != (double)want)
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.bytes = %.17g, expected %llu from config", name,
+                       cJSON_IsNumber(b) ? b->valuedouble : -1.0, (unsigned long long)want);
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(f, "dtype");
+    if (!(cJSON_IsString(dt) && strcmp(dt->valuestring, TL_PROXY_DTYPE) == 0))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.dtype = %s, expected %s", name,
+                       cJSON_IsString(dt) ? dt->valuestring : "(missing)", TL_PROXY_DTYPE);
+    const cJSON *crc = cJSON_GetObjectItemCaseSensitive(f, "crc32");
+    if (!cJSON_IsString(crc) || parse_crc(crc->valuestring, &man->proxy_crc32))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.crc32 missing or not 8 hex digits", name);
+    man->proxy_bytes = want;
+    man->has_proxy = 1;
     return TL_OK;
 }
 
@@ -297,6 +322,7 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
         if (parse_file_entry(files, cfg, id, 0, man, err)) goto fail;
         if (cfg->int8 && tl_tensor_quantized(id) && parse_file_entry(files, cfg, id, 1, man, err)) goto fail;
     }
+    if (parse_proxy_entry(files, cfg, man, err)) goto fail;
     goto done;
 fail:
     rc = err->code;

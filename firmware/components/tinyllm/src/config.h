@@ -36,12 +36,23 @@ typedef struct tl_shape {
     int layers, rows, cols;
 } tl_shape;
 
-/* What the manifest says about each file: [0] = tensor, [1] = its scales (int8 only). */
+/* What the manifest says about each file: [0] = tensor, [1] = its scales (int8 only);
+ * and the optional lm_head proxy of a float32 set (contracts.md §1, "lm_head proxy"). */
 typedef struct tl_manifest {
     uint64_t bytes[2][TL_NT];
     uint32_t crc32[2][TL_NT];
-    int present[2][TL_NT];
+    int has_proxy;
+    uint64_t proxy_bytes;
+    uint32_t proxy_crc32;
 } tl_manifest;
+
+/* lm_head_proxy.bin: one record per vocab row: float32 scale, uint8 error
+ * code, then hidden int8 values; the row's quantization error is at most
+ * code * |scale| * sqrt(hidden) / TL_PROXY_ERROR_DIVISOR (contracts.md §1). */
+#define TL_PROXY_FILE "lm_head_proxy.bin"
+#define TL_PROXY_DTYPE "int8-proxy"
+#define TL_PROXY_HEADER_BYTES 5
+#define TL_PROXY_ERROR_DIVISOR 500
 
 const char *tl_tensor_base(int id);   /* "q_proj", "norm1", ... */
 int tl_tensor_quantized(int id);      /* has a *_scales.bin in the int8 set */

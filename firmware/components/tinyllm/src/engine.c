@@ -20,11 +20,15 @@ static const char *const TAG_INFER = "tinyllm_inference";
 #define TL_DEFAULT_K 2
 #define TL_SCRIPT_LINE_BYTES 8192
 
+#define TL_STEP_FULL (-1)     /* lm_head streamed in full (as asked, or no logits) */
+#define TL_STEP_FALLBACK (-2) /* pruning was on, but this step streamed lm_head in full */
+
 /* What one forward pass cost, kept until the TINYLLM_RESULT line is printed
  * (printing during generation would put console time into the step times). */
 typedef struct tl_step {
     int32_t token;
-    int32_t ntop; /* -1: logits not computed at this position */
+    int16_t ntop;       /* -1: logits not computed at this position */
+    int16_t candidates; /* pruned lm_head: float32 rows read; TL_STEP_FULL / TL_STEP_FALLBACK */
     uint64_t us, cycles, bytes, reads;
     int32_t top_id[TL_MAX_TOPK];
     float top_logit[TL_MAX_TOPK];
@@ -54,9 +58,10 @@ static void print_info(tl_engine *e)
     tl_writer *w = &e->out;
     tl_w_printf(w, "TINYLLM_INFO {\"model\":\"%s\",\"precision\":\"%s\",\"card_id\":\"%08lx\",", m->cfg.model_name,
                 m->cfg.int8 ? "int8" : "float32", (unsigned long)e->card_id);
-    tl_w_printf(w, "\"arena_budget\":%lu,\"arena_used\":%lu,\"context\":%d,\"resident_bytes\":%llu}",
+    tl_w_printf(w, "\"arena_budget\":%lu,\"arena_used\":%lu,\"context\":%d,\"resident_bytes\":%llu,",
                 (unsigned long)e->arena.size, (unsigned long)e->arena.used, m->context,
                 (unsigned long long)m->resident_bytes);
+    tl_w_printf(w, "\"lm_head\":\"%s\"}", m->prune ? "pruned" : "full");
     tl_w_endline(w);
 }
 
@@ -68,6 +73,15 @@ static int report_error(tl_engine *e)
 }
 
 /* ------------------------------------------------------------------- start */
+
+int tl_lm_head_mode(const char *name)
+{
+    if (!name) return -1;
+    if (strcmp(name, "auto") == 0) return TL_LM_HEAD_AUTO;
+    if (strcmp(name, "full") == 0) return TL_LM_HEAD_FULL;
+    if (strcmp(name, "pruned") == 0) return TL_LM_HEAD_PRUNED;
+    return -1;
+}
 
 const char *tl_weights_dir(const char *precision)
 {
@@ -175,11 +189,12 @@ static int parse_long(const char *s, long *out)
     return 0;
 }
 
-static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int k, uint64_t us, uint64_t cycles,
-                         uint64_t bytes, uint64_t reads)
+static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int k, int full, uint64_t us,
+                         uint64_t cycles, uint64_t bytes, uint64_t reads)
 {
     tl_writer *w = &e->out;
-    tl_w_printf(w, "TINYLLM_RESULT {\"precision\":\"%s\",\"prompt\":[", e->model.cfg.int8 ? "int8" : "float32");
+    tl_w_printf(w, "TINYLLM_RESULT {\"precision\":\"%s\",\"lm_head\":\"%s\",\"prompt\":[",
+                e->model.cfg.int8 ? "int8" : "float32", e->model.prune && !full ? "pruned" : "full");
     for (int i = 0; i < n_prompt; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[i]);
     tl_w_puts(w, "],\"tokens\":[");
     for (int i = 0; i < n_new; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[n_prompt + i]);
@@ -193,6 +208,8 @@ static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int
         tl_w_printf(w, "%s{\"pos\":%d,\"token\":%ld,\"us\":%llu,\"cycles\":%llu,\"bytes\":%llu,\"reads\":%llu", p ? "," : "",
                     p, (long)s->token, (unsigned long long)s->us, (unsigned long long)s->cycles,
                     (unsigned long long)s->bytes, (unsigned long long)s->reads);
+        if (s->candidates >= 0) tl_w_printf(w, ",\"candidates\":%d", (int)s->candidates);
+        if (s->candidates == TL_STEP_FALLBACK) tl_w_puts(w, ",\"fallback\":1");
         if (s->ntop >= 0) {
             tl_w_puts(w, ",\"top\":[");
             int n = s->ntop < k ? s->ntop : k;
@@ -225,12 +242,12 @@ static char *next_word(char **cursor)
     return word;
 }
 
-/* gen <id> [<id> ...] [n=<N>] [k=<K>] [tf=1]; `args` is the rest of the line after "gen". */
+/* gen <id> [<id> ...] [n=<N>] [k=<K>] [tf=1] [full=1]; `args` is the rest of the line after "gen". */
 static int cmd_gen(tl_engine *e, char *args)
 {
     tl_model *m = &e->model;
     const tl_port *port = e->port;
-    long n_new = TL_DEFAULT_N, k = TL_DEFAULT_K, tf = 0;
+    long n_new = TL_DEFAULT_N, k = TL_DEFAULT_K, tf = 0, full = 0;
     int n_prompt = 0;
 
     for (char *word; (word = next_word(&args)) != NULL;) {
@@ -243,7 +260,8 @@ static int cmd_gen(tl_engine *e, char *args)
             if (strcmp(word, "n") == 0) n_new = v;
             else if (strcmp(word, "k") == 0) k = v;
             else if (strcmp(word, "tf") == 0) tf = v;
-            else return tl_fail(&e->err, TL_E_COMMAND, "gen: unknown option '%s' (expected n=, k=, tf=)", word);
+            else if (strcmp(word, "full") == 0) full = v;
+            else return tl_fail(&e->err, TL_E_COMMAND, "gen: unknown option '%s' (expected n=, k=, tf=, full=)", word);
             continue;
         }
         int bad = parse_long(word, &v);
@@ -263,6 +281,7 @@ static int cmd_gen(tl_engine *e, char *args)
         return tl_fail(&e->err, TL_E_PROMPT, "gen: n=%ld exceeds the context of %d positions", n_new, m->context);
     if (k < 1 || k > TL_MAX_TOPK) return tl_fail(&e->err, TL_E_COMMAND, "gen: k=%ld, expected 1..%d", k, TL_MAX_TOPK);
     if (tf != 0 && tf != 1) return tl_fail(&e->err, TL_E_COMMAND, "gen: tf=%ld, expected 0 or 1", tf);
+    if (full != 0 && full != 1) return tl_fail(&e->err, TL_E_COMMAND, "gen: full=%ld, expected 0 or 1", full);
     if (n_prompt < 1) return tl_fail(&e->err, TL_E_PROMPT, "gen: empty prompt, expected at least 1 token id");
     if (n_new == 0 && !tf) return tl_fail(&e->err, TL_E_COMMAND, "gen: n=0 is only allowed with tf=1");
     if ((long)n_prompt + n_new - 1 > m->context)
@@ -287,13 +306,15 @@ static int cmd_gen(tl_engine *e, char *args)
         top.k = (int)k;
         top.n = 0;
         s->token = e->tokens[pos];
-        if (tl_model_forward(m, e->tokens[pos], pos, want_logits ? &top : NULL)) return e->err.code;
+        if (tl_model_forward(m, e->tokens[pos], pos, want_logits ? &top : NULL, (int)full)) return e->err.code;
         if (generating) e->tokens[pos + 1] = top.id[0]; /* greedy: argmax, ties to the lowest id */
         s->us = port->time_us(port->ctx) - ts;
         s->cycles = port->cycles(port->ctx) - cs;
         s->bytes = m->bytes_read - bs;
         s->reads = m->read_calls - rs;
-        s->ntop = want_logits ? top.n : -1;
+        s->ntop = (int16_t)(want_logits ? top.n : -1);
+        s->candidates = (int16_t)(!want_logits ? TL_STEP_FULL
+                                  : m->last_fallback ? TL_STEP_FALLBACK : m->last_candidates);
         for (int i = 0; i < top.n && want_logits; i++) {
             s->top_id[i] = top.id[i];
             s->top_logit[i] = top.logit[i];
@@ -309,13 +330,15 @@ static int cmd_gen(tl_engine *e, char *args)
     unsigned long ms = (unsigned long)(us / 1000u);
     double tps = us ? (double)n_new * 1e6 / (double)us : 0.0;
     tl_log(port, TAG_INFER, "Inference completed: %ld tokens in %lu ms (%.2f tokens/sec)", n_new, ms, tps);
-    print_result(e, n_prompt, (int)n_new, n_steps, (int)k, us, cycles, m->bytes_read - b0, m->read_calls - r0);
+    print_result(e, n_prompt, (int)n_new, n_steps, (int)k, (int)full, us, cycles, m->bytes_read - b0,
+                 m->read_calls - r0);
     return TL_OK;
 }
 
 /* --------------------------------------------------------------------- load */
 
-/* load <float32|int8> [context=N] [chunk=N] [resident=0|1] [arena=N]: lay out
+/* load <float32|int8> [context=N] [chunk=N] [resident=0|1] [arena=N] [lm_head=auto|full|pruned]
+ * [candidates=N]: lay out
  * another weight set (or the same one with other options) in the arena, as if
  * the firmware had booted with them; options not given are the port's. One
  * firmware build thus serves both precisions. */
@@ -326,22 +349,32 @@ static int cmd_load(tl_engine *e, char *args, tl_options *opt)
     opt->precision = next_word(&args);
     if (!opt->precision)
         return tl_fail(&e->err, TL_E_COMMAND, "load: expected a precision (load float32|int8 [context=N] [chunk=N] "
-                                              "[resident=0|1] [arena=N])");
+                                              "[resident=0|1] [arena=N] [lm_head=auto|full|pruned] [candidates=N])");
     if (!tl_weights_dir(opt->precision))
         return tl_fail(&e->err, TL_E_COMMAND, "load: unknown precision '%s' (expected float32 or int8)",
                        opt->precision);
     for (char *word; (word = next_word(&args)) != NULL;) {
         char *eq = strchr(word, '=');
         long v;
-        if (!eq) return tl_fail(&e->err, TL_E_COMMAND, "load: '%s' is not an option (context=, chunk=, resident=, arena=)", word);
+        if (!eq)
+            return tl_fail(&e->err, TL_E_COMMAND,
+                           "load: '%s' is not an option (context=, chunk=, resident=, arena=, lm_head=, candidates=)",
+                           word);
         *eq = '\0';
+        if (strcmp(word, "lm_head") == 0) {
+            opt->lm_head = tl_lm_head_mode(eq + 1);
+            if (opt->lm_head < 0)
+                return tl_fail(&e->err, TL_E_COMMAND, "load: lm_head=%s, expected auto, full or pruned", eq + 1);
+            continue;
+        }
         if (parse_long(eq + 1, &v) || v < 0)
             return tl_fail(&e->err, TL_E_COMMAND, "load: option %s=%s is not a count >= 0", word, eq + 1);
         if (strcmp(word, "context") == 0 && v <= 0x7fffffffL) opt->context = (int)v;
         else if (strcmp(word, "chunk") == 0 && v <= 0x7fffffffL) opt->chunk_rows = (int)v;
         else if (strcmp(word, "resident") == 0 && v <= 1) opt->no_resident = v == 0;
         else if (strcmp(word, "arena") == 0) opt->arena_bytes = (size_t)v;
-        else return tl_fail(&e->err, TL_E_COMMAND, "load: bad option %s=%ld (context=, chunk=, resident=0|1, arena=)",
+        else if (strcmp(word, "candidates") == 0 && v >= 1 && v <= TL_PRUNE_MAX_CANDIDATES) opt->max_candidates = (int)v;
+        else return tl_fail(&e->err, TL_E_COMMAND, "load: bad option %s=%ld (context=, chunk=, resident=0|1, arena=, lm_head=, candidates=1..512)",
                             word, v);
     }
     return load_set(e, opt);

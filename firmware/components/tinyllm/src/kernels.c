@@ -12,6 +12,22 @@ void tl_matvec_f32(float *y, const float *W, const float *x, int rows, int cols)
     }
 }
 
+/* int8 -> float by table: a core without an FPU (lx106) pays a library call per
+ * conversion otherwise. Index = the byte's unsigned value. */
+#define TL_I8(i) ((float)((i) < 128 ? (i) : (i) - 256))
+#define TL_I8_4(i) TL_I8(i), TL_I8((i) + 1), TL_I8((i) + 2), TL_I8((i) + 3)
+#define TL_I8_16(i) TL_I8_4(i), TL_I8_4((i) + 4), TL_I8_4((i) + 8), TL_I8_4((i) + 12)
+#define TL_I8_64(i) TL_I8_16(i), TL_I8_16((i) + 16), TL_I8_16((i) + 32), TL_I8_16((i) + 48)
+static const float i8_to_float[256] = {TL_I8_64(0), TL_I8_64(64), TL_I8_64(128), TL_I8_64(192)};
+
+float tl_dot_i8_f32(const int8_t *q, const float *x, int n)
+{
+    const uint8_t *u = (const uint8_t *)q;
+    float acc = 0.0f;
+    for (int j = 0; j < n; j++) acc += i8_to_float[u[j]] * x[j];
+    return acc;
+}
+
 float tl_quantize_act(int8_t *qx, const float *x, int n)
 {
     float xmax = 0.0f;

@@ -10,6 +10,9 @@
 /* y[r] = sum_j W[r][j] * x[j], accumulated in float in order j = 0..cols-1. */
 void tl_matvec_f32(float *y, const float *W, const float *x, int rows, int cols);
 
+/* sum_j (float)q[j] * x[j], accumulated in float in order j = 0..n-1 (the lm_head proxy). */
+float tl_dot_i8_f32(const int8_t *q, const float *x, int n);
+
 /* Quantizes x to int8 with one scale (returned): qx = clamp(rint(x / sx), -127, 127). */
 float tl_quantize_act(int8_t *qx, const float *x, int n);
 

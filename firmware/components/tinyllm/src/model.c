@@ -89,10 +89,32 @@ static int open_file(tl_model *m, tl_tensor *t, int id, int scales)
     return TL_OK;
 }
 
+/* lm_head_proxy.bin, listed in a float32 set's manifest: a [vocab] table of
+ * records (TL_PROXY_HEADER_BYTES + hidden bytes each), always streamed. The
+ * records are packed (5-byte header), so the scale is read with memcpy. */
+static int open_proxy(tl_model *m)
+{
+    tl_tensor *t = &m->proxy;
+    char path[160];
+    snprintf(t->name, sizeof t->name, "%s", TL_PROXY_FILE);
+    join_path(path, sizeof path, m->dir, t->name);
+    t->fh = m->port->open(m->port->ctx, path);
+    if (t->fh < 0) return tl_fail(m->err, TL_E_FILE_MISSING, "%s: file not found", path);
+    int64_t size = m->port->size(m->port->ctx, t->fh);
+    if (size < 0 || (uint64_t)size != m->man.proxy_bytes)
+        return tl_fail(m->err, TL_E_FILE_SIZE, "%s: expected %llu bytes, actual %lld", path,
+                       (unsigned long long)m->man.proxy_bytes, (long long)size);
+    t->bytes = (uint64_t)size;
+    t->shape = (tl_shape){1, m->cfg.vocab, m->cfg.hidden + TL_PROXY_HEADER_BYTES};
+    t->elem = 1;
+    return TL_OK;
+}
+
 int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id)
 {
     snprintf(m->dir, sizeof m->dir, "%s", opt->weights_dir ? opt->weights_dir : "");
     for (int id = 0; id < TL_NT; id++) m->w[id].fh = m->scale[id].fh = -1;
+    m->proxy.fh = -1;
 
     if (read_config(m, card_id, opt->precision ? opt->precision : "float32")) return m->err->code;
     const tl_config *c = &m->cfg;
@@ -106,8 +128,12 @@ int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id)
         if (open_file(m, &m->w[id], id, 0)) return m->err->code;
         if (c->int8 && tl_tensor_quantized(id) && open_file(m, &m->scale[id], id, 1)) return m->err->code;
     }
-    tl_log(m->port, TAG_LOADER, "All %d weight files present with the expected sizes (%llu bytes)",
-           c->int8 ? 2 * TL_NT - 3 : TL_NT, (unsigned long long)tl_model_total_file_bytes(m));
+    if (m->man.has_proxy && open_proxy(m)) return m->err->code;
+    int files = 0;
+    for (int id = 0; id < TL_NT; id++) files += (m->w[id].fh >= 0) + (m->scale[id].fh >= 0);
+    tl_log(m->port, TAG_LOADER, "All %d weight files present with the expected sizes (%llu bytes)%s",
+           files + (m->proxy.fh >= 0), (unsigned long long)tl_model_total_file_bytes(m),
+           m->proxy.fh >= 0 ? ", lm_head proxy included" : "");
     return TL_OK;
 }
 
@@ -120,13 +146,15 @@ void tl_model_close(tl_model *m)
             ts[i]->fh = -1;
         }
     }
+    if (m->proxy.fh >= 0) m->port->close(m->port->ctx, m->proxy.fh);
+    m->proxy.fh = -1;
 }
 
 uint64_t tl_model_total_file_bytes(const tl_model *m)
 {
     uint64_t total = 0;
     for (int id = 0; id < TL_NT; id++) total += m->w[id].bytes + m->scale[id].bytes;
-    return total;
+    return total + m->proxy.bytes;
 }
 
 /* Sizes are computed in 64 bits; anything past SIZE_MAX cannot fit anyway
@@ -136,6 +164,19 @@ static size_t clamp_size(uint64_t bytes) { return bytes > (uint64_t)SIZE_MAX ? S
 static void *alloc_floats(tl_model *m, uint64_t n, const char *what)
 {
     return tl_arena_alloc(m->arena, clamp_size(n * sizeof(float)), what, m->err);
+}
+
+static uint64_t align16(uint64_t n) { return (n + 15u) & ~(uint64_t)15u; }
+
+/* Bytes of one proxy read: chunk_rows records rounded down to 4 KiB (up to a
+ * 512-byte sector if smaller), so every read starts and ends on a sector
+ * (FatFs reads a partial sector with a single-block command of its own) and
+ * splits evenly into DMA bounce-buffer pieces (the ESP32 port's are 4 KiB
+ * multiples). */
+static uint64_t proxy_block_bytes(int chunk_rows, int hidden)
+{
+    uint64_t bytes = (uint64_t)chunk_rows * ((uint64_t)hidden + TL_PROXY_HEADER_BYTES);
+    return bytes >= 4096u ? bytes & ~(uint64_t)4095u : (bytes + 511u) & ~(uint64_t)511u;
 }
 
 /* Reads a whole file into the arena. */
@@ -176,12 +217,46 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
     if (c->int8 && !(m->qx = (int8_t *)tl_arena_alloc(m->arena, (size_t)max_in, "quantized activation", m->err)))
         return m->err->code;
 
-    /* Chunk buffer: chunk_rows rows of lm_head, and at least one row of the widest matrix. */
+    /* Chunk buffer: chunk_rows rows of the lm_head that is streamed (the
+     * proxy's records when pruning, else lm_head's rows), and at least one row
+     * of the widest matrix. */
+    uint64_t reserve = (uint64_t)reserve_fixed + (uint64_t)reserve_per_position * ((uint64_t)m->context + 1u) + 64u;
     uint64_t elem = c->int8 ? 1u : 4u;
-    uint64_t rows_bytes = (uint64_t)m->chunk_rows * (uint64_t)H * elem;
     uint64_t one_row = (uint64_t)max_in * elem;
-    m->stream_bytes = clamp_size(rows_bytes > one_row ? rows_bytes : one_row);
+    uint64_t full_bytes = (uint64_t)m->chunk_rows * (uint64_t)H * elem;
+    /* the proxy's records (5 + H bytes) straddle sectors: it is read in aligned
+     * blocks of about chunk_rows records, plus room to carry one partial record over */
+    uint64_t proxy_rec = (uint64_t)H + TL_PROXY_HEADER_BYTES;
+    uint64_t proxy_bytes = proxy_block_bytes(m->chunk_rows, H) + proxy_rec;
+    if (full_bytes < one_row) full_bytes = one_row;
+    if (proxy_bytes < one_row) proxy_bytes = one_row;
+
+    /* Pruned lm_head: its bound table comes before resident matrices, since it
+     * saves the most card bytes per arena byte (a float32 lm_head row is 4x
+     * its proxy record; a resident matrix saves only itself). */
+    if (opt->lm_head == TL_LM_HEAD_PRUNED && m->proxy.fh < 0)
+        return tl_fail(m->err, TL_E_CONFIG, "lm_head=pruned: the %s set has no %s (export it with the harness)",
+                       c->int8 ? "int8" : "float32", TL_PROXY_FILE);
+    if (m->proxy.fh >= 0 && opt->lm_head != TL_LM_HEAD_FULL) {
+        /* Auto prunes when its buffers fit, or when they take no more than the full
+         * stream's chunk would (then pruning is better in every way). The arena
+         * aligns every allocation to 16 bytes. */
+        uint64_t need = align16(proxy_bytes) + align16((uint64_t)c->vocab * 4u) + align16(TL_PRUNE_MAX_CANDIDATES * 4u);
+        m->prune = opt->lm_head == TL_LM_HEAD_PRUNED || need <= align16(full_bytes) ||
+                   need + reserve <= (uint64_t)tl_arena_available(m->arena);
+        if (!m->prune)
+            tl_log(m->port, TAG_LOADER, "lm_head proxy: %llu arena bytes needed, %lu free: streaming lm_head in full",
+                   (unsigned long long)(need + reserve), (unsigned long)tl_arena_available(m->arena));
+    }
+    m->max_candidates = opt->max_candidates > 0 && opt->max_candidates < TL_PRUNE_MAX_CANDIDATES
+                            ? opt->max_candidates : TL_PRUNE_MAX_CANDIDATES;
+    m->stream_bytes = clamp_size(m->prune ? proxy_bytes : full_bytes);
     if (!(m->stream = (uint8_t *)tl_arena_alloc(m->arena, m->stream_bytes, "stream chunk buffer", m->err)))
+        return m->err->code;
+    if (m->prune &&
+        (!(m->upper = alloc_floats(m, (uint64_t)c->vocab, "lm_head upper bounds")) ||
+         !(m->candidates = (int32_t *)tl_arena_alloc(m->arena, TL_PRUNE_MAX_CANDIDATES * sizeof(int32_t),
+                                                      "lm_head candidates", m->err))))
         return m->err->code;
 
     tl_rope_inv_freq(m->inv_freq, d, c->theta);
@@ -192,7 +267,6 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
      * embedding (one row per step) and lm_head (chunked) are always streamed. */
     static const int order[] = {TL_T_NORM1, TL_T_NORM2, TL_T_FINAL_NORM, TL_T_Q,  TL_T_K,
                                 TL_T_V,     TL_T_O,     TL_T_GATE,       TL_T_UP, TL_T_DOWN};
-    uint64_t reserve = (uint64_t)reserve_fixed + (uint64_t)reserve_per_position * ((uint64_t)m->context + 1u) + 64u;
     if (!opt->no_resident) {
         for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
             int id = order[i];
@@ -212,6 +286,7 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
     tl_log(m->port, TAG_LOADER, "Resident (%llu bytes): %s", (unsigned long long)m->resident_bytes,
            resident[0] ? resident : "none");
     tl_log(m->port, TAG_LOADER, "Streamed from card: %s", streamed[0] ? streamed : "none");
+    if (m->prune) tl_log(m->port, TAG_LOADER, "lm_head pruned: %s streamed, candidate float32 rows read", TL_PROXY_FILE);
     return TL_OK;
 }
 
@@ -335,9 +410,121 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
     return TL_OK;
 }
 
+/* ------------------------------------------------------- pruned lm_head */
+
+/* Inserts v into the k best values kept in descending order in best[0..*n). */
+static void keep_largest(float *best, int *n, int k, float v)
+{
+    if (*n == k && !(v > best[k - 1])) return;
+    int p = *n < k ? (*n)++ : k - 1;
+    while (p > 0 && v > best[p - 1]) {
+        best[p] = best[p - 1];
+        p--;
+    }
+    best[p] = v;
+}
+
+/* Per-row constants of the bound (docs/contracts.md §2, "pruned lm_head"), all
+ * rounded up: float32 unit roundoff u, gamma_n = n u / (1 - n u), the norm
+ * bound 127 sqrt(n) of an int8 row, and the underflow allowance. */
+typedef struct tl_bound_consts {
+    float gamma, two_qnorm, three_u, tiny, inflate, xnorm, error_unit;
+} tl_bound_consts;
+
+static float round_up(double v)
+{
+    float f = (float)v;
+    return (double)f < v ? nextafterf(f, INFINITY) : f;
+}
+
+static tl_bound_consts bound_consts(const float *x, int n)
+{
+    const double u = 0x1p-24;
+    double ss = 0.0; /* once per token, in double: its rounding is far below the slack */
+    for (int j = 0; j < n; j++) ss += (double)x[j] * (double)x[j];
+    tl_bound_consts b;
+    b.gamma = round_up((double)n * u / (1.0 - (double)n * u));
+    b.two_qnorm = round_up(2.0 * 127.0 * sqrt((double)n) * (1.0 + 0x1p-40));
+    b.three_u = round_up(3.0 * u);
+    b.tiny = round_up(((double)n + 2.0) * 0x1p-125);
+    b.inflate = round_up(1.0 + 0x1p-16);
+    b.xnorm = round_up(sqrt(ss) * (1.0 + 0x1p-40));
+    b.error_unit = round_up(sqrt((double)n) / TL_PROXY_ERROR_DIVISOR * (1.0 + 0x1p-40));
+    return b;
+}
+
+/* logits = lm_head xn through the proxy: stream the int8 proxy, bound every
+ * row's float32 logit, read only the rows whose upper bound reaches the k-th
+ * best lower bound, and fold their exact logits (the full path's arithmetic,
+ * in ascending row order) into the top-k. Any other row is below k rows for
+ * certain, so the top-k equals the full stream's bit for bit. Sets *fallback
+ * (and leaves *top empty) when the step must stream in full instead: too many
+ * candidates, or a NaN in the bounds. */
+static int lm_head_pruned(tl_model *m, const float *xn, tl_topk *top, int *fallback)
+{
+    const tl_config *c = &m->cfg;
+    const tl_tensor *p = &m->proxy, *w = &m->w[TL_T_LM_HEAD];
+    int V = c->vocab, H = c->hidden, k = top->k;
+    size_t rec = (size_t)H + TL_PROXY_HEADER_BYTES;
+    tl_bound_consts b = bound_consts(xn, H);
+    float lower[TL_MAX_TOPK];
+    int n_lower = 0;
+    *fallback = 1;
+    top->n = 0;
+    if (!isfinite(b.xnorm)) return TL_OK;
+
+    /* Sector-aligned blocks; a record cut by a block's end is carried to the
+     * buffer's front and completed by the next block. */
+    size_t block = (size_t)proxy_block_bytes(m->chunk_rows, H), carry = 0;
+    if (block + rec > m->stream_bytes) block = (m->stream_bytes - rec) & ~(size_t)511u;
+    int r = 0;
+    for (uint64_t off = 0; off < p->bytes; off += block) {
+        size_t n = p->bytes - off < block ? (size_t)(p->bytes - off) : block;
+        if (read_exact(m, p->fh, p->name, off, m->stream + carry, n)) return m->err->code;
+        size_t have = carry + n, used = 0;
+        for (; have - used >= rec; used += rec, r++) {
+            const uint8_t *record = m->stream + used;
+            float scale;
+            memcpy(&scale, record, 4);
+            float proxy = scale * tl_dot_i8_f32((const int8_t *)(record + TL_PROXY_HEADER_BYTES), xn, H);
+            float s = fabsf(scale);
+            float error = (float)record[4] * s * b.error_unit; /* >= ||w_r - scale q_r||, see above */
+            float bound = (error + b.gamma * (b.two_qnorm * s + error)) * b.xnorm;
+            bound = (bound + b.three_u * fabsf(proxy) + b.tiny * (1.0f + s)) * b.inflate;
+            float hi = proxy + bound, lo = proxy - bound;
+            if (!isfinite(proxy) || hi != hi || lo != lo) return TL_OK; /* NaN or overflow: stream in full */
+            m->upper[r] = hi;
+            keep_largest(lower, &n_lower, k, lo);
+        }
+        carry = have - used;
+        memmove(m->stream, m->stream + used, carry);
+    }
+    float threshold = n_lower == k ? lower[k - 1] : -INFINITY;
+    int n_cand = 0;
+    for (r = 0; r < V; r++) {
+        if (!(m->upper[r] >= threshold)) continue;
+        if (n_cand == m->max_candidates) return TL_OK;
+        m->candidates[n_cand++] = r;
+    }
+
+    size_t row_bytes = (size_t)H * 4u;
+    for (int i = 0; i < n_cand; i++) {
+        r = m->candidates[i];
+        const float *row = (const float *)m->stream;
+        if (w->resident) row = (const float *)w->resident + (size_t)r * (size_t)H;
+        else if (read_exact(m, w->fh, w->name, (uint64_t)r * row_bytes, m->stream, row_bytes)) return m->err->code;
+        float logit;
+        tl_matvec_f32(&logit, row, xn, 1, H); /* the full path's kernel: the same bits */
+        topk_push(top, r, logit);
+    }
+    m->last_candidates = n_cand;
+    *fallback = 0;
+    return TL_OK;
+}
+
 /* ------------------------------------------------------------ forward pass */
 
-int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top)
+int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top, int full)
 {
     const tl_config *c = &m->cfg;
     int H = c->hidden, d = c->head_dim, half = d / 2;
@@ -394,12 +581,18 @@ int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top)
     if (!top) return TL_OK; /* logits not needed at this position */
     if (norm_weights(m, TL_T_FINAL_NORM, 0, &w)) return m->err->code;
     tl_rmsnorm(m->xb, x, w, H, c->eps);
+    m->last_candidates = -1;
+    m->last_fallback = 0;
+    if (m->prune && !full) {
+        if (lm_head_pruned(m, m->xb, top, &m->last_fallback)) return m->err->code;
+        if (!m->last_fallback) return TL_OK;
+    }
     return lm_head_topk(m, m->xb, top);
 }
 
 /* ------------------------------------------------------------------ verify */
 
-static int verify_file(tl_model *m, const tl_tensor *t, int id, int scales)
+static int verify_file(tl_model *m, const tl_tensor *t, uint32_t want)
 {
     const char *name = t->name;
     uint32_t crc = 0;
@@ -409,7 +602,6 @@ static int verify_file(tl_model *m, const tl_tensor *t, int id, int scales)
         if (read_exact(m, t->fh, name, off, m->stream, n)) return m->err->code;
         crc = tl_crc32(crc, m->stream, n);
     }
-    uint32_t want = m->man.crc32[scales][id];
     if (crc != want)
         return tl_fail(m->err, TL_E_CHECKSUM, "%s/%s: crc32 expected %08lx, actual %08lx", m->dir, name,
                        (unsigned long)want, (unsigned long)crc);
@@ -425,10 +617,18 @@ int tl_model_verify(tl_model *m)
             if (t->fh < 0) continue;
             files++;
             m->err->code = TL_OK;
-            if (verify_file(m, t, id, scales)) {
+            if (verify_file(m, t, m->man.crc32[scales][id])) {
                 tl_emit_error(m->port, m->err->code, m->err->msg);
                 bad++;
             }
+        }
+    }
+    if (m->proxy.fh >= 0) {
+        files++;
+        m->err->code = TL_OK;
+        if (verify_file(m, &m->proxy, m->man.proxy_crc32)) {
+            tl_emit_error(m->port, m->err->code, m->err->msg);
+            bad++;
         }
     }
     m->err->code = TL_OK;

@@ -15,6 +15,10 @@
 #include "tinyllm/tinyllm.h"
 
 #define TL_MAX_TOPK 8
+/* Pruned lm_head: a step with more candidate rows than this streams the full
+ * float32 lm_head instead (each candidate is one random row read; past a few
+ * hundred that costs more than the stream). */
+#define TL_PRUNE_MAX_CANDIDATES 512
 
 /* One tensor file on the card; `resident` is its arena copy, or NULL if it is
  * streamed through the chunk buffer at every use. */
@@ -67,6 +71,17 @@ typedef struct tl_model {
     size_t stream_bytes;
     float attn_scale; /* 1/sqrt(head_dim) */
 
+    /* Pruned lm_head (float32 sets with lm_head_proxy.bin): the proxy is
+     * streamed, its upper bounds kept, then only the candidate rows of the
+     * float32 lm_head are read. */
+    tl_tensor proxy;  /* lm_head_proxy.bin; fh -1 if the set has none */
+    int prune;        /* 1: the tables below are laid out and pruning is on */
+    int max_candidates; /* a step with more candidate rows streams lm_head in full */
+    float *upper;     /* upper bound of every row's float32 logit [vocab] */
+    int32_t *candidates; /* rows that can reach the top-k [TL_PRUNE_MAX_CANDIDATES] */
+    int last_candidates; /* of the last lm_head: candidate rows, -1 = full stream */
+    int last_fallback;   /* 1: the last lm_head wanted pruning but streamed in full */
+
     /* Storage statistics, counted by the core around every port read. */
     uint64_t bytes_read, read_calls;
 } tl_model;
@@ -79,8 +94,9 @@ int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id);
  * allocates afterwards (token buffer, step log, prompt-file line buffer). */
 int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, size_t reserve_per_position);
 /* One forward pass of `token` at position `pos`. If top != NULL the logits are
- * computed (lm_head streamed) and their top-k kept in *top. */
-int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top);
+ * computed (lm_head pruned through its proxy when m->prune and !full, else
+ * streamed in full) and their top-k kept in *top. */
+int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top, int full);
 /* CRC-32 of every file against the manifest; prints per-file results and
  * returns the number of mismatches (E_CHECKSUM / E_IO printed for each). */
 int tl_model_verify(tl_model *m);

@@ -28,7 +28,17 @@ typedef struct tl_options {
     int chunk_rows;          /* rows per streamed chunk (lm_head, streamed matrices); 0: 256 */
     int no_resident;         /* 1: stream every matrix from the card even if it would fit */
     size_t arena_bytes;      /* memory budget: 0 = the port's whole arena, else at most that */
+    int lm_head;             /* TL_LM_HEAD_*: how a float32 set computes its logits */
+    int max_candidates;      /* pruned lm_head: more candidate rows than this stream in full; 0: 512 */
 } tl_options;
+
+/* How a float32 set computes lm_head (docs/contracts.md §2, "pruned lm_head"):
+ * AUTO uses the set's int8 proxy when it has one and its table fits the arena,
+ * FULL always streams the float32 matrix, PRUNED requires the proxy. Pruned and
+ * full give the same tokens and top-k logits, bit for bit. */
+enum { TL_LM_HEAD_AUTO = 0, TL_LM_HEAD_FULL = 1, TL_LM_HEAD_PRUNED = 2 };
+/* "auto" / "full" / "pruned" -> TL_LM_HEAD_*, or -1. */
+int tl_lm_head_mode(const char *name);
 
 /* The card folder of a precision's weight set (docs/contracts.md §1):
  * "tinyllm_float32_weights" or "tinyllm_weights"; NULL for an unknown precision. */
