@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import quant
+from harness import board, quant
 from harness.card import stage_card
 from harness.emulate import NumpyLlama
 from harness.errors import HarnessError
@@ -168,6 +168,11 @@ def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: P
         "cycles_per_token": cycles, "instructions_per_token": _instructions(target, cycles),
         "peak_arena": max(f["peak_arena"] for f in figures),
         "arena_budget": info.get("arena_budget"), "resident_bytes": info.get("resident_bytes"),
+        # float32: "pruned" (the int8 proxy picks the float32 rows to read) or "full"
+        "lm_head": info.get("lm_head", "full") if precision == "float32" else "int8",
+        "candidates_per_token": sum(f["candidates_per_token"] for f in figures) / len(figures),
+        "max_candidates": max(f["max_candidates"] for f in figures),
+        "fallback_steps": sum(f["fallback_steps"] for f in figures),
         "prompts": rows, "log": str(dut.logfile),
     }
     if precision == "int8" and vs_float32.steps:
@@ -176,6 +181,9 @@ def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: P
         entry["sd_read_commands_per_token"] = (sd.get("CMD17", 0) + sd.get("CMD18", 0)) / sd_steps
         entry["sd_commands_per_token"] = sum(sd.values()) / sd_steps
         entry["sd_commands_by_name"] = sd
+        if entry["instructions_per_token"] is not None:  # modelled ESP32-CAM speed from these counts
+            entry["board_model"] = board.model_token(entry["bytes_per_token"], entry["sd_read_commands_per_token"],
+                                                     entry["instructions_per_token"], entry["resident_bytes"] or 0)
     return entry
 
 

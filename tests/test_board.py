@@ -1,0 +1,28 @@
+"""The board model (harness/board.py): its fit reproduces the published figures it is built
+from, and its parts combine the way the docstring says."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.board import MIB, BoardAssumptions, model_token
+
+
+def test_sd_fit_reproduces_both_published_read_rates():
+    a = BoardAssumptions()
+    for kib, rate in ((4, a.sd_read_mib_s_4k), (32, a.sd_read_mib_s_32k)):
+        seconds = a.sd_seconds_per_read() + kib * 1024 / (a.sd_stream_mib_s() * MIB)
+        assert kib / 1024 / seconds == pytest.approx(rate, rel=1e-9)
+    assert 0 < a.sd_seconds_per_read() < 1e-3 and a.sd_read_mib_s_32k < a.sd_stream_mib_s() < 20
+
+
+def test_parts_add_up_and_overlap_takes_the_larger():
+    m = model_token(bytes_per_token=6e6, sd_read_commands=400, instructions=8e7, resident_bytes=3e6)
+    assert m["modelled"] is True
+    total = m["sd_s"] + m["compute_s"] + m["psram_s"]
+    assert m["tokens_per_s_sequential"] == pytest.approx(1 / total)
+    assert m["tokens_per_s_overlapped"] == pytest.approx(1 / max(m["sd_s"], m["compute_s"] + m["psram_s"]))
+    assert m["tokens_per_s_sequential"] < m["tokens_per_s_overlapped"] < m["tokens_per_s_bandwidth_limit"]
+    # four times the bytes and commands (the full float32 lm_head) is much slower
+    slower = model_token(24e6, 1600, 8e7, 3e6)
+    assert slower["tokens_per_s_sequential"] < m["tokens_per_s_sequential"] / 2
