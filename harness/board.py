@@ -25,6 +25,10 @@ class BoardAssumptions:
     # t(4 KiB) = 0.47 ms, t(32 KiB) = 2.25 ms -> 15.4 MiB/s and 0.217 ms per read command.
     sd_read_mib_s_4k: float = 8.3
     sd_read_mib_s_32k: float = 13.9
+    # the modelled bus; the streaming rate scales with width x clock from the 4-bit 40 MHz fit
+    # (the app's board config, sdkconfig.ci.board, is 1-bit at 20 MHz: GPIO12/GPIO4 conflicts)
+    bus_width: int = 4
+    bus_mhz: float = 40.0
     # CPU: 240 MHz Xtensa LX6; cycles per instruction for this code, an assumption (the
     # dot-product loops are loads and FPU multiply-adds; PSRAM cache misses are counted apart)
     cpu_hz: float = 240e6
@@ -34,13 +38,16 @@ class BoardAssumptions:
     # resident weights once. Effective rate is an assumption: 40 MHz x 4 bits = 20 MB/s raw.
     psram_mb_s: float = 20.0
 
-    def sd_stream_mib_s(self) -> float:
+    def _fitted_stream_mib_s(self) -> float:  # at 4-bit 40 MHz
         t4 = 4 / 1024 / self.sd_read_mib_s_4k
         t32 = 32 / 1024 / self.sd_read_mib_s_32k
         return (32 - 4) / 1024 / (t32 - t4)
 
+    def sd_stream_mib_s(self) -> float:
+        return self._fitted_stream_mib_s() * (self.bus_width * self.bus_mhz) / (4 * 40.0)
+
     def sd_seconds_per_read(self) -> float:
-        return 4 / 1024 / self.sd_read_mib_s_4k - 4 / 1024 / self.sd_stream_mib_s()
+        return 4 / 1024 / self.sd_read_mib_s_4k - 4 / 1024 / self._fitted_stream_mib_s()
 
 
 SEED_TOKENS_PER_S = {"float32": (0.1, 0.3), "int8": (0.5, 1.0)}  # the seed's board figures
@@ -60,6 +67,7 @@ def model_token(bytes_per_token: float, sd_read_commands: float, instructions: f
     return {
         "modelled": True,
         "sd_s": sd, "compute_s": compute, "psram_s": psram,
+        "bus": f"{a.bus_width}-bit {a.bus_mhz:g} MHz",
         "tokens_per_s_sequential": 1 / sequential,
         "tokens_per_s_overlapped": 1 / overlapped,
         "tokens_per_s_bandwidth_limit": (a.sd_stream_mib_s() * MIB) / bytes_per_token,

@@ -142,21 +142,24 @@ def _board_section(record: dict[str, Any]) -> list[str]:
     models = {p: e["board_model"] for p, e in record["precisions"].items() if "board_model" in e}
     if not models:
         return []
+    rows = [(p, m) for p, e in record["precisions"].items() for m in (e.get("board_model"), e.get("board_model_1bit")) if m]
     lines = ["", "## Modelled ESP32-CAM speed (a model, not a measurement)", "",
              "From the counts QEMU measured per token (SD read commands and bytes from its SD card model, "
              "instructions from -icount) and the constants below; no board was involved.", "",
-             "| precision | SD s/token | compute s/token | PSRAM s/token | tokens/s, reads then compute | "
+             "| precision | SD bus | SD s/token | compute s/token | PSRAM s/token | tokens/s, reads then compute | "
              "tokens/s, reads overlapped | card bandwidth limit | seed's board range |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for p, m in models.items():
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for p, m in rows:
         lo, hi = SEED[p]["tokens_per_s"]
-        lines.append(f"| {p} | {m['sd_s']:.3f} | {m['compute_s']:.3f} | {m['psram_s']:.3f} | "
+        lines.append(f"| {p} | {m['bus']} | {m['sd_s']:.3f} | {m['compute_s']:.3f} | {m['psram_s']:.3f} | "
                      f"{m['tokens_per_s_sequential']:.2f} | {m['tokens_per_s_overlapped']:.2f} | "
                      f"{m['tokens_per_s_bandwidth_limit']:.2f} | {lo}–{hi} |")
     a = next(iter(models.values()))["assumptions"]
-    lines += ["", "Assumptions: SD/MMC 4-bit at 40 MHz, ESP-IDF's published FatFs read rates "
+    lines += ["", "Assumptions: ESP-IDF's published FatFs read rates on SD/MMC 4-bit at 40 MHz, "
               f"{a['sd_read_mib_s_4k']} MiB/s (4 KiB reads) and {a['sd_read_mib_s_32k']} MiB/s (32 KiB reads), "
-              f"fitted as {a['sd_ms_per_read_command']} ms per read command + {a['sd_stream_mib_s']} MiB/s; "
+              f"fitted as {a['sd_ms_per_read_command']} ms per read command + {a['sd_stream_mib_s']} MiB/s, the "
+              "streaming rate scaled by width x clock for 1-bit 20 MHz (the app's board config: the ESP32-CAM's "
+              "GPIO12 strapping and GPIO4 flash LED sit on D2/D1); "
               f"CPU {a['cpu_hz'] / 1e6:.0f} MHz at {a['cycles_per_instruction']} cycles per instruction (assumed); "
               f"PSRAM {a['psram_mb_s']} MB/s effective (assumed; streamed bytes cross it twice, resident weights "
               "once). The firmware reads synchronously on one core today, so the first tokens/s column applies; "
