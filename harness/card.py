@@ -41,6 +41,7 @@ def extract_image(image: Path, dest: Path) -> Path:
                                 capture_output=True, text=True, env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
         if result.returncode != 0:
             raise HarnessError(f"mcopy could not read {image}: {result.stderr.strip()}")
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; a card folder is an ordinary folder
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -28,11 +29,19 @@ def _precisions(text: str) -> tuple[str, ...]:
 
 
 def _size(text: str) -> int:
+    """A byte count like 4096, 32K, 128M or 1.5G; anything else is a usage error (exit 2)."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = 1
+    if number and number[-1] in units:
+        number, scale = number[:-1], units[number[-1]]
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4096, 32K, 128M)") from None
+    if not math.isfinite(value) or value < 1 or value != int(value) or value > 1 << 50:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of bytes from 1 to 1 PiB")
+    return int(value)
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,6 +106,17 @@ def e2e_targets(text: str) -> list[str]:
 
 
 def cmd_e2e(args: argparse.Namespace) -> dict[str, Any]:
+    existed = args.out.exists()
+    try:
+        return _e2e(args)
+    except BaseException:
+        # a job that fails before it wrote anything leaves no empty --out folder behind
+        if not existed and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()
+        raise
+
+
+def _e2e(args: argparse.Namespace) -> dict[str, Any]:
     from harness import pipeline
     from harness.report import write_comparison
 
@@ -173,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path that is a file, a read-only folder, a full disk...
+        print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1))
     return 0 if result.get("ok", True) else 1

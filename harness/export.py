@@ -135,6 +135,7 @@ def export_sets(spec: ModelSpec, state: dict[str, Any], out_dir: Path,
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out_dir))
         try:
             write_set(spec, tensors, precision, tmp, source or {"kind": "unknown"})
+            tmp.chmod(0o755)  # mkdtemp makes it 0700: a user copies the folder to a card
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)

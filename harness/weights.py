@@ -39,14 +39,29 @@ def card_id(folder: Path) -> str:
         raise HarnessError(f"cannot read {config}: {exc}") from exc
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: cJSON keeps the first of two equal keys and Python the last, and a NUL
+    ends a C string, so the firmware and the harness would read different configs; refuse both."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+            raise ValueError(f"a NUL character in {key!r}")
+        out[key] = value
+    return out
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise HarnessError(f"{folder}: no {CONFIG_FILE} (not an exported weight set)")
     try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(path.read_text(), object_pairs_hook=_no_duplicates)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
+    except ValueError as exc:  # what the firmware refuses too (docs/contracts.md §1)
+        raise HarnessError(f"{path}: {exc}") from exc
     if config.get("format") != FORMAT:
         raise HarnessError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
     return config

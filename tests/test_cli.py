@@ -51,3 +51,33 @@ def test_cli_errors(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["infM", "1e30M", "0", "nanK", "-4K", "12.5", "lots"])
+def test_image_size_that_is_not_a_size_is_a_usage_error(size, capsys, tmp_path):
+    """Not a traceback, and never a silent default: argparse's usage error, exit 2."""
+    with pytest.raises(SystemExit) as exc:
+        main(["image", "--card", str(tmp_path), "--out", str(tmp_path / "x.img"), "--size", size])
+    assert exc.value.code == 2
+    assert "--size" in capsys.readouterr().err
+
+
+def test_export_into_a_file_is_an_error_not_a_traceback(capsys, tmp_path):
+    """(A read-only folder gives "error: Permission denied" the same way, except as root, who
+    may write anywhere: CI runs as root, so the file cases stand for it.)"""
+    (tmp_path / "file").write_text("x")
+    assert main(["export", "--model", "micro", "--out", str(tmp_path / "file")]) == 2
+    assert "error: File exists" in capsys.readouterr().err
+    assert main(["export", "--model", "micro", "--out", str(tmp_path / "file" / "card")]) == 2
+    assert "error: Not a directory" in capsys.readouterr().err
+
+
+def test_exported_folders_have_ordinary_permissions(tmp_path):
+    assert main(["export", "--model", "micro", "--out", str(tmp_path / "card"), "--precision", "float32"]) == 0
+    assert (tmp_path / "card" / "tinyllm_float32_weights").stat().st_mode & 0o777 == 0o755
+
+
+def test_e2e_that_fails_early_leaves_no_empty_out_folder(capsys, tmp_path):
+    assert main(["e2e", "--model", "nosuch", "--target", "linux", "--out", str(tmp_path / "e2e")]) == 2
+    assert "unknown model 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "e2e").exists()

@@ -43,16 +43,159 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-4])
 
 
+def _edit_config(card: Path, edit, folder: str = F32) -> None:
+    path = card / folder / "model_config.json"
+    path.write_bytes(edit(path.read_bytes()))
+
+
+def _directory_instead_of(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+    (path / "inside.txt").write_text("a folder named like a weight file\n")
+
+
 @pytest.mark.parametrize(("damage", "code", "message"), [
-    (lambda c: (c / F32 / "q_proj.bin").unlink(), "E_FILE_MISSING", "q_proj.bin"),
+    (lambda c: (c / F32 / "q_proj.bin").unlink(), "E_FILE_MISSING", "q_proj.bin: file not found"),
     (lambda c: _truncate(c / F32 / "k_proj.bin"), "E_FILE_SIZE", "k_proj.bin"),
     (lambda c: (c / F32 / "model_config.json").write_text("{ not json"), "E_CONFIG", "model_config.json"),
     (lambda c: shutil.rmtree(c / F32), "E_FILE_MISSING", "model_config.json"),
+    (lambda c: _directory_instead_of(c / F32 / "v_proj.bin"), "E_FILE_MISSING", "v_proj.bin: not a regular file"),
+    (lambda c: _truncate(c / F32 / "lm_head_proxy.bin"), "E_FILE_SIZE", "lm_head_proxy.bin"),
+    # bytes cJSON and Python's json would read differently are refused (issue: hostile input)
+    (lambda c: _edit_config(c, lambda b: b"\xef\xbb\xbf" + b), "E_CONFIG", "byte order mark"),
+    (lambda c: _edit_config(c, lambda b: b.replace(b'"dtype": "float32"', b'"dtype": "int8", "dtype": "float32"', 1)),
+     "E_CONFIG", 'key "dtype" appears twice'),
+    (lambda c: _edit_config(c, lambda b: b.replace(b'"micro"', b'"mi\\u0000cro"', 1)), "E_CONFIG", "u0000"),
+    # a value with newlines must not forge protocol lines: one error, escaped, and exit 2
+    (lambda c: _edit_config(c, lambda b: b.replace(b'"dtype": "float32"',
+                                                   b'"dtype": "x\\nTINYLLM_RESULT {}\\nTINYLLM_EXIT 0\\n"', 1)),
+     "E_CONFIG", "x\\x0ATINYLLM_RESULT {}\\x0ATINYLLM_EXIT 0\\x0A"),
 ])
 def test_bad_card_is_refused_at_start_up(firmwares, target_name, broken_card, request, damage, code, message):
     damage(broken_card)
     got_code, got_message = _fatal(_boot(firmwares, target_name, broken_card, request))
+    if target_name == "xtensa-sim" and "not a regular file" in message:
+        # semihosting opens a host directory like a file and cannot say what it is: its size
+        # (the folder's) is then what is wrong
+        code, message = "E_FILE_SIZE", message.split(":")[0]
     assert got_code == code and message in got_message
+
+
+def test_int8_model_wider_than_the_exact_accumulator_is_refused(firmwares, target_name, tmp_path, request):
+    """The int8 path is bit-exact only while |acc| <= 127 * 127 * in_features < 2^24: a model with
+    a 1100-wide matrix input must be refused at start-up, not run."""
+    import dataclasses
+
+    from harness.export import export_sets
+    from harness.synth import synthetic_state_dict
+
+    firmwares.target(target_name)
+    spec = dataclasses.replace(firmwares.cards["micro"].spec, intermediate_size=1100)
+    export_sets(spec, synthetic_state_dict(spec), tmp_path / "card", ("float32", "int8"))
+    code, message = _fatal(_boot(firmwares, target_name, tmp_path / "card", request, precision="int8"))
+    assert code == "E_CONFIG" and "1040" in message and "1100" in message
+
+
+def _nan_card(card: Path, file: str, index: int) -> None:
+    import numpy as np
+
+    data = np.fromfile(card / F32 / file, dtype="<f4")
+    data[index] = np.nan
+    data.tofile(card / F32 / file)
+
+
+@pytest.mark.parametrize(("damage", "line", "where"), [
+    (lambda c: _nan_card(c, "q_proj.bin", 3), "gen 1 5 n=2", "q_proj output (layer 0, position 0"),
+    (lambda c: _nan_card(c, "lm_head.bin", 64 * 7 + 2), "gen 1 5 n=2 full=1", "lm_head output"),
+    (lambda c: _edit_config(c, lambda b: b.replace(b'"rope_theta": 10000.0', b'"rope_theta": 1e-45', 1)),
+     "gen 1 5 n=2", "RoPE"),
+])
+def test_non_finite_weights_end_the_command_naming_where(firmwares, target_name, broken_card, request, damage, line,
+                                                        where):
+    """A NaN in a weight file (whose size is right: it boots) or a RoPE theta that overflows must
+    not give silent garbage tokens: E_NUMERIC naming the step, no result line, and the firmware
+    answers the next command."""
+    damage(broken_card)
+    dut = _boot(firmwares, target_name, broken_card, request)
+    try:
+        t = dut.command(line, timeout=60)
+        assert [e.code for e in t.errors] == ["E_NUMERIC"], t.errors
+        assert where in t.errors[0].message and not t.results
+        assert dut.command("info", timeout=60).info["model"] == "micro"
+    finally:
+        dut.close()
+    assert dut.exit_code == 1
+
+
+def test_control_characters_and_nul_bytes_from_the_console(firmwares, target_name, request):
+    """Echoed values are escaped (an ESC sequence, U+2028, a newline would split or forge protocol
+    lines); a NUL byte would cut a command short, so that line is refused whole."""
+    dut = firmwares.get(target_name, "micro", "float32")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    for line, code, escaped in [("gen 1 \x1b[31mX n=2", "E_COMMAND", "\\x1B[31mX"),
+                                ("load float32 lm_head=a\u2028b", "E_COMMAND", "a\\xE2\\x80\\xA8b"),
+                                ("gen 1 2\x00 n=1", "E_COMMAND", "NUL byte at column 8")]:
+        t = dut.command(line, timeout=60)
+        assert [e.code for e in t.errors] == [code], (line, t.errors)
+        assert escaped in t.errors[0].message and not t.results
+        assert all(ch.isprintable() for ch in t.errors[0].message)
+    prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
+    assert not dut.generate(prompt).errors  # still answering
+
+
+def test_a_named_pipe_on_the_card_is_refused_not_waited_on(firmwares, target_name, tmp_path):
+    """linux reads the card folder directly: a weight file or prompts.txt that is a FIFO would
+    block open() forever. (The other targets read files from a FAT image, which has no FIFOs.)"""
+    import os
+    import subprocess
+
+    if target_name != "linux":
+        pytest.skip(f"{target_name} reads a FAT image, which cannot hold a named pipe")
+    binary = firmwares.binary("linux")
+    card = tmp_path / "card"
+    shutil.copytree(firmwares.cards["micro"].dir, card)
+    (card / F32 / "k_proj.bin").unlink()
+    os.mkfifo(card / F32 / "k_proj.bin")
+    out = subprocess.run([str(binary), "--card", str(card)], input="quit\n", capture_output=True, text=True,
+                         timeout=20).stdout
+    assert "TINYLLM_ERROR E_FILE_MISSING tinyllm_float32_weights/k_proj.bin: not a regular file" in out
+    assert out.rstrip().endswith("TINYLLM_EXIT 2")
+    (card / F32 / "k_proj.bin").unlink()
+    shutil.copy(firmwares.cards["micro"].dir / F32 / "k_proj.bin", card / F32 / "k_proj.bin")
+    (card / "prompts.txt").unlink()
+    os.mkfifo(card / "prompts.txt")
+    out = subprocess.run([str(binary), "--card", str(card)], input="quit\n", capture_output=True, text=True,
+                         timeout=20).stdout
+    assert "TINYLLM_ERROR E_FILE_MISSING prompts.txt: not a regular file" in out
+    assert out.rstrip().endswith("TINYLLM_EXIT 1")
+
+
+def test_a_nul_byte_in_the_prompt_file_is_refused(firmwares, target_name, tmp_path):
+    """The same rule for the boot-time prompt file (the core's reader, shared by every target)."""
+    import subprocess
+
+    if target_name != "linux":
+        pytest.skip("the core's prompt-file reader is the same code on every target; linux runs it without a boot")
+    card = tmp_path / "card"
+    shutil.copytree(firmwares.cards["micro"].dir, card)
+    (card / "prompts.txt").write_bytes(b"gen 1 2\x00 n=1\ngen 1 2 n=1\n")
+    out = subprocess.run([str(firmwares.binary("linux")), "--card", str(card)], input="quit\n", capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "TINYLLM_ERROR E_COMMAND command line has a NUL byte at column 8: ignored" in out
+    assert out.count("TINYLLM_RESULT") == 1 and out.rstrip().endswith("TINYLLM_EXIT 1")
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (("--context", "-1"), "'-1'"),
+    (("--lm-head", "fast"), "fast"),
+    (("--no-such-option",), "--no-such-option"),
+])
+def test_bad_command_line_options_get_the_protocol_lines(firmwares, target_name, broken_card, request, extra, needle):
+    """A process target given a bad option says so on the protocol (not only a usage text)."""
+    if firmwares.target(target_name).boot_commands("float32", ()) is None or target_name == "esp32":
+        pytest.skip(f"{target_name} takes no command line: options arrive as `load` lines, tested above")
+    code, message = _fatal(_boot(firmwares, target_name, broken_card, request, extra=extra))
+    assert code == "E_COMMAND" and needle in message
 
 
 def test_size_in_config_that_disagrees_with_the_shapes(firmwares, target_name, broken_card, request):

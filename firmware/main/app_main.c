@@ -210,7 +210,7 @@ void app_main(void)
     console_init();
     while (!quit) {
         int len = read_line(s_line, sizeof s_line);
-        int r = len < 0 ? tl_engine_reject_long_line(e, LINE_BYTES - 1) : tl_engine_exec(e, s_line);
+        int r = len < 0 ? tl_engine_reject_long_line(e, LINE_BYTES - 1) : tl_engine_exec_bytes(e, s_line, (size_t)len);
         if (r == TL_CMD_FAILED) failed++;
         if (r == TL_CMD_QUIT) quit = 1;
     }

@@ -44,8 +44,10 @@ static int32_t esp_open(void *ctx, const char *path)
     char full[192];
     int n = snprintf(full, sizeof full, "%s/%s", p->root, path);
     if (n < 0 || (size_t)n >= sizeof full) return -1;
+    struct stat st;
+    if (stat(full, &st) == 0 && !S_ISREG(st.st_mode)) return TL_OPEN_NOT_A_FILE;
     int fd = open(full, O_RDONLY); /* read-only: FatFs fast seek applies */
-    if (fd < 0) return -1;
+    if (fd < 0) return errno == EACCES ? TL_OPEN_DENIED : TL_OPEN_NOT_FOUND;
     int64_t *slot = pos_slot(p, fd);
     if (slot) *slot = 0;
     return (int32_t)fd;

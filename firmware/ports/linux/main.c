@@ -26,18 +26,28 @@ typedef struct posix_port {
     struct timespec start;
 } posix_port;
 
+static int32_t open_error(int err)
+{
+    if (err == ENOENT || err == ENOTDIR) return TL_OPEN_NOT_FOUND;
+    if (err == EACCES || err == EPERM) return TL_OPEN_DENIED;
+    return TL_OPEN_FAILED;
+}
+
 static int32_t posix_open(void *ctx, const char *path)
 {
     const posix_port *p = (const posix_port *)ctx;
     char full[4096];
     int n = snprintf(full, sizeof full, "%s/%s", p->card_dir, path);
     if (n < 0 || (size_t)n >= sizeof full) return -1;
-    int fd = open(full, O_RDONLY);
-    if (fd < 0) return -1;
+    /* stat first: opening a named pipe would block until a writer appears */
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { /* a directory is not a weight file */
+    if (stat(full, &st) != 0) return open_error(errno);
+    if (!S_ISREG(st.st_mode)) return TL_OPEN_NOT_A_FILE;
+    int fd = open(full, O_RDONLY | O_NONBLOCK); /* non-blocking: in case it changed since stat */
+    if (fd < 0) return open_error(errno);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return -1;
+        return TL_OPEN_NOT_A_FILE;
     }
     return (int32_t)fd;
 }
@@ -127,14 +137,17 @@ static int parse_count(const char *s, unsigned long long max, unsigned long long
 /* Runs a host-side prompt file (--prompts FILE). Returns failed commands, sets *quit. */
 static int run_host_prompts(tl_engine *e, const char *path, int *quit)
 {
-    FILE *f = fopen(path, "r");
     *quit = 0;
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return -1; /* a pipe would block */
+    FILE *f = fopen(path, "r");
     if (!f) return -1;
     char *line = NULL;
     size_t cap = 0;
     int failed = 0;
-    while (!*quit && getline(&line, &cap, f) >= 0) {
-        int r = tl_engine_exec(e, line);
+    ssize_t n;
+    while (!*quit && (n = getline(&line, &cap, f)) >= 0) {
+        int r = tl_engine_exec_bytes(e, line, (size_t)n);
         if (r == TL_CMD_FAILED) failed++;
         if (r == TL_CMD_QUIT) *quit = 1;
     }
@@ -143,47 +156,24 @@ static int run_host_prompts(tl_engine *e, const char *path, int *quit)
     return failed;
 }
 
+/* A bad command line: the protocol's error and exit lines (the harness reads
+ * them like any other start-up error), then the usage on stderr. */
+static int bad_usage(const tl_port *port, const char *what, const char *value)
+{
+    if (value) tl_command_error(port, "bad argument: %s '%s' (see --help)", what, value);
+    else tl_command_error(port, "bad argument: %s (see --help)", what);
+    tl_exit_line(port, 2);
+    usage(stderr);
+    return 2;
+}
+
 int main(int argc, char **argv)
 {
     const char *card = NULL, *precision = "float32", *prompts = NULL;
     unsigned long long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
     int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
-
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0;
-        if (strcmp(a, "--card") == 0 && val) card = argv[++i];
-        else if (strcmp(a, "--precision") == 0 && val) precision = argv[++i];
-        else if (strcmp(a, "--prompts") == 0 && val) prompts = argv[++i];
-        else if (strcmp(a, "--arena-bytes") == 0) bad = parse_count(val, (size_t)-1 / 2, &arena_bytes), i++;
-        else if (strcmp(a, "--context") == 0) bad = parse_count(val, 1u << 24, &context), i++;
-        else if (strcmp(a, "--chunk-rows") == 0) bad = parse_count(val, 1u << 24, &chunk_rows), i++;
-        else if (strcmp(a, "--no-resident") == 0) no_resident = 1;
-        else if (strcmp(a, "--lm-head") == 0) bad = (lm_head = tl_lm_head_mode(val)) < 0, i++;
-        else if (strcmp(a, "--max-candidates") == 0) bad = parse_count(val, 512, &max_candidates) || !max_candidates, i++;
-        else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            return 0;
-        } else bad = 1;
-        if (bad) {
-            fprintf(stderr, "tinyllm: bad argument '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (!card || (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0)) {
-        usage(stderr);
-        return 2;
-    }
-
     posix_port pp = {card, {0, 0}};
     clock_gettime(CLOCK_MONOTONIC, &pp.start);
-    void *arena = malloc(arena_bytes ? (size_t)arena_bytes : 1u);
-    if (!arena) {
-        fprintf(stderr, "tinyllm: cannot allocate an arena of %llu bytes\n", arena_bytes);
-        return 2;
-    }
     tl_port port = {
         .ctx = &pp,
         .open = posix_open,
@@ -193,9 +183,46 @@ int main(int argc, char **argv)
         .time_us = posix_time_us,
         .cycles = posix_cycles,
         .write = posix_write,
-        .arena = arena,
-        .arena_bytes = (size_t)arena_bytes,
     };
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0, takes_value = 1; /* bad: the option's value is wrong */
+        if (strcmp(a, "--card") == 0 && val) card = val;
+        else if (strcmp(a, "--precision") == 0 && val) precision = val;
+        else if (strcmp(a, "--prompts") == 0 && val) prompts = val;
+        else if (strcmp(a, "--arena-bytes") == 0) bad = parse_count(val, (size_t)-1 / 2, &arena_bytes);
+        else if (strcmp(a, "--context") == 0) bad = parse_count(val, 1u << 24, &context);
+        else if (strcmp(a, "--chunk-rows") == 0) bad = parse_count(val, 1u << 24, &chunk_rows);
+        else if (strcmp(a, "--lm-head") == 0) bad = (lm_head = tl_lm_head_mode(val)) < 0;
+        else if (strcmp(a, "--max-candidates") == 0) bad = parse_count(val, 512, &max_candidates) || !max_candidates;
+        else if (strcmp(a, "--no-resident") == 0) {
+            no_resident = 1;
+            takes_value = 0;
+        }
+        else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else return bad_usage(&port, "unknown option or missing value", a);
+        if (bad) return bad_usage(&port, a, val ? val : "(missing value)");
+        i += takes_value;
+    }
+    if (!card) return bad_usage(&port, "--card DIR is required", NULL);
+    if (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0)
+        return bad_usage(&port, "--precision (expected float32 or int8)", precision);
+    pp.card_dir = card;
+
+    void *arena = malloc(arena_bytes ? (size_t)arena_bytes : 1u);
+    if (!arena) {
+        char msg[120];
+        snprintf(msg, sizeof msg, "TINYLLM_ERROR E_OOM cannot allocate an arena of %llu bytes\n", arena_bytes);
+        posix_write(&pp, msg, strlen(msg));
+        tl_exit_line(&port, 2);
+        return 2;
+    }
+    port.arena = arena;
+    port.arena_bytes = (size_t)arena_bytes;
     tl_options opt = {
         .precision = precision,
         .context = (int)context,
@@ -234,8 +261,9 @@ int main(int argc, char **argv)
 
     char *line = NULL;
     size_t cap = 0;
-    while (!quit && getline(&line, &cap, stdin) >= 0) {
-        int r = tl_engine_exec(e, line);
+    ssize_t n;
+    while (!quit && (n = getline(&line, &cap, stdin)) >= 0) {
+        int r = tl_engine_exec_bytes(e, line, (size_t)n);
         if (r == TL_CMD_FAILED) failed++;
         if (r == TL_CMD_QUIT) quit = 1;
     }

@@ -187,7 +187,7 @@ static size_t line_len;
 /* Returns a line without its '\n', or NULL at end of input. A line longer than
  * LINE_MAX_BYTES is read to its end and dropped, and *overlong is set: running the
  * cut-off front of a command would run something the user did not ask for. */
-static char *read_line(int *overlong)
+static char *read_line(int *overlong, size_t *len)
 {
     static size_t consumed;
     *overlong = 0;
@@ -201,6 +201,7 @@ static char *read_line(int *overlong)
         if (nl) {
             *nl = '\0';
             consumed = (size_t)(nl - line_buf) + 1;
+            *len = consumed - 1;
             return line_buf; /* with *overlong set, this is the tail of a dropped line */
         }
         if (line_len == LINE_MAX_BYTES) { /* no newline in a full buffer: drop it, keep reading */
@@ -212,22 +213,22 @@ static char *read_line(int *overlong)
             if (line_len == 0 && !*overlong) return NULL;
             line_buf[line_len] = '\0';
             consumed = line_len;
+            *len = line_len;
             return line_buf; /* last line without '\n' (or the end of a dropped one) */
         }
         line_len += (size_t)got;
     }
 }
 
-static _Noreturn void usage_exit(const char *bad)
+/* A bad option (and the value after it, if any): the protocol's error and exit lines. */
+static _Noreturn void usage_exit(const char *bad, const char *value)
 {
-    char msg[600];
-    snprintf(msg, sizeof msg,
-             "TINYLLM_ERROR E_COMMAND bad argument '%s': usage tinyllm --card DIR [--precision float32|int8] "
-             "[--prompts card|none] [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] "
-             "[--lm-head auto|full|pruned] [--max-candidates N]\n",
-             bad);
-    sim_puts(msg);
-    sim_puts("TINYLLM_EXIT 2\n");
+    tl_port console = {.write = sim_console}; /* enough for the error and exit lines */
+    tl_command_error(&console, "bad argument: '%s'%s%s%s: usage tinyllm --card DIR [--precision float32|int8] "
+                     "[--prompts card|none] [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] "
+                     "[--lm-head auto|full|pruned] [--max-candidates N]", bad, value ? " '" : "", value ? value : "",
+                     value ? "'" : "");
+    tl_exit_line(&console, 2);
     sim_exit(2);
 }
 
@@ -250,11 +251,11 @@ static int run(void)
         else if (strcmp(a, "--lm-head") == 0 && (lm_head = tl_lm_head_mode(val)) >= 0) i++;
         else if (strcmp(a, "--max-candidates") == 0 && !parse_count(val, 512, &max_candidates) && max_candidates) i++;
         else if (strcmp(a, "--selftest-exception") == 0) __asm__ volatile("ill"); /* proves the vectors: E_CRASH, exit 3 */
-        else usage_exit(a);
+        else usage_exit(a, val);
     }
-    if (!card) usage_exit("(missing --card)");
-    if (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0) usage_exit(precision);
-    if (strcmp(prompts, "card") != 0 && strcmp(prompts, "none") != 0) usage_exit(prompts);
+    if (!card) usage_exit("(missing --card)", NULL);
+    if (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0) usage_exit("--precision", precision);
+    if (strcmp(prompts, "card") != 0 && strcmp(prompts, "none") != 0) usage_exit("--prompts", prompts);
 
     sim_port sp = {card};
     size_t available = (size_t)(__arena_end - __arena_start);
@@ -291,8 +292,9 @@ static int run(void)
     }
     char *line;
     int overlong;
-    while (!quit && (line = read_line(&overlong)) != NULL) {
-        int r = overlong ? tl_engine_reject_long_line(e, LINE_MAX_BYTES) : tl_engine_exec(e, line);
+    size_t len;
+    while (!quit && (line = read_line(&overlong, &len)) != NULL) {
+        int r = overlong ? tl_engine_reject_long_line(e, LINE_MAX_BYTES) : tl_engine_exec_bytes(e, line, len);
         if (r == TL_CMD_FAILED) failed++;
         if (r == TL_CMD_QUIT) quit = 1;
     }

@@ -260,11 +260,52 @@ static int parse_proxy_entry(const cJSON *files, const tl_config *cfg, tl_manife
     return TL_OK;
 }
 
+/* Bytes cJSON would read differently from Python's json module (the harness
+ * reads the same file): a BOM, a NUL byte or a \u0000 escape (cJSON's strings
+ * end there). Returns the offset of the first, or -1. */
+static long unsafe_bytes(const char *json, size_t len, const char **what)
+{
+    if (len >= 3 && (unsigned char)json[0] == 0xEF && (unsigned char)json[1] == 0xBB && (unsigned char)json[2] == 0xBF) {
+        *what = "a UTF-8 byte order mark";
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (json[i] == '\0') {
+            *what = "a NUL byte";
+            return (long)i;
+        }
+        if (json[i] == '\\' && i + 1 < len) {
+            if (json[i + 1] == 'u' && i + 5 < len && strncmp(json + i + 2, "0000", 4) == 0) {
+                *what = "a \\u0000 escape (a NUL inside a string)";
+                return (long)i;
+            }
+            i++; /* skip the escaped character (\\ included) */
+        }
+    }
+    return -1;
+}
+
+/* cJSON keeps the first of two equal keys, Python the last: refuse them. */
+static const cJSON *duplicate_key(const cJSON *item)
+{
+    for (const cJSON *a = item ? item->child : NULL; a; a = a->next) {
+        if (cJSON_IsObject(item))
+            for (const cJSON *b = a->next; b; b = b->next)
+                if (a->string && b->string && strcmp(a->string, b->string) == 0) return a;
+        const cJSON *inner = duplicate_key(a);
+        if (inner) return inner;
+    }
+    return NULL;
+}
+
 int tl_config_parse(const char *json, size_t len, const char *precision, tl_config *cfg, tl_manifest *man,
                     tl_err *err)
 {
     memset(cfg, 0, sizeof *cfg);
     memset(man, 0, sizeof *man);
+    const char *what = "";
+    long unsafe_at = unsafe_bytes(json, len, &what);
+    if (unsafe_at >= 0) return tl_fail(err, TL_E_CONFIG, "model_config.json: %s at byte %ld", what, unsafe_at);
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
@@ -274,6 +315,11 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
     int rc = TL_OK;
     if (!cJSON_IsObject(root)) {
         rc = tl_fail(err, TL_E_CONFIG, "model_config.json: top level is not an object");
+        goto done;
+    }
+    const cJSON *dup = duplicate_key(root);
+    if (dup) {
+        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: key \"%s\" appears twice in one object", dup->string);
         goto done;
     }
     if (expect_string(root, "", "format", "tinyllm-sd/1", err)) goto fail;
@@ -298,6 +344,8 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
         goto done;
     }
     cfg->int8 = strcmp(dtype->valuestring, "int8") == 0;
+
+    if (parse_model(cJSON_GetObjectItemCaseSensitive(root, "config"), cfg, err)) goto fail;
     /* The int8 matvec's int32 accumulator must convert to float exactly
      * (|acc| <= 127*127*in_features < 2^24): the contract's bit-exactness needs it. */
     if (cfg->int8) {
@@ -309,8 +357,6 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
             goto done;
         }
     }
-
-    if (parse_model(cJSON_GetObjectItemCaseSensitive(root, "config"), cfg, err)) goto fail;
     if (parse_quantization(root, cfg, err)) goto fail;
 
     const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");

@@ -4,6 +4,7 @@
  * TINYLLM_* machine lines next to the ESP-IDF-style human log lines.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -437,6 +438,29 @@ int tl_engine_exec(tl_engine *e, char *line)
     return result;
 }
 
+int tl_engine_exec_bytes(tl_engine *e, char *line, size_t len)
+{
+    const char *nul = (const char *)memchr(line, '\0', len);
+    if (nul) {
+        tl_fail(&e->err, TL_E_COMMAND, "command line has a NUL byte at column %lu: ignored",
+                (unsigned long)(nul - line) + 1u);
+        report_error(e);
+        tl_emit_ready(e->port);
+        return TL_CMD_FAILED;
+    }
+    return tl_engine_exec(e, line);
+}
+
+void tl_command_error(const tl_port *port, const char *fmt, ...)
+{
+    char msg[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tl_emit_error(port, TL_E_COMMAND, msg);
+}
+
 int tl_engine_reject_long_line(tl_engine *e, size_t limit)
 {
     tl_fail(&e->err, TL_E_COMMAND, "console line longer than %lu bytes: ignored", (unsigned long)limit);
@@ -452,7 +476,13 @@ int tl_engine_run_script(tl_engine *e, const char *path, int *quit)
     const tl_port *port = e->port;
     *quit = 0;
     int32_t fh = port->open(port->ctx, path);
-    if (fh < 0) return -1;
+    if (fh == TL_OPEN_NOT_FOUND) return -1;
+    if (fh < 0) { /* there, but not a file we can read (a pipe, a directory...) */
+        tl_fail_open(&e->err, path, fh);
+        report_error(e);
+        tl_emit_ready(port);
+        return 1;
+    }
     int64_t size = port->size(port->ctx, fh);
     tl_log(port, "app_main", "Running prompt file %s (%lld bytes)", path, (long long)size);
 
@@ -485,15 +515,15 @@ int tl_engine_run_script(tl_engine *e, const char *path, int *quit)
                 continue;
             }
             line[len] = '\0';
-            if (overlong) {
+            if (!overlong) {
+                int r = tl_engine_exec_bytes(e, line, len);
+                if (r == TL_CMD_FAILED) failed++;
+                if (r == TL_CMD_QUIT) *quit = 1;
+            } else {
                 tl_fail(&e->err, TL_E_COMMAND, "%s: line longer than %d bytes", path, TL_SCRIPT_LINE_BYTES - 1);
                 report_error(e);
                 tl_emit_ready(port);
                 failed++;
-            } else {
-                int r = tl_engine_exec(e, line);
-                if (r == TL_CMD_FAILED) failed++;
-                if (r == TL_CMD_QUIT) *quit = 1;
             }
             len = 0;
             overlong = 0;

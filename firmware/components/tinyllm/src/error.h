@@ -11,7 +11,9 @@ enum {
     TL_E_IO,
     TL_E_OOM,
     TL_E_PROMPT,
-    TL_E_COMMAND
+    TL_E_COMMAND,
+    TL_E_NUMERIC, /* a NaN or infinity in an activation or logit (corrupt weights) */
+    TL_E_COUNT
 };
 
 typedef struct tl_err {
@@ -26,5 +28,8 @@ int tl_fail(tl_err *err, int code, const char *fmt, ...)
 #endif
     ;
 const char *tl_code_name(int code);
+/* A port's open() failed with TL_OPEN_* code `why`: E_FILE_MISSING for a file
+ * that is not there (or not a regular file), E_IO otherwise, naming which. */
+int tl_fail_open(tl_err *err, const char *path, int why);
 
 #endif

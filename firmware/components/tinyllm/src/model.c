@@ -26,6 +26,12 @@ static void join_path(char *out, size_t n, const char *dir, const char *file)
     else snprintf(out, n, "%s", file);
 }
 
+/* Records why opening `path` failed (a TL_OPEN_* code from the port). */
+static int open_failed(tl_model *m, const char *path, int32_t why)
+{
+    return tl_fail_open(m->err, path, why);
+}
+
 /* All storage reads go through here so the statistics are the core's own. */
 static int read_exact(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n)
 {
@@ -45,7 +51,7 @@ static int read_config(tl_model *m, uint32_t *card_id, const char *precision)
     char path[160];
     join_path(path, sizeof path, m->dir, "model_config.json");
     int32_t fh = m->port->open(m->port->ctx, path);
-    if (fh < 0) return tl_fail(m->err, TL_E_FILE_MISSING, "%s: file not found", path);
+    if (fh < 0) return open_failed(m, path, fh);
     int64_t size = m->port->size(m->port->ctx, fh);
     if (size <= 0 || (uint64_t)size > TL_MAX_CONFIG_BYTES) {
         m->port->close(m->port->ctx, fh);
@@ -73,7 +79,11 @@ static int open_file(tl_model *m, tl_tensor *t, int id, int scales)
     tl_file_name(t->name, sizeof t->name, id, scales);
     join_path(path, sizeof path, m->dir, t->name);
     t->fh = m->port->open(m->port->ctx, path);
-    if (t->fh < 0) return tl_fail(m->err, TL_E_FILE_MISSING, "%s: file not found", path);
+    if (t->fh < 0) {
+        int32_t why = t->fh;
+        t->fh = -1;
+        return open_failed(m, path, why);
+    }
     int64_t size = m->port->size(m->port->ctx, t->fh);
     if (size < 0 || (uint64_t)size != m->man.bytes[scales][id])
         return tl_fail(m->err, TL_E_FILE_SIZE, "%s: expected %llu bytes, actual %lld", path,
@@ -99,7 +109,11 @@ static int open_proxy(tl_model *m)
     snprintf(t->name, sizeof t->name, "%s", TL_PROXY_FILE);
     join_path(path, sizeof path, m->dir, t->name);
     t->fh = m->port->open(m->port->ctx, path);
-    if (t->fh < 0) return tl_fail(m->err, TL_E_FILE_MISSING, "%s: file not found", path);
+    if (t->fh < 0) {
+        int32_t why = t->fh;
+        t->fh = -1;
+        return open_failed(m, path, why);
+    }
     int64_t size = m->port->size(m->port->ctx, t->fh);
     if (size < 0 || (uint64_t)size != m->man.proxy_bytes)
         return tl_fail(m->err, TL_E_FILE_SIZE, "%s: expected %llu bytes, actual %lld", path,
@@ -319,6 +333,18 @@ static int fetch_rows(tl_model *m, int id, long row0, int n, const void **rows, 
     return TL_OK;
 }
 
+/* Corrupt weights (a NaN, an infinity, a RoPE theta that overflows) must not
+ * turn into silent garbage tokens: every activation is checked as it is made,
+ * and the first non-finite value ends the command naming where it appeared. */
+static int check_finite(tl_model *m, const float *v, int n, const char *what, int layer)
+{
+    for (int i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return tl_fail(m->err, TL_E_NUMERIC, "non-finite value in the %s output (layer %d, position %d, index %d): "
+                           "the weights are corrupt or out of range (run verify)", what, layer, m->pos, i);
+    return TL_OK;
+}
+
 /* How many rows of a streamed tensor go in one read. */
 static int rows_per_chunk(const tl_model *m, const tl_tensor *w)
 {
@@ -342,7 +368,7 @@ static int linear(tl_model *m, float *y, int id, int layer, const float *x)
         if (m->cfg.int8) tl_matvec_i8(y + r0, (const int8_t *)wr, sc, m->qx, sx, n, cols);
         else tl_matvec_f32(y + r0, (const float *)wr, x, n, cols);
     }
-    return TL_OK;
+    return check_finite(m, y, rows, tl_tensor_base(id), layer);
 }
 
 /* Norm weights of one layer (resident, or read into norm_row). */
@@ -363,14 +389,17 @@ static int embed(tl_model *m, int token)
 {
     tl_tensor *t = &m->w[TL_T_EMBED];
     size_t H = (size_t)m->cfg.hidden;
-    if (!m->cfg.int8) return read_exact(m, t->fh, "embed_tokens.bin", (uint64_t)token * H * 4u, m->x, H * 4u);
+    if (!m->cfg.int8) {
+        if (read_exact(m, t->fh, "embed_tokens.bin", (uint64_t)token * H * 4u, m->x, H * 4u)) return m->err->code;
+        return check_finite(m, m->x, (int)H, "embed_tokens", 0);
+    }
     float scale;
     if (read_exact(m, t->fh, "embed_tokens.bin", (uint64_t)token * H, m->stream, H) ||
         read_exact(m, m->scale[TL_T_EMBED].fh, "embed_tokens_scales.bin", (uint64_t)token * 4u, &scale, 4u))
         return m->err->code;
     const int8_t *q = (const int8_t *)m->stream;
     for (size_t j = 0; j < H; j++) m->x[j] = (float)q[j] * scale;
-    return TL_OK;
+    return check_finite(m, m->x, (int)H, "embed_tokens", 0);
 }
 
 /* Inserts (id, v) if it beats the current k-th; ids arrive in ascending order,
@@ -405,6 +434,7 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
         if (fetch_rows(m, TL_T_LM_HEAD, r0, n, &wr, &sc)) return m->err->code;
         if (m->cfg.int8) tl_matvec_i8(m->logits, (const int8_t *)wr, sc, m->qx, sx, n, cols);
         else tl_matvec_f32(m->logits, (const float *)wr, xn, n, cols);
+        if (check_finite(m, m->logits, n, "lm_head", 0)) return m->err->code;
         for (int i = 0; i < n; i++) topk_push(top, r0 + i, m->logits[i]);
     }
     return TL_OK;
@@ -515,6 +545,7 @@ static int lm_head_pruned(tl_model *m, const float *xn, tl_topk *top, int *fallb
         else if (read_exact(m, w->fh, w->name, (uint64_t)r * row_bytes, m->stream, row_bytes)) return m->err->code;
         float logit;
         tl_matvec_f32(&logit, row, xn, 1, H); /* the full path's kernel: the same bits */
+        if (check_finite(m, &logit, 1, "lm_head", 0)) return m->err->code;
         topk_push(top, r, logit);
     }
     m->last_candidates = n_cand;
@@ -532,13 +563,17 @@ int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top, int full)
     float *x = m->x;
     const float *w;
 
+    m->pos = pos;
     if (embed(m, token)) return m->err->code;
     tl_rope_angles(m->rope_cos, m->rope_sin, m->inv_freq, half, pos);
+    if (check_finite(m, m->rope_cos, half, "RoPE cos", 0) || check_finite(m, m->rope_sin, half, "RoPE sin", 0))
+        return m->err->code;
 
     for (int l = 0; l < c->layers; l++) {
         /* Attention block */
         if (norm_weights(m, TL_T_NORM1, l, &w)) return m->err->code;
         tl_rmsnorm(m->xb, x, w, H, c->eps);
+        if (check_finite(m, m->xb, H, "norm1", l)) return m->err->code;
 
         size_t layer_off = (size_t)l * (size_t)m->context * (size_t)kvdim;
         float *k = m->key_cache + layer_off + (size_t)pos * (size_t)kvdim;
@@ -566,14 +601,17 @@ int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top, int full)
                 for (int i = 0; i < d; i++) o[i] += p * vu[i];
             }
         }
-        if (linear(m, m->xb, TL_T_O, l, m->att_out)) return m->err->code;
+        if (check_finite(m, m->att_out, c->heads * d, "attention", l) || linear(m, m->xb, TL_T_O, l, m->att_out))
+            return m->err->code;
         for (int i = 0; i < H; i++) x[i] += m->xb[i];
 
         /* MLP block: down(silu(gate h) * up h) */
         if (norm_weights(m, TL_T_NORM2, l, &w)) return m->err->code;
         tl_rmsnorm(m->xb, x, w, H, c->eps);
+        if (check_finite(m, m->xb, H, "norm2", l)) return m->err->code;
         if (linear(m, m->hb, TL_T_GATE, l, m->xb) || linear(m, m->hb2, TL_T_UP, l, m->xb)) return m->err->code;
         for (int i = 0; i < c->inter; i++) m->hb[i] = tl_silu(m->hb[i]) * m->hb2[i];
+        if (check_finite(m, m->hb, c->inter, "SiLU(gate) * up", l)) return m->err->code;
         if (linear(m, m->xb, TL_T_DOWN, l, m->hb)) return m->err->code;
         for (int i = 0; i < H; i++) x[i] += m->xb[i];
     }
@@ -581,6 +619,7 @@ int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top, int full)
     if (!top) return TL_OK; /* logits not needed at this position */
     if (norm_weights(m, TL_T_FINAL_NORM, 0, &w)) return m->err->code;
     tl_rmsnorm(m->xb, x, w, H, c->eps);
+    if (check_finite(m, m->xb, H, "final_norm", 0)) return m->err->code;
     m->last_candidates = -1;
     m->last_fallback = 0;
     if (m->prune && !full) {

@@ -81,6 +81,7 @@ typedef struct tl_model {
     int32_t *candidates; /* rows that can reach the top-k [TL_PRUNE_MAX_CANDIDATES] */
     int last_candidates; /* of the last lm_head: candidate rows, -1 = full stream */
     int last_fallback;   /* 1: the last lm_head wanted pruning but streamed in full */
+    int pos;             /* position of the forward pass in progress (for messages) */
 
     /* Storage statistics, counted by the core around every port read. */
     uint64_t bytes_read, read_calls;

@@ -61,10 +61,34 @@ void tl_w_endline(tl_writer *w)
 
 static void write_str(const tl_port *port, const char *s) { port->write(port->ctx, s, strlen(s)); }
 
+/* Copies `in` into out[0..cap) with every byte outside printable ASCII written
+ * as \xNN: values from the card or the console (a dtype string, a command
+ * word) are echoed in messages, and a raw newline, escape sequence or U+2028
+ * there would forge or split protocol lines. Always NUL-terminates. */
+static void escape_into(char *out, size_t cap, const char *in)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 1 < cap; p++) {
+        if (*p >= 0x20 && *p < 0x7f) {
+            out[o++] = (char)*p;
+        } else if (o + 4 < cap) {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        } else {
+            break;
+        }
+    }
+    out[o] = '\0';
+}
+
 void tl_emit_error(const tl_port *port, int code, const char *msg)
 {
-    char line[320];
-    snprintf(line, sizeof line, "TINYLLM_ERROR %s %s\n", tl_code_name(code), msg);
+    char safe[300], line[340];
+    escape_into(safe, sizeof safe, msg);
+    snprintf(line, sizeof line, "TINYLLM_ERROR %s %s\n", tl_code_name(code), safe);
     write_str(port, line);
 }
 
@@ -79,15 +103,16 @@ void tl_exit_line(const tl_port *port, int code)
 
 void tl_log(const tl_port *port, const char *tag, const char *fmt, ...)
 {
-    char line[320];
+    char line[320], text[240];
     unsigned long long ms = (unsigned long long)(port->time_us(port->ctx) / 1000u);
     int n = snprintf(line, sizeof line, "I (%llu) %s: ", ms, tag);
     if (n < 0) return;
     size_t used = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line + used, sizeof line - used, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    escape_into(line + used, sizeof line - used, text);
     size_t len = strlen(line);
     if (len >= sizeof line - 1) len = sizeof line - 2; /* keep room for the newline */
     line[len++] = '\n';

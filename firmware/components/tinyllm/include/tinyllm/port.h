@@ -13,12 +13,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+enum {
+    TL_OPEN_NOT_FOUND = -1,  /* no such file */
+    TL_OPEN_NOT_A_FILE = -2, /* a directory, device, pipe or socket */
+    TL_OPEN_DENIED = -3,     /* permission denied */
+    TL_OPEN_FAILED = -4      /* any other reason (a symlink loop, an I/O error...) */
+};
+
 typedef struct tl_port {
     void *ctx; /* passed back to every call */
 
     /* Storage, rooted at the card: paths are like "tinyllm_weights/q_proj.bin".
-     * open returns a handle >= 0, or -1 if the file does not exist / cannot be opened.
-     * The core keeps up to ~24 files open at once (every tensor and scale file). */
+     * open returns a handle >= 0, or a TL_OPEN_* code saying why not (a port
+     * that cannot tell returns TL_OPEN_NOT_FOUND). It must never block: a
+     * named pipe or a device is TL_OPEN_NOT_A_FILE. The core keeps up to ~25
+     * files open at once (every tensor and scale file). */
     int32_t (*open)(void *ctx, const char *path);
     int64_t (*size)(void *ctx, int32_t handle);          /* bytes, or -1 */
     /* Read exactly n bytes at offset (short only at end of file); returns the

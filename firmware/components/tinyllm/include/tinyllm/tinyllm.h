@@ -62,6 +62,11 @@ tl_engine *tl_engine_init(const tl_port *port, const tl_options *opt);
  * load, quit (docs/contracts.md §3). */
 int tl_engine_exec(tl_engine *e, char *line);
 
+/* tl_engine_exec for a line of `len` bytes as read (its newline may be
+ * included): a NUL byte inside it would cut the command short, so such a line
+ * is refused with E_COMMAND (TL_CMD_FAILED) instead of run. */
+int tl_engine_exec_bytes(tl_engine *e, char *line, size_t len);
+
 /* For a port whose console line buffer overflowed: the line is not run (its
  * cut-off front could be a different command); prints E_COMMAND and
  * TINYLLM_READY. Returns TL_CMD_FAILED. */
@@ -79,5 +84,12 @@ void tl_log(const tl_port *port, const char *tag, const char *fmt, ...)
 #endif
     ;
 void tl_exit_line(const tl_port *port, int code); /* "TINYLLM_EXIT <code>" */
+/* "TINYLLM_ERROR E_COMMAND <message>", the message escaped like every error
+ * line: for a port's own errors (a bad command-line option) before an engine exists. */
+void tl_command_error(const tl_port *port, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 
 #endif
