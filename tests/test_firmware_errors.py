@@ -198,6 +198,34 @@ def test_bad_command_line_options_get_the_protocol_lines(firmwares, target_name,
     assert code == "E_COMMAND" and needle in message
 
 
+def test_storage_faults_end_the_command_in_e_io_and_the_firmware_goes_on(firmwares, oracle, target_name, request):
+    """A card that fails mid-stream (injected with the test builds' `fault` command: the N-th read
+    from then on fails or comes back short): the command ends with one E_IO line naming the file
+    and offset and no result; the next command works. Also while a `load` lays out the arena
+    (the set loaded before comes back) and while `verify` reads every file."""
+    dut = firmwares.start(target_name, "micro", "float32", log_name="micro-faults")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
+    expected = oracle.float32("micro", prompt).tokens
+    try:
+        for arm, line in [("fault fail 1", prompt.command()), ("fault short 2", prompt.command()),
+                          ("fault fail 9", prompt.command(k=8, teacher_forced=True)),
+                          ("fault short 1", "load int8"), ("fault fail 2", "verify")]:
+            assert not dut.command(arm, timeout=30).errors
+            t = dut.command(line, timeout=120)
+            assert [e.code for e in t.errors] == ["E_IO"], (arm, line, t.errors)
+            message = t.errors[0].message
+            assert "offset" in message and (".bin" in message or ".json" in message), message
+            assert not t.results
+            assert dut.generate(prompt).results[0]["tokens"] == expected  # one fault, then all is well
+        assert dut.command("info", timeout=30).info["precision"] == "float32"  # the failed load put it back
+        assert dut.command("verify", timeout=60).errors == []
+        assert dut.command("fault sometimes 3", timeout=30).errors[0].code == "E_COMMAND"
+    finally:
+        dut.close()
+    assert dut.exit_code == 1
+
+
 def test_size_in_config_that_disagrees_with_the_shapes(firmwares, target_name, broken_card, request):
     path = broken_card / F32 / "model_config.json"
     config = json.loads(path.read_text())

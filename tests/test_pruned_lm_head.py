@@ -20,8 +20,10 @@ from harness.prompts import Prompt, load_prompt_set
 
 MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
 K = 8  # the widest top-k the protocol reports: the most rows pruning has to get right
-# what one comparison may cost on an emulated target (both paths, estimated from the budgets)
-MAX_CASE_SECONDS = {"xtensa-sim": 120.0, "esp32": 120.0}
+# What one comparison may cost on an emulated target (both paths, estimated from the budgets).
+# xtensa-sim's soft-float is IEEE like the host's: linux already compares tiny-llm there in full,
+# so the lx106 checks micro and leaves tiny-llm (~3 minutes of emulation) to linux and esp32.
+MAX_CASE_SECONDS = {"xtensa-sim": 20.0, "esp32": 120.0}
 F32 = SET_DIRS["float32"]
 
 

@@ -48,6 +48,7 @@ struct tl_engine {
     uint32_t card_id;
     int32_t *tokens; /* prompt then generated ids [context + 1] */
     tl_step *steps;  /* [context] */
+    tl_fault fault;  /* injected storage fault (test builds), kept across loads */
     char script_line[TL_SCRIPT_LINE_BYTES]; /* the prompt file's current line */
 };
 
@@ -105,6 +106,7 @@ static int load_set(tl_engine *e, const tl_options *opt)
     m->port = port;
     m->arena = &e->arena;
     m->err = &e->err;
+    m->fault = &e->fault;
     e->tokens = NULL;
     e->steps = NULL;
     e->arena.used = e->arena.peak = e->base;
@@ -381,6 +383,30 @@ static int cmd_load(tl_engine *e, char *args, tl_options *opt)
     return load_set(e, opt);
 }
 
+/* -------------------------------------------------------------------- fault */
+
+#ifdef TINYLLM_FAULT_INJECTION
+/* fault fail|short <N> | fault off: the N-th storage read from now fails or
+ * comes back short, once. Test builds only: the harness uses it to prove every
+ * storage fault ends its command in E_IO and the firmware goes on. */
+static int cmd_fault(tl_engine *e, char *args)
+{
+    char *kind = next_word(&args), *count = next_word(&args);
+    long n = 0;
+    if (kind && strcmp(kind, "off") == 0 && !count) {
+        e->fault.kind = TL_FAULT_NONE;
+        return TL_OK;
+    }
+    int k = !kind ? -1 : strcmp(kind, "fail") == 0 ? TL_FAULT_FAIL : strcmp(kind, "short") == 0 ? TL_FAULT_SHORT : -1;
+    if (k < 0 || !count || parse_long(count, &n) || n < 1 || next_word(&args))
+        return tl_fail(&e->err, TL_E_COMMAND, "fault: expected fault fail|short <N >= 1> or fault off");
+    e->fault.kind = k;
+    e->fault.countdown = (uint64_t)n;
+    tl_log(e->port, TAG_INFER, "Fault armed: storage read %ld from now will %s", n, kind);
+    return TL_OK;
+}
+#endif
+
 /* ------------------------------------------------------------------ commands */
 
 int tl_engine_exec(tl_engine *e, char *line)
@@ -426,6 +452,10 @@ int tl_engine_exec(tl_engine *e, char *line)
             }
             rc = e->err.code; /* the old set cannot be loaded either: say that too */
         }
+#ifdef TINYLLM_FAULT_INJECTION
+    } else if (strcmp(cmd, "fault") == 0) {
+        rc = cmd_fault(e, cursor);
+#endif
     } else if (strcmp(cmd, "quit") == 0 && bare) {
         return TL_CMD_QUIT;
     } else {

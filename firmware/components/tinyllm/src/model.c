@@ -37,6 +37,12 @@ static int read_exact(tl_model *m, int32_t fh, const char *what, uint64_t off, v
 {
     int64_t got = m->port->read_at(m->port->ctx, fh, off, buf, n);
     m->read_calls++;
+#ifdef TINYLLM_FAULT_INJECTION
+    if (m->fault && m->fault->kind != TL_FAULT_NONE && --m->fault->countdown == 0) {
+        got = m->fault->kind == TL_FAULT_FAIL ? -1 : got / 2;
+        m->fault->kind = TL_FAULT_NONE; /* one fault per `fault` command */
+    }
+#endif
     if (got > 0) m->bytes_read += (uint64_t)got;
     if (got != (int64_t)n)
         return tl_fail(m->err, TL_E_IO, "read %s: offset %llu, wanted %lu bytes, got %lld", what,

@@ -38,6 +38,14 @@ typedef struct tl_topk {
     float logit[TL_MAX_TOPK];
 } tl_topk;
 
+/* Storage fault injection (test builds, TINYLLM_FAULT_INJECTION): the
+ * countdown-th storage read from now fails (-1) or comes back short (half). */
+enum { TL_FAULT_NONE, TL_FAULT_FAIL, TL_FAULT_SHORT };
+typedef struct tl_fault {
+    int kind;
+    uint64_t countdown;
+} tl_fault;
+
 typedef struct tl_model {
     const tl_port *port;
     tl_arena *arena;
@@ -85,6 +93,7 @@ typedef struct tl_model {
 
     /* Storage statistics, counted by the core around every port read. */
     uint64_t bytes_read, read_calls;
+    tl_fault *fault; /* the engine's, or NULL */
 } tl_model;
 
 /* Reads model_config.json and checks the manifest and files; fills m->cfg and
