@@ -20,10 +20,10 @@ from harness.prompts import Prompt, load_prompt_set
 
 MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
 K = 8  # the widest top-k the protocol reports: the most rows pruning has to get right
-# What one comparison may cost on an emulated target (both paths, estimated from the budgets).
-# xtensa-sim's soft-float is IEEE like the host's: linux already compares tiny-llm there in full,
-# so the lx106 checks micro and leaves tiny-llm (~3 minutes of emulation) to linux and esp32.
-MAX_CASE_SECONDS = {"xtensa-sim": 20.0, "esp32": 120.0}
+# What one comparison may cost on an emulated target (both paths, estimated from the budgets;
+# the full float32 stream of tiny-llm takes QEMU ~5-8 s a token). Linux compares every prompt;
+# the emulated targets compare the prompts that fit, at least one (shortened if need be).
+MAX_CASE_SECONDS = {"xtensa-sim": 20.0, "esp32": 35.0}
 F32 = SET_DIRS["float32"]
 
 
@@ -53,18 +53,29 @@ def _assert_identical(pruned: dict, full: dict, vocab: int) -> list[int]:
     return candidates
 
 
+def _cost(prompt: Prompt, model: str, target_name: str) -> float:
+    steps = len(prompt.ids) + prompt.n_new - 1
+    return sum(budgets.estimated_seconds(model, "float32", target_name, 0, steps, full=f) or 0.0 for f in (False, True))
+
+
 def _affordable(prompts: list[Prompt], model: str, target_name: str) -> tuple[list[Prompt], list[Prompt]]:
-    """The prompts whose comparison fits one case's time on an emulated target, and the rest."""
+    """The prompts whose comparison fits one case's time on an emulated target, and the rest.
+    When not even one fits, the shortest prompt with fewer new tokens: every case compares
+    something on every target, never nothing."""
     limit = MAX_CASE_SECONDS.get(target_name, math.inf)
     chosen, spent = [], 0.0
     for p in prompts:
-        steps = len(p.ids) + p.n_new - 1
-        cost = sum(budgets.estimated_seconds(model, "float32", target_name, 0, steps, full=f) or 0.0
-                   for f in (False, True))
+        cost = _cost(p, model, target_name)
         if spent + cost <= limit:
             chosen.append(p)
             spent += cost
-    return chosen, [p for p in prompts if p not in chosen]
+    if not chosen:
+        shortest = min(prompts, key=lambda p: len(p.ids))
+        n = shortest.n_new
+        while n > 1 and _cost(Prompt(shortest.name, shortest.ids, n), model, target_name) > limit:
+            n -= 1
+        chosen = [Prompt(f"{shortest.name}-n{n}", shortest.ids, n)]
+    return chosen, [p for p in prompts if p.name not in {c.name.split("-n")[0] for c in chosen}]
 
 
 @pytest.mark.parametrize("prompt_set", ["smoke", "edge"])
@@ -72,13 +83,11 @@ def _affordable(prompts: list[Prompt], model: str, target_name: str) -> tuple[li
 def test_pruned_lm_head_equals_the_full_stream(firmwares, request, record_property, target_name, model, prompt_set):
     """Every fixture prompt, teacher-forced with k=8: tokens and top-8 logits identical to the
     full float32 stream; per-step candidates, bytes and reads recorded. On an emulated target
-    the prompts are taken in order while both runs fit the case's time (the full stream of
-    tiny-llm's float32 lm_head takes QEMU's SD model ~5 s a token); linux runs them all."""
+    the prompts are taken in order while both runs fit the case's time, at least one (for
+    tiny-llm: its shortest prompt, 5 new tokens); linux runs them all."""
     card = firmwares.cards[model]
     prompts, left_out = _affordable(load_prompt_set(prompt_set, card.spec), model, target_name)
-    if not prompts:
-        pytest.skip(f"{target_name}: no {model} {prompt_set} prompt fits {MAX_CASE_SECONDS[target_name]:.0f} s "
-                    "for both paths; linux compares them all")
+    record_property("compared", [p.name for p in prompts])
     if left_out:
         record_property("not_compared_here", [p.name for p in left_out])
     dut = firmwares.get(target_name, model, "float32")
