@@ -204,8 +204,39 @@ static int make_resident(tl_model *m, tl_tensor *t)
 {
     t->resident = tl_arena_alloc(m->arena, (size_t)t->bytes, t->name, m->err);
     if (!t->resident) return m->err->code;
+    t->resident_rows = (long)t->shape.layers * t->shape.rows;
     m->resident_bytes += t->bytes;
     return read_exact(m, t->fh, t->name, 0, t->resident, (size_t)t->bytes);
+}
+
+static int fully_resident(const tl_tensor *t) { return t->resident_rows == (long)t->shape.layers * t->shape.rows; }
+
+/* Spare arena after everything else holds lm_head's first rows (and, int8,
+ * all its row scales): a streamed lm_head is most of every token's reads, and
+ * a resident row is never read again. Whole 512-row blocks keep the streamed
+ * rest's reads sector-aligned. A pruned float32 lm_head is not streamed. */
+static int keep_lm_head_rows(tl_model *m, uint64_t reserve)
+{
+    tl_tensor *w = &m->w[TL_T_LM_HEAD], *s = &m->scale[TL_T_LM_HEAD];
+    if (m->prune || w->resident) return TL_OK;
+    if (s->fh >= 0 && !s->resident) {
+        if (s->bytes + 32u + reserve > (uint64_t)tl_arena_available(m->arena)) return TL_OK;
+        if (make_resident(m, s)) return m->err->code;
+    }
+    uint64_t row_bytes = (uint64_t)w->shape.cols * (uint64_t)w->elem;
+    uint64_t avail = (uint64_t)tl_arena_available(m->arena);
+    if (avail < reserve + 64u) return TL_OK;
+    uint64_t rows = (avail - reserve - 64u) / row_bytes / 512u * 512u;
+    if (rows > (uint64_t)w->shape.rows) rows = (uint64_t)w->shape.rows;
+    if (rows == 0) return TL_OK;
+    if (rows == (uint64_t)w->shape.rows) return make_resident(m, w);
+    w->resident = tl_arena_alloc(m->arena, (size_t)(rows * row_bytes), "lm_head resident rows", m->err);
+    if (!w->resident) return m->err->code;
+    w->resident_rows = (long)rows;
+    m->resident_bytes += rows * row_bytes;
+    tl_log(m->port, TAG_LOADER, "lm_head: rows 0..%lu resident (%llu bytes), the other %lu streamed",
+           (unsigned long)rows - 1, (unsigned long long)(rows * row_bytes), (unsigned long)(w->shape.rows - (int)rows));
+    return read_exact(m, w->fh, w->name, 0, w->resident, (size_t)(rows * row_bytes));
 }
 
 int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, size_t reserve_per_position)
@@ -296,10 +327,11 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
             if (make_resident(m, w)) return m->err->code;
             if (s->fh >= 0 && make_resident(m, s)) return m->err->code;
         }
+        if (keep_lm_head_rows(m, reserve)) return m->err->code;
     }
     char resident[160] = "", streamed[160] = "";
     for (int id = 0; id < TL_NT; id++) {
-        char *list = m->w[id].resident ? resident : streamed;
+        char *list = fully_resident(&m->w[id]) ? resident : streamed;
         size_t len = strlen(list);
         snprintf(list + len, 160 - len, "%s%s", len ? " " : "", tl_tensor_base(id));
     }
@@ -319,7 +351,7 @@ static int fetch_rows(tl_model *m, int id, long row0, int n, const void **rows, 
 {
     tl_tensor *w = &m->w[id], *s = &m->scale[id];
     size_t row_bytes = (size_t)w->shape.cols * (size_t)w->elem;
-    if (w->resident) {
+    if (row0 + n <= w->resident_rows) {
         *rows = (const uint8_t *)w->resident + (size_t)row0 * row_bytes;
     } else {
         if (read_exact(m, w->fh, w->name, (uint64_t)row0 * row_bytes, m->stream, (size_t)n * row_bytes))
@@ -354,7 +386,7 @@ static int check_finite(tl_model *m, const float *v, int n, const char *what, in
 /* How many rows of a streamed tensor go in one read. */
 static int rows_per_chunk(const tl_model *m, const tl_tensor *w)
 {
-    if (w->resident) return w->shape.rows;
+    if (fully_resident(w)) return w->shape.rows;
     size_t fit = m->stream_bytes / ((size_t)w->shape.cols * (size_t)w->elem);
     return fit < (size_t)m->chunk_rows ? (int)fit : m->chunk_rows;
 }
@@ -435,6 +467,7 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
     top->n = 0;
     for (int r0 = 0; r0 < rows; r0 += per) {
         int n = rows - r0 < per ? rows - r0 : per;
+        if (r0 < w->resident_rows && r0 + n > w->resident_rows) n = (int)(w->resident_rows - r0); /* no straddling */
         const void *wr = NULL;
         const float *sc = NULL;
         if (fetch_rows(m, TL_T_LM_HEAD, r0, n, &wr, &sc)) return m->err->code;
@@ -547,7 +580,7 @@ static int lm_head_pruned(tl_model *m, const float *xn, tl_topk *top, int *fallb
     for (int i = 0; i < n_cand; i++) {
         r = m->candidates[i];
         const float *row = (const float *)m->stream;
-        if (w->resident) row = (const float *)w->resident + (size_t)r * (size_t)H;
+        if (r < w->resident_rows) row = (const float *)w->resident + (size_t)r * (size_t)H;
         else if (read_exact(m, w->fh, w->name, (uint64_t)r * row_bytes, m->stream, row_bytes)) return m->err->code;
         float logit;
         tl_matvec_f32(&logit, row, xn, 1, H); /* the full path's kernel: the same bits */

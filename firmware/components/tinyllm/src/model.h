@@ -28,7 +28,8 @@ typedef struct tl_tensor {
     uint64_t bytes; /* size on the card (checked against config and manifest) */
     tl_shape shape; /* [layers, rows, cols]; scales files: cols = 1 */
     int elem;       /* bytes per element: 1 (int8) or 4 (float32) */
-    void *resident;
+    void *resident;    /* the arena copy of its first resident_rows rows, or NULL */
+    long resident_rows; /* all rows (layers x rows) when resident, fewer for lm_head in spare arena */
 } tl_tensor;
 
 /* Running top-k of the logits, best first, ties to the lowest id. */
