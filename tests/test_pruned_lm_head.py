@@ -190,22 +190,28 @@ def test_every_row_equal_and_the_fallback_to_the_full_stream(firmwares, request,
         assert all(s["bytes"] > full["steps"][0]["bytes"] for s in pruned["steps"])  # the proxy, then the full stream
 
 
-def test_nan_in_the_proxy_falls_back_to_the_full_stream(firmwares, request, target_name, tmp_path):
-    """A NaN scale in one proxy row (a damaged card whose manifest was rewritten to match) cannot
-    be bounded: every step streams the float32 lm_head in full and gives its results."""
+@pytest.mark.parametrize("damage", ["nan-scale", "tiny-row"])
+def test_rows_the_bound_cannot_cover_fall_back_to_the_full_stream(firmwares, request, target_name, tmp_path, damage):
+    """A NaN scale in one proxy row (a damaged card whose manifest was rewritten to match), or a
+    row of weights so small (~1e-36) that its error term could underflow, cannot be bounded:
+    every step streams the float32 lm_head in full and gives its results."""
     w = np.asarray(firmwares.cards["micro"].state["lm_head.weight"], dtype=np.float32)
+    if damage == "tiny-row":
+        w = w.copy()
+        w[5] *= np.float32(1e-36)
     folder = _card_with_lm_head(firmwares, tmp_path, w)
-    path = folder / F32 / PROXY_FILE
-    data = bytearray(path.read_bytes())
-    record = quant.PROXY_HEADER_BYTES + w.shape[1]
-    data[5 * record : 5 * record + 4] = np.float32(np.nan).tobytes()
-    path.write_bytes(bytes(data))
-    config_path = folder / F32 / "model_config.json"
-    config = json.loads(config_path.read_text())
-    from harness.export import crc32_hex
+    if damage == "nan-scale":
+        path = folder / F32 / PROXY_FILE
+        data = bytearray(path.read_bytes())
+        record = quant.PROXY_HEADER_BYTES + w.shape[1]
+        data[5 * record : 5 * record + 4] = np.float32(np.nan).tobytes()
+        path.write_bytes(bytes(data))
+        config_path = folder / F32 / "model_config.json"
+        config = json.loads(config_path.read_text())
+        from harness.export import crc32_hex
 
-    config["files"][PROXY_FILE]["crc32"] = crc32_hex(bytes(data))
-    config_path.write_text(json.dumps(config))
+        config["files"][PROXY_FILE]["crc32"] = crc32_hex(bytes(data))
+        config_path.write_text(json.dumps(config))
     firmwares.target(target_name)
     dut = firmwares.boot_folder(target_name, folder, "float32")
     request.node.user_properties.append(("firmware_log", dut.logfile))

@@ -557,6 +557,7 @@ static int lm_head_pruned(tl_model *m, const float *xn, tl_topk *top, int *fallb
             memcpy(&scale, record, 4);
             float proxy = scale * tl_dot_i8_f32((const int8_t *)(record + TL_PROXY_HEADER_BYTES), xn, H);
             float s = fabsf(scale);
+            if (s < 0x1p-100f) return TL_OK; /* so small the error term could underflow: stream in full */
             float error = (float)record[4] * s * b.error_unit; /* >= ||w_r - scale q_r||, see above */
             float bound = (error + b.gamma * (b.two_qnorm * s + error)) * b.xnorm;
             bound = (bound + b.three_u * fabsf(proxy) + b.tiny * (1.0f + s)) * b.inflate;
