@@ -79,10 +79,11 @@ static int read_config(tl_model *m, uint32_t *card_id, const char *precision)
     return rc;
 }
 
-static int open_file(tl_model *m, tl_tensor *t, int id, int scales)
+/* Opens t->name in the set's folder and checks its size against the
+ * manifest's: the part every file of a set shares. */
+static int open_checked(tl_model *m, tl_tensor *t, uint64_t want_bytes)
 {
     char path[160];
-    tl_file_name(t->name, sizeof t->name, id, scales);
     join_path(path, sizeof path, m->dir, t->name);
     t->fh = m->port->open(m->port->ctx, path);
     if (t->fh < 0) {
@@ -91,10 +92,17 @@ static int open_file(tl_model *m, tl_tensor *t, int id, int scales)
         return open_failed(m, path, why);
     }
     int64_t size = m->port->size(m->port->ctx, t->fh);
-    if (size < 0 || (uint64_t)size != m->man.bytes[scales][id])
+    if (size < 0 || (uint64_t)size != want_bytes)
         return tl_fail(m->err, TL_E_FILE_SIZE, "%s: expected %llu bytes, actual %lld", path,
-                       (unsigned long long)m->man.bytes[scales][id], (long long)size);
+                       (unsigned long long)want_bytes, (long long)size);
     t->bytes = (uint64_t)size;
+    return TL_OK;
+}
+
+static int open_file(tl_model *m, tl_tensor *t, int id, int scales)
+{
+    tl_file_name(t->name, sizeof t->name, id, scales);
+    if (open_checked(m, t, m->man.bytes[scales][id])) return m->err->code;
     t->shape = tl_tensor_shape(&m->cfg, id);
     if (scales) {
         t->shape.cols = 1;
@@ -111,20 +119,8 @@ static int open_file(tl_model *m, tl_tensor *t, int id, int scales)
 static int open_proxy(tl_model *m)
 {
     tl_tensor *t = &m->proxy;
-    char path[160];
     snprintf(t->name, sizeof t->name, "%s", TL_PROXY_FILE);
-    join_path(path, sizeof path, m->dir, t->name);
-    t->fh = m->port->open(m->port->ctx, path);
-    if (t->fh < 0) {
-        int32_t why = t->fh;
-        t->fh = -1;
-        return open_failed(m, path, why);
-    }
-    int64_t size = m->port->size(m->port->ctx, t->fh);
-    if (size < 0 || (uint64_t)size != m->man.proxy_bytes)
-        return tl_fail(m->err, TL_E_FILE_SIZE, "%s: expected %llu bytes, actual %lld", path,
-                       (unsigned long long)m->man.proxy_bytes, (long long)size);
-    t->bytes = (uint64_t)size;
+    if (open_checked(m, t, m->man.proxy_bytes)) return m->err->code;
     t->shape = (tl_shape){1, m->cfg.vocab, m->cfg.hidden + TL_PROXY_HEADER_BYTES};
     t->elem = 1;
     return TL_OK;
