@@ -12,7 +12,8 @@
  *
  * Cycles: under `-icount shift=0,sleep=off` QEMU advances virtual time by 1 ns per
  * executed instruction and CCOUNT ticks at the core's clock, so CCOUNT is
- * deterministic. It is reported scaled to executed instructions (the scale is
+ * deterministic up to one tick (its phase against the instruction count is set at
+ * QEMU's reset, not always the same). It is reported scaled to executed instructions (the scale is
  * measured at start-up on a loop of known length): "cycles" on this target are the
  * instructions of an ideal one-instruction-per-cycle core, and "us" is virtual time.
  */
