@@ -369,3 +369,50 @@ def test_over_long_console_line_is_refused_whole(firmwares, oracle, target_name,
         assert dut.generate(prompt, timeout=120).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
     finally:
         dut.close()
+
+
+def _without(argv: list[str], flag: str, value_has: str) -> list[str]:
+    """argv with one `flag VALUE` pair removed (the one whose value contains `value_has`)."""
+    for i in range(len(argv) - 1):
+        if argv[i] == flag and value_has in argv[i + 1]:
+            return argv[:i] + argv[i + 2:]
+    raise AssertionError(f"no {flag} ...{value_has}... in {argv}")
+
+
+@pytest.mark.parametrize(("fault", "code", "needle"), [
+    ("no SD card", "E_IO", "SD card init failed at /sdcard"),
+    ("a card with no FAT", "E_IO", "no FAT filesystem could be mounted"),
+    ("no PSRAM", "E_OOM", "is PSRAM present?"),
+])
+def test_a_board_without_card_filesystem_or_psram_says_so_once_and_halts(firmwares, target_name, tmp_path, request,
+                                                                         fault, code, needle):
+    """The esp32 in QEMU with a part of the board taken away: QEMU without `-drive if=sd`, an
+    image of zeros (no FAT), QEMU without `-m` (no PSRAM; CONFIG_SPIRAM_IGNORE_NOTFOUND lets the
+    app start and say so). Each is one TINYLLM_ERROR line and TINYLLM_EXIT 2, then the firmware
+    stays halted: no reboot loop (one boot banner in the log after the halt has run a while)."""
+    import time
+
+    if target_name != "esp32":
+        pytest.skip(f"{target_name} reads files through its host: there is no SD card, FAT or PSRAM to take away")
+    target = firmwares.target(target_name)
+    image = firmwares.cards["micro"].image.path
+    if fault == "a card with no FAT":
+        image = tmp_path / "blank.img"
+        image.write_bytes(bytes(1 << 20))  # power of two, as QEMU's SD model wants; all zeros: no boot sector
+    argv = target.command(firmwares.binary(target_name), image, "float32")
+    if fault == "no SD card":
+        argv = _without(argv, "-drive", "if=sd")
+    elif fault == "no PSRAM":
+        argv = _without(argv, "-m", "M")
+    dut = TinyLLMDut(argv, tmp_path / "firmware.log", target=target_name, app_path=tmp_path, boot_timeout=120)
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    try:
+        assert [(e.code, needle in e.message) for e in dut.boot.errors] == [(code, True)], dut.boot.errors
+        assert dut.boot.exit_code == 2
+        time.sleep(3)  # virtual time runs ahead of the host's while the app waits (-icount sleep=off)
+        assert dut.alive  # halted, not ended: QEMU is still running the idle firmware
+    finally:
+        dut.close()
+    log = dut.log_text()
+    assert log.count("Tiny-LLM ESP32 Inference Engine Starting") == 1, "the firmware restarted after the error"
+    assert log.count("TINYLLM_EXIT") == 1

@@ -2,15 +2,37 @@
 
 #include <math.h>
 
+/* Unrolled by four, one accumulator: the same additions in the same order as the
+ * plain loop (the same bits), with a quarter of the loop and pointer updates. */
 void tl_matvec_f32(float *y, const float *W, const float *x, int rows, int cols)
 {
     for (int r = 0; r < rows; r++) {
         const float *w = W + (long)r * cols;
         float acc = 0.0f;
-        for (int j = 0; j < cols; j++) acc += w[j] * x[j];
+        int j = 0;
+        for (; j + 4 <= cols; j += 4) {
+            acc += w[j] * x[j];
+            acc += w[j + 1] * x[j + 1];
+            acc += w[j + 2] * x[j + 2];
+            acc += w[j + 3] * x[j + 3];
+        }
+        for (; j < cols; j++) acc += w[j] * x[j];
         y[r] = acc;
     }
 }
+
+/* Four int8 values from one aligned 32-bit load (little-endian byte j = element j;
+ * on a big-endian core both operands swap alike, and integer sums do not care). */
+typedef uint32_t tl_word __attribute__((may_alias)); /* may read int8 storage (GCC, Clang) */
+
+static uint32_t load4(const void *p)
+{
+    return *(const tl_word *)p; /* one l32i (ESP-IDF builds without builtin memcpy) */
+}
+
+static int aligned4(const void *p) { return ((uintptr_t)p & 3u) == 0; }
+
+#define TL_BYTE(v, k) ((int32_t)(int8_t)(uint8_t)((v) >> (8 * (k))))
 
 /* int8 -> float by table: a core without an FPU (lx106) pays a library call per
  * conversion otherwise. Index = the byte's unsigned value. */
@@ -24,7 +46,16 @@ float tl_dot_i8_f32(const int8_t *q, const float *x, int n)
 {
     const uint8_t *u = (const uint8_t *)q;
     float acc = 0.0f;
-    for (int j = 0; j < n; j++) acc += i8_to_float[u[j]] * x[j];
+    int j = 0;
+    for (; j < n && !aligned4(u + j); j++) acc += i8_to_float[u[j]] * x[j]; /* records are 5 + H bytes */
+    for (; j + 4 <= n; j += 4) { /* then four bytes per load, still added in order j = 0, 1, 2, ... */
+        uint32_t v = load4(u + j);
+        acc += i8_to_float[v & 0xffu] * x[j];
+        acc += i8_to_float[(v >> 8) & 0xffu] * x[j + 1];
+        acc += i8_to_float[(v >> 16) & 0xffu] * x[j + 2];
+        acc += i8_to_float[v >> 24] * x[j + 3];
+    }
+    for (; j < n; j++) acc += i8_to_float[u[j]] * x[j];
     return acc;
 }
 
@@ -51,8 +82,15 @@ void tl_matvec_i8(float *y, const int8_t *W, const float *scale, const int8_t *q
 {
     for (int r = 0; r < rows; r++) {
         const int8_t *w = W + (long)r * cols;
-        int32_t acc = 0;
-        for (int j = 0; j < cols; j++) acc += (int32_t)w[j] * (int32_t)qx[j];
+        int32_t acc = 0; /* exact in any order: config.c keeps 127 * 127 * cols < 2^24 */
+        int j = 0;
+        if (aligned4(w) && aligned4(qx)) /* four products per pair of loads */
+            for (; j + 4 <= cols; j += 4) {
+                uint32_t a = load4(w + j), b = load4(qx + j);
+                acc += TL_BYTE(a, 0) * TL_BYTE(b, 0) + TL_BYTE(a, 1) * TL_BYTE(b, 1) +
+                       TL_BYTE(a, 2) * TL_BYTE(b, 2) + TL_BYTE(a, 3) * TL_BYTE(b, 3);
+            }
+        for (; j < cols; j++) acc += (int32_t)w[j] * (int32_t)qx[j];
         float s = scale[r] * sx; /* rounded to float32 first, as the contract says */
         y[r] = (float)acc * s;
     }
