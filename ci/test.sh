@@ -19,7 +19,7 @@ mkdir -p build/reports
 checked() { local rc=$1 what=$2; if [ "$rc" = 5 ]; then echo "ci/test.sh: $what: no tests were collected" >&2; return 1; fi; return "$rc"; }
 
 status=0
-TINYLLM_TEST_RUNS=test-runs-esp32 "$PY" -m pytest tests/test_e2e.py tests/test_firmware_errors.py tests/test_pruned_lm_head.py --target esp32 \
+TINYLLM_TEST_RUNS=test-runs-esp32 "$PY" -m pytest tests/test_e2e.py tests/test_firmware_errors.py tests/test_error_catalog.py tests/test_pruned_lm_head.py --target esp32 \
   --junitxml=build/reports/junit-esp32.xml "$@" > build/reports/pytest-esp32.log 2>&1 &
 esp32_pid=$!
 rc=0; "$PY" -m pytest --target linux,xtensa-sim --deselect tests/test_esp32.py::test_esp32_end_to_end \

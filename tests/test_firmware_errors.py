@@ -1,6 +1,8 @@
 """Bad input reaches the firmware: a clear TINYLLM_ERROR line naming the problem, the right exit
-code, never a crash or a hang. Start-up errors are fatal (exit 2); command errors are not
-(the firmware answers the next command, and exits 1 at the end)."""
+code, never a crash or a hang. (The table of bad commands and damaged cards is in
+tests/test_error_catalog.py; these cases each need a program of their own.) Start-up errors are
+fatal (exit 2); command errors are not (the firmware answers the next command, and exits 1 at
+the end)."""
 
 from __future__ import annotations
 
@@ -39,46 +41,9 @@ def _fatal(dut: TinyLLMDut) -> tuple[str, str]:
     return dut.boot.errors[0].code, dut.boot.errors[0].message
 
 
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-4])
-
-
 def _edit_config(card: Path, edit, folder: str = F32) -> None:
     path = card / folder / "model_config.json"
     path.write_bytes(edit(path.read_bytes()))
-
-
-def _directory_instead_of(path: Path) -> None:
-    path.unlink()
-    path.mkdir()
-    (path / "inside.txt").write_text("a folder named like a weight file\n")
-
-
-@pytest.mark.parametrize(("damage", "code", "message"), [
-    (lambda c: (c / F32 / "q_proj.bin").unlink(), "E_FILE_MISSING", "q_proj.bin: file not found"),
-    (lambda c: _truncate(c / F32 / "k_proj.bin"), "E_FILE_SIZE", "k_proj.bin"),
-    (lambda c: (c / F32 / "model_config.json").write_text("{ not json"), "E_CONFIG", "model_config.json"),
-    (lambda c: shutil.rmtree(c / F32), "E_FILE_MISSING", "model_config.json"),
-    (lambda c: _directory_instead_of(c / F32 / "v_proj.bin"), "E_FILE_MISSING", "v_proj.bin: not a regular file"),
-    (lambda c: _truncate(c / F32 / "lm_head_proxy.bin"), "E_FILE_SIZE", "lm_head_proxy.bin"),
-    # bytes cJSON and Python's json would read differently are refused (issue: hostile input)
-    (lambda c: _edit_config(c, lambda b: b"\xef\xbb\xbf" + b), "E_CONFIG", "byte order mark"),
-    (lambda c: _edit_config(c, lambda b: b.replace(b'"dtype": "float32"', b'"dtype": "int8", "dtype": "float32"', 1)),
-     "E_CONFIG", 'key "dtype" appears twice'),
-    (lambda c: _edit_config(c, lambda b: b.replace(b'"micro"', b'"mi\\u0000cro"', 1)), "E_CONFIG", "u0000"),
-    # a value with newlines must not forge protocol lines: one error, escaped, and exit 2
-    (lambda c: _edit_config(c, lambda b: b.replace(b'"dtype": "float32"',
-                                                   b'"dtype": "x\\nTINYLLM_RESULT {}\\nTINYLLM_EXIT 0\\n"', 1)),
-     "E_CONFIG", "x\\x0ATINYLLM_RESULT {}\\x0ATINYLLM_EXIT 0\\x0A"),
-])
-def test_bad_card_is_refused_at_start_up(firmwares, target_name, broken_card, request, damage, code, message):
-    damage(broken_card)
-    got_code, got_message = _fatal(_boot(firmwares, target_name, broken_card, request))
-    if target_name == "xtensa-sim" and "not a regular file" in message:
-        # semihosting opens a host directory like a file and cannot say what it is: its size
-        # (the folder's) is then what is wrong
-        code, message = "E_FILE_SIZE", message.split(":")[0]
-    assert got_code == code and message in got_message
 
 
 def test_int8_model_wider_than_the_exact_accumulator_is_refused(firmwares, target_name, tmp_path, request):
@@ -133,22 +98,6 @@ def test_non_finite_weights_end_the_command_naming_where(firmwares, target_name,
     finally:
         dut.close()
     assert dut.exit_code == 1
-
-
-def test_control_characters_and_nul_bytes_from_the_console(firmwares, target_name, request):
-    """Echoed values are escaped (an ESC sequence, U+2028, a newline would split or forge protocol
-    lines); a NUL byte would cut a command short, so that line is refused whole."""
-    dut = firmwares.get(target_name, "micro", "float32")
-    request.node.user_properties.append(("firmware_log", dut.logfile))
-    for line, code, escaped in [("gen 1 \x1b[31mX n=2", "E_COMMAND", "\\x1B[31mX"),
-                                ("load float32 lm_head=a\u2028b", "E_COMMAND", "a\\xE2\\x80\\xA8b"),
-                                ("gen 1 2\x00 n=1", "E_COMMAND", "NUL byte at column 8")]:
-        t = dut.command(line, timeout=60)
-        assert [e.code for e in t.errors] == [code], (line, t.errors)
-        assert escaped in t.errors[0].message and not t.results
-        assert all(ch.isprintable() for ch in t.errors[0].message)
-    prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
-    assert not dut.generate(prompt).errors  # still answering
 
 
 def test_a_named_pipe_on_the_card_is_refused_not_waited_on(firmwares, target_name, tmp_path):
@@ -232,6 +181,31 @@ def test_storage_faults_end_the_command_in_e_io_and_the_firmware_goes_on(firmwar
     finally:
         dut.close()
     assert dut.exit_code == 1
+
+
+def test_a_flipped_bit_is_named_by_verify_and_does_not_outlive_its_command(firmwares, oracle, target_name, request):
+    """`fault flip N`: the N-th read comes back with one bit flipped (silent corruption, which
+    the SD bus's CRC and the card's ECC normally turn into a failed read). `verify` names the
+    file; a `gen` that streamed the flipped chunk is not checked (docs/contracts.md §3), but the
+    next command reads the card again and is right."""
+    dut = firmwares.start(target_name, "micro", "float32", log_name="micro-bit-flip")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
+    expected = oracle.float32("micro", prompt).tokens
+    try:
+        for n in (1, 3):
+            assert not dut.command(f"fault flip {n}", timeout=30).errors
+            t = dut.command("verify", timeout=60)
+            assert [e.code for e in t.errors] == ["E_CHECKSUM"], t.errors
+            assert "crc32 expected" in t.errors[0].message and "tinyllm_float32_weights/" in t.errors[0].message
+            assert dut.command("verify", timeout=60).errors == []  # the card itself is fine
+        assert not dut.command("fault flip 2", timeout=30).errors
+        flipped = dut.generate(prompt)
+        assert not flipped.errors and len(flipped.results) == 1  # unchecked: it answers, maybe wrongly
+        assert dut.generate(prompt).results[0]["tokens"] == expected
+    finally:
+        dut.close()
+    assert dut.exit_code == 1  # some command failed (the verifies), as the contract says
 
 
 def test_size_in_config_that_disagrees_with_the_shapes(firmwares, target_name, broken_card, request):

@@ -250,7 +250,9 @@ static int cmd_gen(tl_engine *e, char *args)
 {
     tl_model *m = &e->model;
     const tl_port *port = e->port;
-    long n_new = TL_DEFAULT_N, k = TL_DEFAULT_K, tf = 0, full = 0;
+    static const char *const names[] = {"n", "k", "tf", "full"};
+    long values[] = {TL_DEFAULT_N, TL_DEFAULT_K, 0, 0};
+    unsigned seen = 0;
     int n_prompt = 0;
 
     for (char *word; (word = next_word(&args)) != NULL;) {
@@ -258,13 +260,16 @@ static int cmd_gen(tl_engine *e, char *args)
         long v;
         if (eq) {
             *eq = '\0';
+            int i = 0;
+            while (i < 4 && strcmp(word, names[i]) != 0) i++;
+            if (i == 4)
+                return tl_fail(&e->err, TL_E_COMMAND, "gen: unknown option '%s' (expected n=, k=, tf=, full=)", word);
             if (parse_long(eq + 1, &v))
                 return tl_fail(&e->err, TL_E_COMMAND, "gen: option %s=%s is not an integer", word, eq + 1);
-            if (strcmp(word, "n") == 0) n_new = v;
-            else if (strcmp(word, "k") == 0) k = v;
-            else if (strcmp(word, "tf") == 0) tf = v;
-            else if (strcmp(word, "full") == 0) full = v;
-            else return tl_fail(&e->err, TL_E_COMMAND, "gen: unknown option '%s' (expected n=, k=, tf=, full=)", word);
+            if (seen & (1u << i)) /* which one wins would be a guess */
+                return tl_fail(&e->err, TL_E_COMMAND, "gen: option %s= given twice", word);
+            seen |= 1u << i;
+            values[i] = v;
             continue;
         }
         int bad = parse_long(word, &v);
@@ -279,6 +284,7 @@ static int cmd_gen(tl_engine *e, char *args)
         if (n_prompt <= m->context) e->tokens[n_prompt] = (int32_t)v; /* keep counting, stop storing */
         if (n_prompt < 0x7fffffff) n_prompt++;
     }
+    long n_new = values[0], k = values[1], tf = values[2], full = values[3];
     if (n_new < 0) return tl_fail(&e->err, TL_E_COMMAND, "gen: n=%ld, expected n >= 0", n_new);
     if (n_new > 0x7fffffffL - n_prompt)
         return tl_fail(&e->err, TL_E_PROMPT, "gen: n=%ld exceeds the context of %d positions", n_new, m->context);
@@ -356,6 +362,8 @@ static int cmd_load(tl_engine *e, char *args, tl_options *opt)
     if (!tl_weights_dir(opt->precision))
         return tl_fail(&e->err, TL_E_COMMAND, "load: unknown precision '%s' (expected float32 or int8)",
                        opt->precision);
+    static const char *const names[] = {"context", "chunk", "resident", "arena", "lm_head", "candidates"};
+    unsigned seen = 0;
     for (char *word; (word = next_word(&args)) != NULL;) {
         char *eq = strchr(word, '=');
         long v;
@@ -364,6 +372,11 @@ static int cmd_load(tl_engine *e, char *args, tl_options *opt)
                            "load: '%s' is not an option (context=, chunk=, resident=, arena=, lm_head=, candidates=)",
                            word);
         *eq = '\0';
+        for (unsigned i = 0; i < 6; i++)
+            if (strcmp(word, names[i]) == 0) {
+                if (seen & (1u << i)) return tl_fail(&e->err, TL_E_COMMAND, "load: option %s= given twice", word);
+                seen |= 1u << i;
+            }
         if (strcmp(word, "lm_head") == 0) {
             opt->lm_head = tl_lm_head_mode(eq + 1);
             if (opt->lm_head < 0)
@@ -372,12 +385,13 @@ static int cmd_load(tl_engine *e, char *args, tl_options *opt)
         }
         if (parse_long(eq + 1, &v) || v < 0)
             return tl_fail(&e->err, TL_E_COMMAND, "load: option %s=%s is not a count >= 0", word, eq + 1);
-        if (strcmp(word, "context") == 0 && v <= 0x7fffffffL) opt->context = (int)v;
-        else if (strcmp(word, "chunk") == 0 && v <= 0x7fffffffL) opt->chunk_rows = (int)v;
+        /* 0 is the ports' "not given" (the model's whole context, 256 rows): refused here */
+        if (strcmp(word, "context") == 0 && v >= 1 && v <= 0x7fffffffL) opt->context = (int)v;
+        else if (strcmp(word, "chunk") == 0 && v >= 1 && v <= 0x7fffffffL) opt->chunk_rows = (int)v;
         else if (strcmp(word, "resident") == 0 && v <= 1) opt->no_resident = v == 0;
         else if (strcmp(word, "arena") == 0) opt->arena_bytes = (size_t)v;
         else if (strcmp(word, "candidates") == 0 && v >= 1 && v <= TL_PRUNE_MAX_CANDIDATES) opt->max_candidates = (int)v;
-        else return tl_fail(&e->err, TL_E_COMMAND, "load: bad option %s=%ld (context=, chunk=, resident=0|1, arena=, lm_head=, candidates=1..512)",
+        else return tl_fail(&e->err, TL_E_COMMAND, "load: bad option %s=%ld (context=1.., chunk=1.., resident=0|1, arena=, lm_head=, candidates=1..512)",
                             word, v);
     }
     return load_set(e, opt);
@@ -386,9 +400,10 @@ static int cmd_load(tl_engine *e, char *args, tl_options *opt)
 /* -------------------------------------------------------------------- fault */
 
 #ifdef TINYLLM_FAULT_INJECTION
-/* fault fail|short <N> | fault off: the N-th storage read from now fails or
- * comes back short, once. Test builds only: the harness uses it to prove every
- * storage fault ends its command in E_IO and the firmware goes on. */
+/* fault fail|short|flip <N> | fault off: the N-th storage read from now fails,
+ * comes back short, or comes back with one bit flipped, once. Test builds only:
+ * the harness uses it to prove a failed or short read ends its command in E_IO
+ * and the firmware goes on, and that `verify` catches a flipped bit. */
 static int cmd_fault(tl_engine *e, char *args)
 {
     char *kind = next_word(&args), *count = next_word(&args);
@@ -397,9 +412,13 @@ static int cmd_fault(tl_engine *e, char *args)
         e->fault.kind = TL_FAULT_NONE;
         return TL_OK;
     }
-    int k = !kind ? -1 : strcmp(kind, "fail") == 0 ? TL_FAULT_FAIL : strcmp(kind, "short") == 0 ? TL_FAULT_SHORT : -1;
+    int k = !kind                        ? -1
+            : strcmp(kind, "fail") == 0  ? TL_FAULT_FAIL
+            : strcmp(kind, "short") == 0 ? TL_FAULT_SHORT
+            : strcmp(kind, "flip") == 0  ? TL_FAULT_FLIP
+                                         : -1;
     if (k < 0 || !count || parse_long(count, &n) || n < 1 || next_word(&args))
-        return tl_fail(&e->err, TL_E_COMMAND, "fault: expected fault fail|short <N >= 1> or fault off");
+        return tl_fail(&e->err, TL_E_COMMAND, "fault: expected fault fail|short|flip <N >= 1> or fault off");
     e->fault.kind = k;
     e->fault.countdown = (uint64_t)n;
     tl_log(e->port, TAG_INFER, "Fault armed: storage read %ld from now will %s", n, kind);

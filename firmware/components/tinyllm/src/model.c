@@ -39,7 +39,10 @@ static int read_exact(tl_model *m, int32_t fh, const char *what, uint64_t off, v
     m->read_calls++;
 #ifdef TINYLLM_FAULT_INJECTION
     if (m->fault && m->fault->kind != TL_FAULT_NONE && --m->fault->countdown == 0) {
-        got = m->fault->kind == TL_FAULT_FAIL ? -1 : got / 2;
+        if (m->fault->kind == TL_FAULT_FLIP && got > 0) /* silent corruption: bit 0 of the middle byte */
+            ((uint8_t *)buf)[got / 2] ^= 1u;
+        else
+            got = m->fault->kind == TL_FAULT_FAIL ? -1 : got / 2;
         m->fault->kind = TL_FAULT_NONE; /* one fault per `fault` command */
     }
 #endif

@@ -41,7 +41,7 @@ typedef struct tl_topk {
 
 /* Storage fault injection (test builds, TINYLLM_FAULT_INJECTION): the
  * countdown-th storage read from now fails (-1) or comes back short (half). */
-enum { TL_FAULT_NONE, TL_FAULT_FAIL, TL_FAULT_SHORT };
+enum { TL_FAULT_NONE, TL_FAULT_FAIL, TL_FAULT_SHORT, TL_FAULT_FLIP };
 typedef struct tl_fault {
     int kind;
     uint64_t countdown;
