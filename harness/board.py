@@ -34,8 +34,9 @@ class BoardAssumptions:
     cpu_hz: float = 240e6
     cycles_per_instruction: float = 1.2
     # PSRAM (4 MiB, quad SPI at 40 MHz through the 32 KiB cache): what the hot loops read from it
-    # per token, the streamed bytes twice (copied in from the DMA buffer, then read) and the
-    # resident weights once. Effective rate is an assumption: 40 MHz x 4 bits = 20 MB/s raw.
+    # per token: the resident weights once, and the streamed bytes twice (copied in from the DMA
+    # buffer, then read) unless the firmware streams into its internal-SRAM chunk buffer
+    # (TINYLLM_INFO "chunk_buffer": "port"). Effective rate is an assumption: 40 MHz x 4 bits = 20 MB/s raw.
     psram_mb_s: float = 20.0
 
     def _fitted_stream_mib_s(self) -> float:  # at 4-bit 40 MHz
@@ -54,19 +55,20 @@ SEED_TOKENS_PER_S = {"float32": (0.1, 0.3), "int8": (0.5, 1.0)}  # the seed's bo
 
 
 def model_token(bytes_per_token: float, sd_read_commands: float, instructions: float, resident_bytes: float,
-                assumptions: BoardAssumptions | None = None) -> dict[str, Any]:
+                assumptions: BoardAssumptions | None = None, chunks_in_psram: bool = True) -> dict[str, Any]:
     """Modelled seconds per decode token on an ESP32-CAM and the resulting tokens/s: reads and
     compute in sequence (today's firmware: one core, synchronous reads) and fully overlapped (a
-    reader on the second core: max() of the parts), plus the card's bandwidth-only limit."""
+    reader on the second core: max() of the parts), plus the card's bandwidth-only limit.
+    `chunks_in_psram`: the streamed chunks land in the PSRAM arena (False: internal SRAM)."""
     a = assumptions or BoardAssumptions()
     sd = sd_read_commands * a.sd_seconds_per_read() + bytes_per_token / (a.sd_stream_mib_s() * MIB)
     compute = instructions * a.cycles_per_instruction / a.cpu_hz
-    psram = (2 * bytes_per_token + resident_bytes) / (a.psram_mb_s * 1e6)
+    psram = ((2 * bytes_per_token if chunks_in_psram else 0) + resident_bytes) / (a.psram_mb_s * 1e6)
     sequential = sd + compute + psram
     overlapped = max(sd, compute + psram)
     return {
         "modelled": True,
-        "sd_s": sd, "compute_s": compute, "psram_s": psram,
+        "sd_s": sd, "compute_s": compute, "psram_s": psram, "chunks_in_psram": chunks_in_psram,
         "bus": f"{a.bus_width}-bit {a.bus_mhz:g} MHz",
         "tokens_per_s_sequential": 1 / sequential,
         "tokens_per_s_overlapped": 1 / overlapped,

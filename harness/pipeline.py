@@ -184,9 +184,11 @@ def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: P
         if entry["instructions_per_token"] is not None:  # modelled ESP32-CAM speed from these counts
             counts = (entry["bytes_per_token"], entry["sd_read_commands_per_token"], entry["instructions_per_token"],
                       entry["resident_bytes"] or 0)
-            entry["board_model"] = board.model_token(*counts)  # 4-bit 40 MHz
+            in_psram = info.get("chunk_buffer") != "port"  # where this firmware's streamed chunks land
+            entry["board_model"] = board.model_token(*counts, chunks_in_psram=in_psram)  # 4-bit 40 MHz
             # the app's board config (sdkconfig.ci.board): 1-bit 20 MHz
-            entry["board_model_1bit"] = board.model_token(*counts, board.BoardAssumptions(bus_width=1, bus_mhz=20.0))
+            entry["board_model_1bit"] = board.model_token(*counts, board.BoardAssumptions(bus_width=1, bus_mhz=20.0),
+                                                          chunks_in_psram=in_psram)
     return entry
 
 

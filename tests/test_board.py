@@ -26,3 +26,14 @@ def test_parts_add_up_and_overlap_takes_the_larger():
     # four times the bytes and commands (the full float32 lm_head) is much slower
     slower = model_token(24e6, 1600, 8e7, 3e6)
     assert slower["tokens_per_s_sequential"] < m["tokens_per_s_sequential"] / 2
+
+
+def test_chunks_in_internal_sram_take_the_streamed_bytes_off_psram():
+    """Streamed into the app's internal chunk buffer, the streamed bytes never cross PSRAM: only
+    the resident weights are read from it (20 MB/s assumed)."""
+    via_psram = model_token(6e6, 400, 8e7, 3e6)
+    internal = model_token(6e6, 400, 8e7, 3e6, chunks_in_psram=False)
+    assert via_psram["psram_s"] == pytest.approx((2 * 6e6 + 3e6) / 20e6)
+    assert internal["psram_s"] == pytest.approx(3e6 / 20e6)
+    assert internal["sd_s"] == via_psram["sd_s"] and internal["compute_s"] == via_psram["compute_s"]
+    assert internal["tokens_per_s_sequential"] > via_psram["tokens_per_s_sequential"]

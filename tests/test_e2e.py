@@ -205,6 +205,33 @@ def test_resident_and_streamed_weights_agree(firmwares, request, target_name):
         streamed.close()
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_chunks_in_the_ports_buffer_or_the_arena_read_and_compute_the_same(firmwares, request, target_name, precision):
+    """The ESP32 app streams into a chunk buffer in internal SRAM (port.h); linux and xtensa-sim
+    have one of the same size so their arenas lay out like the board's. Without it the chunk
+    buffer comes from the arena: the same chunks, reads, tokens and logits, only more arena used."""
+    if target_name == "esp32":
+        pytest.skip("esp32: the chunk buffer is a build option (CONFIG_TINYLLM_CHUNK_BUFFER_KB), not a console one; "
+                    "the boot log and TINYLLM_INFO show it in use there")
+    dut = firmwares.get(target_name, "micro", precision)
+    arena = firmwares.start(target_name, "micro", precision, extra=("--chunk-buffer-bytes", "0"),
+                            log_name=f"micro-{precision}-chunks-in-arena")
+    request.node.user_properties.append(("firmware_log", arena.logfile))
+    try:
+        a_info, b_info = dut.boot.info, arena.boot.info
+        assert a_info["chunk_buffer"] == "port" and b_info["chunk_buffer"] == "arena"
+        assert a_info["chunk_bytes"] == b_info["chunk_bytes"]
+        assert b_info["arena_used"] >= a_info["arena_used"] + a_info["chunk_bytes"]
+        for prompt in load_prompt_set("smoke", firmwares.cards["micro"].spec):
+            a = dut.generate(prompt, k=8).results[0]
+            b = arena.generate(prompt, k=8).results[0]
+            assert a["tokens"] == b["tokens"]
+            assert [s.get("top") for s in a["steps"]] == [s.get("top") for s in b["steps"]]
+            assert (a["bytes_read"], a["read_calls"]) == (b["bytes_read"], b["read_calls"])
+    finally:
+        arena.close()
+
+
 def test_every_budget_from_streamed_to_resident_boots_and_agrees(firmwares, oracle, request, target_name):
     """Budgets between "everything streamed" and "everything resident" make part of the weights
     resident; each must lay out (no E_OOM) and give the reference's tokens. One firmware tries
@@ -285,6 +312,8 @@ def test_sd_commands_per_token_within_budget(firmwares, request, record_property
         pytest.skip(f"{target_name} reads files through its host, not an emulated SD card")
     prompt = Prompt("sd-count", (1,), 3)
     dut = _dut(firmwares, request, target_name, model, precision)
+    # every streamed byte lands in the app's internal-SRAM chunk buffer, read into by DMA
+    assert dut.boot.info["chunk_buffer"] == "port", dut.boot.info
     timeout = budgets.command_timeout(model, precision, target_name, 0, prompt.n_new)
     t = dut.generate(prompt, timeout=timeout)  # not the memoized run: its SD commands are counted now
     assert not t.errors and t.sd_commands is not None

@@ -167,8 +167,13 @@ static int read_line(char *buf, size_t cap)
 
 void app_main(void)
 {
-    int bounce_failed = esp32_port_init(&s_ctx, &s_port, MOUNT_POINT, (size_t)CONFIG_TINYLLM_SD_BUFFER_KB * 1024u);
+    int bounce_failed = esp32_port_init(&s_ctx, &s_port, MOUNT_POINT, (size_t)CONFIG_TINYLLM_SD_BUFFER_KB * 1024u,
+                                        (size_t)CONFIG_TINYLLM_CHUNK_BUFFER_KB * 1024u);
     tl_log(&s_port, TAG, "Tiny-LLM ESP32 Inference Engine Starting");
+    if (CONFIG_TINYLLM_CHUNK_BUFFER_KB && !s_port.chunk_buffer)
+        tl_log(&s_port, TAG, "No %d KiB chunk buffer in internal RAM (largest free block %u bytes): chunks go to PSRAM",
+               CONFIG_TINYLLM_CHUNK_BUFFER_KB,
+               (unsigned)heap_caps_get_largest_free_block(MALLOC_CAP_DMA | MALLOC_CAP_INTERNAL));
     if (bounce_failed) {
         char msg[160];
         snprintf(msg, sizeof msg, "cannot allocate the %d KiB SD read buffer in internal DMA-capable RAM (largest free "

@@ -7,11 +7,12 @@
  * is tracked so sequential chunk reads (lm_head) never seek; FatFs fast seek
  * (CONFIG_FATFS_USE_FASTSEEK) makes the remaining seeks cheap.
  *
- * Reads go through a bounce buffer in internal, DMA-capable RAM. The arena
- * (and so the core's chunk buffer) is in PSRAM, which the ESP32's SD/MMC DMA
- * cannot reach: given a PSRAM destination, ESP-IDF's sdmmc_read_sectors falls
- * back to one single-block command per 512-byte sector. Into the bounce buffer
- * FatFs issues one multi-block read per cluster run instead.
+ * The arena is in PSRAM, which the ESP32's SD/MMC DMA cannot reach: given a
+ * PSRAM destination, ESP-IDF's sdmmc_read_sectors falls back to one
+ * single-block command per 512-byte sector. So the core's chunk buffer (every
+ * streamed byte) is in internal DMA-capable RAM, read into directly, and the
+ * other reads (start-up, embedding rows) go through a bounce buffer there. Into
+ * either, FatFs issues one multi-block read per piece (at most a cluster).
  */
 #include "port_esp32.h"
 
@@ -80,10 +81,8 @@ static int64_t esp_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, siz
     while (done < n) {
         size_t want = n - done;
         char *dst = (char *)buf + done;
-        if (!direct) {
-            if (want > p->bounce_bytes) want = p->bounce_bytes;
-            dst = (char *)p->bounce;
-        }
+        if (p->bounce_bytes && want > p->bounce_bytes) want = p->bounce_bytes; /* one transfer at most */
+        if (!direct) dst = (char *)p->bounce;
         ssize_t got = read(h, dst, want);
         if (got < 0) {
             if (errno == EINTR) continue;
@@ -152,7 +151,7 @@ static void esp_write(void *ctx, const char *text, size_t n)
     if (n && text[n - 1] == '\n') fflush(stdout); /* a whole line: push it to the UART now */
 }
 
-int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bounce_bytes)
+int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bounce_bytes, size_t chunk_bytes)
 {
     memset(ctx, 0, sizeof *ctx);
     ctx->root = root;
@@ -174,5 +173,7 @@ int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bou
     port->cycles = esp_cycles;
     port->write = esp_write;
     port->settle = esp_settle;
+    if (chunk_bytes) port->chunk_buffer = heap_caps_malloc(chunk_bytes, MALLOC_CAP_DMA | MALLOC_CAP_INTERNAL);
+    port->chunk_buffer_bytes = port->chunk_buffer ? chunk_bytes : 0;
     return bounce_bytes == 0 || ctx->bounce != NULL ? 0 : -1;
 }

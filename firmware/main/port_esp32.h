@@ -26,9 +26,12 @@ typedef struct esp32_port {
     uint64_t disk_reads; /* read() calls into the VFS/FatFs, all files */
 } esp32_port;
 
-/* Fills `port` (callbacks + ctx); arena fields are set by the caller. Takes a
- * bounce buffer of `bounce_bytes` (rounded down to whole sectors; 0 = none)
- * from internal DMA-capable RAM; returns -1 if that allocation failed. */
-int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bounce_bytes);
+/* Fills `port` (callbacks + ctx); arena fields are set by the caller. Takes,
+ * from internal DMA-capable RAM, a bounce buffer of `bounce_bytes` (rounded
+ * down to whole sectors; 0 = none; also the most one read() asks of FatFs) and
+ * the core's chunk buffer of `chunk_bytes` (0 = none: the core uses the arena).
+ * Returns -1 if the bounce buffer could not be had; a chunk buffer that could
+ * not is left out (port->chunk_buffer NULL), which only costs speed. */
+int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bounce_bytes, size_t chunk_bytes);
 
 #endif

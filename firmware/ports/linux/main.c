@@ -4,6 +4,7 @@
  *
  *   tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none]
  *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] [--lm-head M]
+ *           [--max-candidates N] [--chunk-buffer-bytes N]
  *
  * Exit codes: 0 ok, 1 a command failed, 2 start-up error.
  */
@@ -20,6 +21,9 @@
 
 /* The ESP32 app's arena, so residency and memory figures here are the board's. */
 #define DEFAULT_ARENA_BYTES TL_DEFAULT_ARENA_BYTES
+
+/* The app's internal-SRAM chunk buffer (port.h), so the arena's layout is the board's. */
+static _Alignas(16) unsigned char chunk_buffer[TL_DEFAULT_CHUNK_BUFFER_BYTES];
 
 typedef struct posix_port {
     const char *card_dir;
@@ -107,7 +111,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none]\n"
             "               [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]\n"
-            "               [--lm-head auto|full|pruned] [--max-candidates N]\n"
+            "               [--lm-head auto|full|pruned] [--max-candidates N] [--chunk-buffer-bytes N]\n"
             "  --card DIR        card root: DIR/tinyllm_float32_weights or DIR/tinyllm_weights\n"
             "  --precision P     float32 (default) or int8\n"
             "  --prompts FILE    prompt file run at start-up (default DIR/prompts.txt if present;\n"
@@ -119,8 +123,10 @@ static void usage(FILE *f)
             "  --lm-head MODE    float32 logits: auto (default: pruned through lm_head_proxy.bin when\n"
             "                    the set has it), full (stream the float32 lm_head), pruned (require it)\n"
             "  --max-candidates N  pruned lm_head: a step with more candidate rows streams it in full\n"
-            "                    (1..512, default 512)\n",
-            DEFAULT_ARENA_BYTES);
+            "                    (1..512, default 512)\n"
+            "  --chunk-buffer-bytes N  the port's chunk buffer outside the arena, as the ESP32 app's\n"
+            "                    internal SRAM one (0..%u, default %u; 0: chunks in the arena)\n",
+            DEFAULT_ARENA_BYTES, TL_DEFAULT_CHUNK_BUFFER_BYTES, TL_DEFAULT_CHUNK_BUFFER_BYTES);
 }
 
 static int parse_count(const char *s, unsigned long long max, unsigned long long *out)
@@ -171,6 +177,7 @@ int main(int argc, char **argv)
 {
     const char *card = NULL, *precision = "float32", *prompts = NULL;
     unsigned long long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
+    unsigned long long chunk_buffer_bytes = TL_DEFAULT_CHUNK_BUFFER_BYTES;
     int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
     posix_port pp = {card, {0, 0}};
     clock_gettime(CLOCK_MONOTONIC, &pp.start);
@@ -197,6 +204,8 @@ int main(int argc, char **argv)
         else if (strcmp(a, "--chunk-rows") == 0) bad = parse_count(val, 1u << 24, &chunk_rows);
         else if (strcmp(a, "--lm-head") == 0) bad = (lm_head = tl_lm_head_mode(val)) < 0;
         else if (strcmp(a, "--max-candidates") == 0) bad = parse_count(val, 512, &max_candidates) || !max_candidates;
+        else if (strcmp(a, "--chunk-buffer-bytes") == 0)
+            bad = parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes);
         else if (strcmp(a, "--no-resident") == 0) {
             no_resident = 1;
             takes_value = 0;
@@ -223,6 +232,8 @@ int main(int argc, char **argv)
     }
     port.arena = arena;
     port.arena_bytes = (size_t)arena_bytes;
+    port.chunk_buffer = chunk_buffer_bytes ? chunk_buffer : NULL;
+    port.chunk_buffer_bytes = (size_t)chunk_buffer_bytes;
     tl_options opt = {
         .precision = precision,
         .context = (int)context,

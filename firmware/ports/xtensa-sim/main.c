@@ -8,6 +8,7 @@
  *
  *   tinyllm --card DIR [--precision float32|int8] [--prompts card|none]
  *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] [--lm-head M]
+ *           [--max-candidates N] [--chunk-buffer-bytes N]
  *           [--selftest-exception]   (executes an illegal instruction: tests the vectors)
  *
  * Cycles: under `-icount shift=0,sleep=off` QEMU advances virtual time by 1 ns per
@@ -23,6 +24,9 @@
 #include <string.h>
 
 #include "tinyllm/tinyllm.h"
+
+/* The app's internal-SRAM chunk buffer (port.h), as on linux. */
+static _Alignas(16) unsigned char chunk_buffer[TL_DEFAULT_CHUNK_BUFFER_BYTES];
 
 /* The ESP32 app's arena (CONFIG_TINYLLM_ARENA_KB), as on linux. */
 #define DEFAULT_ARENA_BYTES TL_DEFAULT_ARENA_BYTES
@@ -227,7 +231,8 @@ static _Noreturn void usage_exit(const char *bad, const char *value)
     tl_port console = {.write = sim_console}; /* enough for the error and exit lines */
     tl_command_error(&console, "bad argument: '%s'%s%s%s: usage tinyllm --card DIR [--precision float32|int8] "
                      "[--prompts card|none] [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] "
-                     "[--lm-head auto|full|pruned] [--max-candidates N]", bad, value ? " '" : "", value ? value : "",
+                     "[--lm-head auto|full|pruned] [--max-candidates N] [--chunk-buffer-bytes N]", bad,
+                     value ? " '" : "", value ? value : "",
                      value ? "'" : "");
     tl_exit_line(&console, 2);
     sim_exit(2);
@@ -239,6 +244,7 @@ static int run(void)
     int argc = sim_args(&argv);
     const char *card = NULL, *precision = "float32", *prompts = "card";
     unsigned long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
+    unsigned long chunk_buffer_bytes = TL_DEFAULT_CHUNK_BUFFER_BYTES;
     int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -251,6 +257,8 @@ static int run(void)
         else if (strcmp(a, "--no-resident") == 0) no_resident = 1;
         else if (strcmp(a, "--lm-head") == 0 && (lm_head = tl_lm_head_mode(val)) >= 0) i++;
         else if (strcmp(a, "--max-candidates") == 0 && !parse_count(val, 512, &max_candidates) && max_candidates) i++;
+        else if (strcmp(a, "--chunk-buffer-bytes") == 0 &&
+                 !parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes)) i++;
         else if (strcmp(a, "--selftest-exception") == 0) __asm__ volatile("ill"); /* proves the vectors: E_CRASH, exit 3 */
         else usage_exit(a, val);
     }
@@ -264,6 +272,7 @@ static int run(void)
         .ctx = &sp, .open = sim_open, .size = sim_size, .read_at = sim_read_at, .close = sim_close,
         .time_us = sim_time_us, .cycles = sim_cycles, .write = sim_console,
         .arena = __arena_start, .arena_bytes = (size_t)arena_bytes,
+        .chunk_buffer = chunk_buffer_bytes ? chunk_buffer : NULL, .chunk_buffer_bytes = (size_t)chunk_buffer_bytes,
     };
     tl_log(&port, "app_main", "Tiny-LLM ESP32 Inference Engine Starting");
     tl_log(&port, "app_main", "xtensa-sim port: card %s, precision %s, arena %lu bytes (%lu available in RAM), "

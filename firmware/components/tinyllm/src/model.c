@@ -301,7 +301,10 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
     m->max_candidates = opt->max_candidates > 0 && opt->max_candidates < TL_PRUNE_MAX_CANDIDATES
                             ? opt->max_candidates : TL_PRUNE_MAX_CANDIDATES;
     m->stream_bytes = clamp_size(m->prune ? proxy_bytes : full_bytes);
-    if (!(m->stream = (uint8_t *)tl_arena_alloc(m->arena, m->stream_bytes, "stream chunk buffer", m->err)))
+    m->stream_in_port = m->port->chunk_buffer && m->port->chunk_buffer_bytes >= m->stream_bytes;
+    if (m->stream_in_port)
+        m->stream = (uint8_t *)m->port->chunk_buffer; /* same size as from the arena: same reads */
+    else if (!(m->stream = (uint8_t *)tl_arena_alloc(m->arena, m->stream_bytes, "stream chunk buffer", m->err)))
         return m->err->code;
     if (m->prune &&
         (!(m->upper = alloc_floats(m, (uint64_t)c->vocab, "lm_head upper bounds")) ||

@@ -78,6 +78,7 @@ typedef struct tl_model {
     int8_t *qx;      /* quantized activation (int8 set) [max input width] */
     uint8_t *stream; /* chunk buffer for streamed rows */
     size_t stream_bytes;
+    int stream_in_port; /* the port's chunk buffer (fast, DMA-capable), not the arena */
     float attn_scale; /* 1/sqrt(head_dim) */
 
     /* Pruned lm_head (float32 sets with lm_head_proxy.bin): the proxy is

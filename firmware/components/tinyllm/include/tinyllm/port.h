@@ -48,9 +48,17 @@ typedef struct tl_port {
      * piece ending in '\n' ends a line (a good moment to flush). */
     void (*write)(void *ctx, const char *text, size_t n);
 
-    /* The arena: the only memory the core uses. Its size is the memory budget. */
+    /* The arena: the memory the core uses. Its size is the memory budget. */
     void *arena;
     size_t arena_bytes;
+
+    /* Optional (NULL: none): a buffer for the streamed chunks in memory that
+     * the storage DMA can write and the CPU reads fastest (the ESP32's internal
+     * SRAM; its arena is in PSRAM, which the SD DMA cannot reach and which is
+     * slow to read). The core uses it instead of an arena buffer when the chunk
+     * buffer fits in it, so the sizes, reads and results are the same either way. */
+    void *chunk_buffer;
+    size_t chunk_buffer_bytes;
 } tl_port;
 
 #endif

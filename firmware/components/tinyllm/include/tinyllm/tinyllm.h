@@ -20,6 +20,9 @@
  * The host and emulator ports default to it, so residency and every per-token
  * figure match the board's. */
 #define TL_DEFAULT_ARENA_BYTES 3932160u
+/* The ESP32-CAM app's chunk buffer in internal SRAM (CONFIG_TINYLLM_CHUNK_BUFFER_KB
+ * = 52 KiB, port.h): the host and emulator ports have one too, for the same layout. */
+#define TL_DEFAULT_CHUNK_BUFFER_BYTES 53248u
 
 typedef struct tl_options {
     const char *weights_dir; /* card-relative folder; NULL: the precision's (tl_weights_dir) */
