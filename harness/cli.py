@@ -1,4 +1,4 @@
-"""`tinyllm-harness`: export, image, reference, and the end-to-end job.
+"""`tinyllm-harness`: export, image, reference, the end-to-end job, and bench.
 
 Every command prints what it wrote; input problems end with `error: <what is wrong>` and
 exit status 2, leaving no partial output behind.
@@ -136,6 +136,34 @@ def _e2e(args: argparse.Namespace) -> dict[str, Any]:
     return {"ok": all(r["ok"] for r in records), "targets": names, "report": report, **results}
 
 
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from harness.bench import run_bench
+
+    record = run_bench(args.model, args.out, tuple(args.parts.split(",")), args.repeats, args.tokens)
+    sys.stderr.write((args.out / "bench.md").read_text())
+    return {"ok": True, "bench": str(args.out / "bench.json"), "table": str(args.out / "bench.md"),
+            **{part: part in record for part in ("host", "board")}, "board_skipped": record.get("board_skipped")}
+
+
+def _parts(text: str) -> str:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    if names == ["auto"]:
+        return "auto"
+    if not names or any(p not in ("host", "board") for p in names):
+        raise argparse.ArgumentTypeError(f"expected auto or a comma list of host, board; got {text!r}")
+    return ",".join(names)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 1..1000")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyllm-harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", type=_precisions, default=PRECISIONS)
     p.add_argument("--out", type=Path, default=Path("build/e2e"))
     p.set_defaults(func=cmd_e2e)
+
+    p = sub.add_parser("bench", help="speed figures: the C core vs PyTorch on this host (one thread, interleaved "
+                                     "repeats) and the modelled ESP32-CAM tokens/s from esp32-in-QEMU counts")
+    p.add_argument("--model", default="tiny-llm")
+    p.add_argument("--parts", type=_parts, default="auto",
+                   help="host (linux target vs PyTorch), board (needs the esp32 target: ESP-IDF and Espressif's "
+                        "QEMU); auto (default): host, and board where the esp32 target can run")
+    p.add_argument("--repeats", type=_positive, default=5, help="host: interleaved repeats (default 5)")
+    p.add_argument("--tokens", type=_positive, default=16, help="new tokens per run (default 16; board: at most 4)")
+    p.add_argument("--out", type=Path, default=Path("build/bench"))
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("write-card", help="write an SD image to a real card device, safely (refuses mounted, "
                                           "fixed or too small devices; asks first)")

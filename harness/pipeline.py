@@ -268,8 +268,6 @@ def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...
                                      card_prompts=card_prompts, line_timeout=3600)
             boot_results = dict(zip(dut.card_prompts, dut.boot_runs, strict=True))
             entry = _run_precision(dut, target, spec, precision, card_dir, prompts, refs, boot_results, progress)
-            if record["reference"]["tokens_per_s"]:
-                entry["speed_vs_reference"] = entry["tokens_per_s"] / record["reference"]["tokens_per_s"]
             record["ok"] = record["ok"] and entry["tokens_match"] and entry["logits_ok"] and not entry["over_budget"]
             record["precisions"][precision] = entry
     finally:
