@@ -98,6 +98,8 @@ static int64_t esp_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, siz
     return (int64_t)done;
 }
 
+static uint64_t esp_disk_reads(void *ctx) { return ((esp32_port *)ctx)->disk_reads; }
+
 static void esp_close(void *ctx, int32_t h)
 {
     int64_t *slot = pos_slot((esp32_port *)ctx, h);
@@ -169,6 +171,7 @@ int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bou
     port->size = esp_size;
     port->read_at = esp_read_at;
     port->close = esp_close;
+    port->disk_reads = esp_disk_reads;
     port->time_us = esp_time_us;
     port->cycles = esp_cycles;
     port->write = esp_write;

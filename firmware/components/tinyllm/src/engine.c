@@ -195,7 +195,7 @@ static int parse_long(const char *s, long *out)
 }
 
 static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int k, int full, uint64_t us,
-                         uint64_t cycles, uint64_t bytes, uint64_t reads)
+                         uint64_t cycles, uint64_t bytes, uint64_t reads, long long disk_reads)
 {
     tl_writer *w = &e->out;
     tl_w_printf(w, "TINYLLM_RESULT {\"precision\":\"%s\",\"lm_head\":\"%s\",\"prompt\":[",
@@ -205,8 +205,9 @@ static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int
     for (int i = 0; i < n_new; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[n_prompt + i]);
     tl_w_printf(w, "],\"n_prompt\":%d,\"total_us\":%llu,\"total_cycles\":%llu,", n_prompt, (unsigned long long)us,
                 (unsigned long long)cycles);
-    tl_w_printf(w, "\"bytes_read\":%llu,\"read_calls\":%llu,\"peak_arena\":%lu,\"arena_budget\":%lu,\"steps\":[",
-                (unsigned long long)bytes, (unsigned long long)reads, (unsigned long)e->arena.peak,
+    tl_w_printf(w, "\"bytes_read\":%llu,\"read_calls\":%llu,", (unsigned long long)bytes, (unsigned long long)reads);
+    if (disk_reads >= 0) tl_w_printf(w, "\"disk_reads\":%lld,", disk_reads);
+    tl_w_printf(w, "\"peak_arena\":%lu,\"arena_budget\":%lu,\"steps\":[", (unsigned long)e->arena.peak,
                 (unsigned long)e->arena.size);
     for (int p = 0; p < n_steps; p++) {
         const tl_step *s = &e->steps[p];
@@ -307,6 +308,7 @@ static int cmd_gen(tl_engine *e, char *args)
     if (port->settle) port->settle(port->ctx);
     uint64_t t0 = port->time_us(port->ctx), c0 = port->cycles(port->ctx);
     uint64_t b0 = m->bytes_read, r0 = m->read_calls;
+    uint64_t d0 = port->disk_reads ? port->disk_reads(port->ctx) : 0;
     tl_topk top;
     for (int pos = 0; pos < n_steps; pos++) {
         tl_step *s = &e->steps[pos];
@@ -341,8 +343,9 @@ static int cmd_gen(tl_engine *e, char *args)
     unsigned long ms = (unsigned long)(us / 1000u);
     double tps = us ? (double)n_new * 1e6 / (double)us : 0.0;
     tl_log(port, TAG_INFER, "Inference completed: %ld tokens in %lu ms (%.2f tokens/sec)", n_new, ms, tps);
+    long long disk_reads = port->disk_reads ? (long long)(port->disk_reads(port->ctx) - d0) : -1;
     print_result(e, n_prompt, (int)n_new, n_steps, (int)k, (int)full, us, cycles, m->bytes_read - b0,
-                 m->read_calls - r0);
+                 m->read_calls - r0, disk_reads);
     return TL_OK;
 }
 

@@ -34,6 +34,10 @@ typedef struct tl_port {
      * number of bytes read, or -1 on error. One call = one "read call" in the stats. */
     int64_t (*read_at)(void *ctx, int32_t handle, uint64_t offset, void *buf, size_t n);
     void (*close)(void *ctx, int32_t handle);
+    /* Optional (NULL: none): storage reads the port has issued below the core
+     * so far (the ESP32 app: read() calls into FatFs, each at most one SD
+     * transfer). Reported per `gen` as "disk_reads" beside the core's read calls. */
+    uint64_t (*disk_reads)(void *ctx);
 
     /* Clocks: microseconds and cycles since some fixed start (boot). */
     uint64_t (*time_us)(void *ctx);
