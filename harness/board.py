@@ -55,11 +55,16 @@ SEED_TOKENS_PER_S = {"float32": (0.1, 0.3), "int8": (0.5, 1.0)}  # the seed's bo
 
 
 def model_token(bytes_per_token: float, sd_read_commands: float, instructions: float, resident_bytes: float,
-                assumptions: BoardAssumptions | None = None, chunks_in_psram: bool = True) -> dict[str, Any]:
+                assumptions: BoardAssumptions | None = None, chunks_in_psram: bool = True,
+                read_ahead: bool = False) -> dict[str, Any]:
     """Modelled seconds per decode token on an ESP32-CAM and the resulting tokens/s: reads and
-    compute in sequence (today's firmware: one core, synchronous reads) and fully overlapped (a
-    reader on the second core: max() of the parts), plus the card's bandwidth-only limit.
-    `chunks_in_psram`: the streamed chunks land in the PSRAM arena (False: internal SRAM)."""
+    compute in sequence (one core, synchronous reads) and fully overlapped (a reader on the
+    second core: max() of the parts), plus the card's bandwidth-only limit.
+    `chunks_in_psram`: the streamed chunks land in the PSRAM arena (False: internal SRAM).
+    `read_ahead`: the firmware reads lm_head's next chunk on the other core while it computes
+    (TINYLLM_INFO "read_ahead": 1), so `tokens_per_s` is the overlapped figure, else the
+    sequential one. (Embedding and candidate rows, a few KB per token, are read in turn: left
+    out of the overlap's cost.)"""
     a = assumptions or BoardAssumptions()
     sd = sd_read_commands * a.sd_seconds_per_read() + bytes_per_token / (a.sd_stream_mib_s() * MIB)
     compute = instructions * a.cycles_per_instruction / a.cpu_hz
@@ -70,6 +75,8 @@ def model_token(bytes_per_token: float, sd_read_commands: float, instructions: f
         "modelled": True,
         "sd_s": sd, "compute_s": compute, "psram_s": psram, "chunks_in_psram": chunks_in_psram,
         "bus": f"{a.bus_width}-bit {a.bus_mhz:g} MHz",
+        "read_ahead": read_ahead,
+        "tokens_per_s": 1 / (overlapped if read_ahead else sequential),
         "tokens_per_s_sequential": 1 / sequential,
         "tokens_per_s_overlapped": 1 / overlapped,
         "tokens_per_s_bandwidth_limit": (a.sd_stream_mib_s() * MIB) / bytes_per_token,

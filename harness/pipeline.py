@@ -184,11 +184,12 @@ def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: P
         if entry["instructions_per_token"] is not None:  # modelled ESP32-CAM speed from these counts
             counts = (entry["bytes_per_token"], entry["sd_read_commands_per_token"], entry["instructions_per_token"],
                       entry["resident_bytes"] or 0)
-            in_psram = info.get("chunk_buffer") != "port"  # where this firmware's streamed chunks land
-            entry["board_model"] = board.model_token(*counts, chunks_in_psram=in_psram)  # 4-bit 40 MHz
+            # where this firmware's streamed chunks land, and whether it reads them ahead
+            how = {"chunks_in_psram": info.get("chunk_buffer") != "port", "read_ahead": bool(info.get("read_ahead"))}
+            entry["board_model"] = board.model_token(*counts, **how)  # 4-bit 40 MHz
             # the app's board config (sdkconfig.ci.board): 1-bit 20 MHz
             entry["board_model_1bit"] = board.model_token(*counts, board.BoardAssumptions(bus_width=1, bus_mhz=20.0),
-                                                          chunks_in_psram=in_psram)
+                                                          **how)
     return entry
 
 

@@ -37,3 +37,12 @@ def test_chunks_in_internal_sram_take_the_streamed_bytes_off_psram():
     assert internal["psram_s"] == pytest.approx(3e6 / 20e6)
     assert internal["sd_s"] == via_psram["sd_s"] and internal["compute_s"] == via_psram["compute_s"]
     assert internal["tokens_per_s_sequential"] > via_psram["tokens_per_s_sequential"]
+
+
+def test_a_firmware_that_reads_ahead_is_modelled_overlapped():
+    """TINYLLM_INFO "read_ahead": 1 (the ESP32 app's reader task on the other core): the
+    firmware's figure is the overlapped one; without it, reads then compute."""
+    ahead = model_token(6e6, 400, 8e7, 3e6, chunks_in_psram=False, read_ahead=True)
+    in_turn = model_token(6e6, 400, 8e7, 3e6, chunks_in_psram=False)
+    assert ahead["tokens_per_s"] == ahead["tokens_per_s_overlapped"] > in_turn["tokens_per_s"]
+    assert in_turn["tokens_per_s"] == in_turn["tokens_per_s_sequential"]

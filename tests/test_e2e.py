@@ -207,28 +207,34 @@ def test_resident_and_streamed_weights_agree(firmwares, request, target_name):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_chunks_in_the_ports_buffer_or_the_arena_read_and_compute_the_same(firmwares, request, target_name, precision):
-    """The ESP32 app streams into a chunk buffer in internal SRAM (port.h); linux and xtensa-sim
-    have one of the same size so their arenas lay out like the board's. Without it the chunk
-    buffer comes from the arena: the same chunks, reads, tokens and logits, only more arena used."""
+    """The ESP32 app streams into two chunk buffers in internal SRAM (port.h: one is read while
+    the other is computed); linux and xtensa-sim have the same so their arenas lay out like the
+    board's. With room for one, lm_head reads then computes; with none the buffer comes from the
+    arena: the same chunks, reads per step, tokens and logits, only more arena used."""
     if target_name == "esp32":
         pytest.skip("esp32: the chunk buffer is a build option (CONFIG_TINYLLM_CHUNK_BUFFER_KB), not a console one; "
                     "the boot log and TINYLLM_INFO show it in use there")
-    dut = firmwares.get(target_name, "micro", precision)
+    dut = firmwares.get(target_name, "micro", precision)  # the default: two chunk buffers, read-ahead
+    chunk = dut.boot.info["chunk_bytes"]
+    one = firmwares.start(target_name, "micro", precision, extra=("--chunk-buffer-bytes", str(chunk)),
+                          log_name=f"micro-{precision}-one-chunk-buffer")
     arena = firmwares.start(target_name, "micro", precision, extra=("--chunk-buffer-bytes", "0"),
                             log_name=f"micro-{precision}-chunks-in-arena")
     request.node.user_properties.append(("firmware_log", arena.logfile))
     try:
-        a_info, b_info = dut.boot.info, arena.boot.info
-        assert a_info["chunk_buffer"] == "port" and b_info["chunk_buffer"] == "arena"
-        assert a_info["chunk_bytes"] == b_info["chunk_bytes"]
-        assert b_info["arena_used"] >= a_info["arena_used"] + a_info["chunk_bytes"]
+        infos = [dut.boot.info, one.boot.info, arena.boot.info]
+        assert [(i["chunk_buffer"], i["chunk_buffers"]) for i in infos] == [("port", 2), ("port", 1), ("arena", 1)]
+        assert infos[0]["chunk_bytes"] == infos[1]["chunk_bytes"] == infos[2]["chunk_bytes"]
+        assert infos[2]["arena_used"] >= infos[0]["arena_used"] + chunk == infos[1]["arena_used"] + chunk
         for prompt in load_prompt_set("smoke", firmwares.cards["micro"].spec):
-            a = dut.generate(prompt, k=8).results[0]
-            b = arena.generate(prompt, k=8).results[0]
-            assert a["tokens"] == b["tokens"]
-            assert [s.get("top") for s in a["steps"]] == [s.get("top") for s in b["steps"]]
-            assert (a["bytes_read"], a["read_calls"]) == (b["bytes_read"], b["read_calls"])
+            a, b, c = (d.generate(prompt, k=8).results[0] for d in (dut, one, arena))
+            assert a["tokens"] == b["tokens"] == c["tokens"]
+            assert [s.get("top") for s in a["steps"]] == [s.get("top") for s in b["steps"]] == [
+                s.get("top") for s in c["steps"]]
+            assert [(s["bytes"], s["reads"]) for s in a["steps"]] == [(s["bytes"], s["reads"]) for s in b["steps"]] == [
+                (s["bytes"], s["reads"]) for s in c["steps"]]
     finally:
+        one.close()
         arena.close()
 
 
@@ -312,8 +318,10 @@ def test_sd_commands_per_token_within_budget(firmwares, request, record_property
         pytest.skip(f"{target_name} reads files through its host, not an emulated SD card")
     prompt = Prompt("sd-count", (1,), 3)
     dut = _dut(firmwares, request, target_name, model, precision)
-    # every streamed byte lands in the app's internal-SRAM chunk buffer, read into by DMA
-    assert dut.boot.info["chunk_buffer"] == "port", dut.boot.info
+    # every streamed byte lands in the app's internal-SRAM chunk buffers, read into by DMA, the
+    # next chunk by the reader task while the main task computes
+    info = dut.boot.info
+    assert (info["chunk_buffer"], info["chunk_buffers"], info["read_ahead"]) == ("port", 2, 1), info
     timeout = budgets.command_timeout(model, precision, target_name, 0, prompt.n_new)
     t = dut.generate(prompt, timeout=timeout)  # not the memoized run: its SD commands are counted now
     assert not t.errors and t.sd_commands is not None

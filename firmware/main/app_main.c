@@ -170,6 +170,7 @@ void app_main(void)
     int bounce_failed = esp32_port_init(&s_ctx, &s_port, MOUNT_POINT, (size_t)CONFIG_TINYLLM_SD_BUFFER_KB * 1024u,
                                         (size_t)CONFIG_TINYLLM_CHUNK_BUFFER_KB * 1024u);
     tl_log(&s_port, TAG, "Tiny-LLM ESP32 Inference Engine Starting");
+    if (!s_port.read_start) tl_log(&s_port, TAG, "No reader task: lm_head chunks are read, then computed");
     if (CONFIG_TINYLLM_CHUNK_BUFFER_KB && !s_port.chunk_buffer)
         tl_log(&s_port, TAG, "No %d KiB chunk buffer in internal RAM (largest free block %u bytes): chunks go to PSRAM",
                CONFIG_TINYLLM_CHUNK_BUFFER_KB,
@@ -204,7 +205,10 @@ void app_main(void)
      * or TINYLLM_ERROR naming what is wrong with the card. */
     tl_engine *e = tl_engine_init(&s_port, &opt);
     if (!e) halt(2);
-    tl_log(&s_port, TAG, "Free heap: %u bytes", (unsigned)esp_get_free_heap_size());
+    tl_log(&s_port, TAG, "Free heap: %u bytes (internal %u, largest internal block %u; PSRAM %u)",
+           (unsigned)esp_get_free_heap_size(), (unsigned)heap_caps_get_free_size(MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT),
+           (unsigned)heap_caps_get_largest_free_block(MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT),
+           (unsigned)heap_caps_get_free_size(MALLOC_CAP_SPIRAM));
 
     int failed = 0, quit = 0;
     if (CONFIG_TINYLLM_PROMPT_FILE[0] != '\0') {

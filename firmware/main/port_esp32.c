@@ -28,6 +28,7 @@
 #include "esp_memory_utils.h"
 #include "esp_timer.h"
 #include "freertos/FreeRTOS.h"
+#include "freertos/semphr.h"
 #include "freertos/task.h"
 #include "sdkconfig.h"
 
@@ -99,6 +100,56 @@ static int64_t esp_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, siz
 }
 
 static uint64_t esp_disk_reads(void *ctx) { return ((esp32_port *)ctx)->disk_reads; }
+
+/* ---- read-ahead: the core hands lm_head's next chunk to this task ---------- */
+
+/* Above the main task (priority 1): on one core it runs as soon as a read is
+ * posted and gives the CPU back while the SD transfer is under way. */
+#define READER_PRIORITY 5
+#define READER_STACK 6144 /* VFS -> FatFs -> SD/MMC driver */
+
+static void reader_task(void *arg)
+{
+    esp32_port *p = (esp32_port *)arg;
+    for (;;) {
+        xSemaphoreTake((SemaphoreHandle_t)p->go, portMAX_DELAY);
+        esp32_read_request *r = &p->request;
+        r->got = esp_read_at(p, r->handle, r->offset, r->buf, r->n);
+        xSemaphoreGive((SemaphoreHandle_t)p->done);
+    }
+}
+
+static int esp_read_start(void *ctx, int32_t h, uint64_t offset, void *buf, size_t n)
+{
+    esp32_port *p = (esp32_port *)ctx;
+    p->request = (esp32_read_request){h, offset, buf, n, -1};
+    xSemaphoreGive((SemaphoreHandle_t)p->go); /* the semaphore orders the request's stores */
+    return 0;
+}
+
+static int64_t esp_read_wait(void *ctx)
+{
+    esp32_port *p = (esp32_port *)ctx;
+    xSemaphoreTake((SemaphoreHandle_t)p->done, portMAX_DELAY);
+    return p->request.got;
+}
+
+/* The reader on the second core where there is one (the board), else beside
+ * the main task on the only one (the QEMU config: one core, for repeatable
+ * instruction counts). */
+static void start_reader(esp32_port *p, tl_port *port)
+{
+    p->go = xSemaphoreCreateBinary();
+    p->done = xSemaphoreCreateBinary();
+    TaskHandle_t task = NULL;
+    int core = portNUM_PROCESSORS > 1 ? 1 : 0;
+    if (p->go && p->done &&
+        xTaskCreatePinnedToCore(reader_task, "tl_reader", READER_STACK, p, READER_PRIORITY, &task, core) == pdPASS) {
+        p->reader = task;
+        port->read_start = esp_read_start;
+        port->read_wait = esp_read_wait;
+    }
+}
 
 static void esp_close(void *ctx, int32_t h)
 {
@@ -178,5 +229,6 @@ int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bou
     port->settle = esp_settle;
     if (chunk_bytes) port->chunk_buffer = heap_caps_malloc(chunk_bytes, MALLOC_CAP_DMA | MALLOC_CAP_INTERNAL);
     port->chunk_buffer_bytes = port->chunk_buffer ? chunk_bytes : 0;
+    start_reader(ctx, port);
     return bounce_bytes == 0 || ctx->bounce != NULL ? 0 : -1;
 }

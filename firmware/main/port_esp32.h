@@ -15,6 +15,15 @@
  * FD_SETSIZE); we remember each one's file position to skip needless seeks. */
 #define ESP32_PORT_MAX_FDS 64
 
+/* One read handed to the reader task (tl_port.read_start / read_wait). */
+typedef struct esp32_read_request {
+    int32_t handle;
+    uint64_t offset;
+    void *buf;
+    size_t n;
+    int64_t got;
+} esp32_read_request;
+
 typedef struct esp32_port {
     const char *root;                     /* "/sdcard" */
     int64_t pos[ESP32_PORT_MAX_FDS];      /* current offset per fd, -1 = unknown */
@@ -24,14 +33,20 @@ typedef struct esp32_port {
     void *bounce;        /* internal DMA-capable RAM that card reads land in (NULL: read in place) */
     size_t bounce_bytes;
     uint64_t disk_reads; /* read() calls into the VFS/FatFs, all files */
+    /* Read-ahead: a task (on the other core where there is one) that runs one
+     * read at a time for the core while its caller computes. */
+    void *reader;                  /* TaskHandle_t, NULL: none (the core reads in turn) */
+    void *go, *done;               /* SemaphoreHandle_t: request posted / request finished */
+    esp32_read_request request;
 } esp32_port;
 
 /* Fills `port` (callbacks + ctx); arena fields are set by the caller. Takes,
  * from internal DMA-capable RAM, a bounce buffer of `bounce_bytes` (rounded
  * down to whole sectors; 0 = none; also the most one read() asks of FatFs) and
- * the core's chunk buffer of `chunk_bytes` (0 = none: the core uses the arena).
- * Returns -1 if the bounce buffer could not be had; a chunk buffer that could
- * not is left out (port->chunk_buffer NULL), which only costs speed. */
+ * the core's chunk buffer of `chunk_bytes` (0 = none: the core uses the arena),
+ * and starts the reader task. Returns -1 if the bounce buffer could not be had;
+ * a chunk buffer or reader that could not is left out (NULL in `port`), which
+ * only costs speed. */
 int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bounce_bytes, size_t chunk_bytes);
 
 #endif

@@ -63,8 +63,9 @@ static void print_info(tl_engine *e)
     tl_w_printf(w, "\"arena_budget\":%lu,\"arena_used\":%lu,\"context\":%d,\"resident_bytes\":%llu,",
                 (unsigned long)e->arena.size, (unsigned long)e->arena.used, m->context,
                 (unsigned long long)m->resident_bytes);
-    tl_w_printf(w, "\"lm_head\":\"%s\",\"chunk_buffer\":\"%s\",\"chunk_bytes\":%lu}", m->prune ? "pruned" : "full",
-                m->stream_in_port ? "port" : "arena", (unsigned long)m->stream_bytes);
+    tl_w_printf(w, "\"lm_head\":\"%s\",\"chunk_buffer\":\"%s\",\"chunk_bytes\":%lu,\"chunk_buffers\":%d,"
+                "\"read_ahead\":%d}", m->prune ? "pruned" : "full", m->stream_in_port ? "port" : "arena",
+                (unsigned long)m->stream_bytes, m->stream2 ? 2 : 1, m->stream2 && e->port->read_start ? 1 : 0);
     tl_w_endline(w);
 }
 
@@ -147,8 +148,9 @@ static int load_set(tl_engine *e, const tl_options *opt)
     e->loaded.precision = e->precision;
     e->loaded.weights_dir = NULL; /* derived from the precision again on a reload */
     tl_log(port, TAG_INFER, "Arena: budget %lu bytes, used %lu (resident weights %llu), context %d, chunk rows %d, "
-           "chunk buffer %lu bytes in %s", (unsigned long)e->arena.size, (unsigned long)e->arena.used,
-           (unsigned long long)m->resident_bytes, m->context, m->chunk_rows, (unsigned long)m->stream_bytes,
+           "%s chunk buffer%s of %lu bytes in %s", (unsigned long)e->arena.size, (unsigned long)e->arena.used,
+           (unsigned long long)m->resident_bytes, m->context, m->chunk_rows, m->stream2 ? "two" : "one",
+           m->stream2 ? "s (lm_head reads ahead)" : "", (unsigned long)m->stream_bytes,
            m->stream_in_port ? "the port's fast memory" : "the arena");
     tl_log(port, TAG_INFER, "Tiny-LLM inference engine initialized successfully");
     print_info(e);

@@ -32,10 +32,9 @@ static int open_failed(tl_model *m, const char *path, int32_t why)
     return tl_fail_open(m->err, path, why);
 }
 
-/* All storage reads go through here so the statistics are the core's own. */
-static int read_exact(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n)
+/* Every storage read ends here, so the statistics are the core's own. */
+static int read_done(tl_model *m, const char *what, uint64_t off, void *buf, size_t n, int64_t got)
 {
-    int64_t got = m->port->read_at(m->port->ctx, fh, off, buf, n);
     m->read_calls++;
 #ifdef TINYLLM_FAULT_INJECTION
     if (m->fault && m->fault->kind != TL_FAULT_NONE && --m->fault->countdown == 0) {
@@ -51,6 +50,44 @@ static int read_exact(tl_model *m, int32_t fh, const char *what, uint64_t off, v
         return tl_fail(m->err, TL_E_IO, "read %s: offset %llu, wanted %lu bytes, got %lld", what,
                        (unsigned long long)off, (unsigned long)n, (long long)got);
     return TL_OK;
+}
+
+static int read_exact(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n)
+{
+    return read_done(m, what, off, buf, n, m->port->read_at(m->port->ctx, fh, off, buf, n));
+}
+
+/* Read-ahead (lm_head's chunks): read_start hands a read to the port's reader
+ * (the ESP32 app: a task on the other core) and returns; read_wait waits for
+ * it. A port without one runs the read at wait: the same code path, in turn. */
+static void read_start(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n)
+{
+    m->pending.active = 1;
+    m->pending.fh = fh;
+    m->pending.what = what;
+    m->pending.off = off;
+    m->pending.buf = buf;
+    m->pending.n = n;
+    m->pending.async = m->port->read_start && m->port->read_wait &&
+                       m->port->read_start(m->port->ctx, fh, off, buf, n) == 0;
+}
+
+static int read_wait(tl_model *m)
+{
+    if (!m->pending.active) return TL_OK;
+    m->pending.active = 0;
+    int64_t got = m->pending.async ? m->port->read_wait(m->port->ctx)
+                                   : m->port->read_at(m->port->ctx, m->pending.fh, m->pending.off, m->pending.buf,
+                                                      m->pending.n);
+    return read_done(m, m->pending.what, m->pending.off, m->pending.buf, m->pending.n, got);
+}
+
+/* Leaving a stream early (an error, a fallback): nothing may still be writing a buffer. */
+static int read_drain(tl_model *m, int code)
+{
+    if (m->pending.active && m->pending.async) (void)m->port->read_wait(m->port->ctx);
+    m->pending.active = 0;
+    return code;
 }
 
 /* ---------------------------------------------------------------- start-up */
@@ -302,10 +339,15 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
                             ? opt->max_candidates : TL_PRUNE_MAX_CANDIDATES;
     m->stream_bytes = clamp_size(m->prune ? proxy_bytes : full_bytes);
     m->stream_in_port = m->port->chunk_buffer && m->port->chunk_buffer_bytes >= m->stream_bytes;
-    if (m->stream_in_port)
-        m->stream = (uint8_t *)m->port->chunk_buffer; /* same size as from the arena: same reads */
-    else if (!(m->stream = (uint8_t *)tl_arena_alloc(m->arena, m->stream_bytes, "stream chunk buffer", m->err)))
+    m->stream2 = NULL;
+    if (m->stream_in_port) { /* same size as from the arena: the same reads */
+        m->stream = (uint8_t *)m->port->chunk_buffer;
+        size_t second = (size_t)align16(m->stream_bytes); /* two fit: lm_head reads ahead */
+        if (m->port->chunk_buffer_bytes >= second && m->port->chunk_buffer_bytes - second >= m->stream_bytes)
+            m->stream2 = m->stream + second;
+    } else if (!(m->stream = (uint8_t *)tl_arena_alloc(m->arena, m->stream_bytes, "stream chunk buffer", m->err))) {
         return m->err->code;
+    }
     if (m->prune &&
         (!(m->upper = alloc_floats(m, (uint64_t)c->vocab, "lm_head upper bounds")) ||
          !(m->candidates = (int32_t *)tl_arena_alloc(m->arena, TL_PRUNE_MAX_CANDIDATES * sizeof(int32_t),
@@ -458,6 +500,27 @@ static void topk_push(tl_topk *t, int32_t id, float v)
     if (t->n < t->k) t->n++;
 }
 
+/* Rows in lm_head's chunk that starts at row r0: up to `per`, never past the
+ * end, and never straddling the end of the resident rows. */
+static int chunk_at(const tl_tensor *w, int per, int r0)
+{
+    int n = w->shape.rows - r0 < per ? w->shape.rows - r0 : per;
+    if (r0 < w->resident_rows && r0 + n > w->resident_rows) n = (int)(w->resident_rows - r0);
+    return n;
+}
+
+/* The int8 row scales of lm_head rows [r0, r0 + n): resident, or read now. */
+static int lm_head_scales(tl_model *m, int r0, int n, const float **sc)
+{
+    const tl_tensor *s = &m->scale[TL_T_LM_HEAD];
+    if (s->resident) {
+        *sc = (const float *)s->resident + r0;
+        return TL_OK;
+    }
+    *sc = m->row_scales;
+    return read_exact(m, s->fh, s->name, (uint64_t)r0 * 4u, m->row_scales, (size_t)n * 4u);
+}
+
 /* logits = lm_head xb, streamed in chunks of rows and folded into the top-k:
  * the [vocab, hidden] matrix is never in RAM. */
 static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
@@ -466,17 +529,34 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
     int rows = w->shape.rows, cols = w->shape.cols;
     float sx = m->cfg.int8 ? tl_quantize_act(m->qx, xn, cols) : 0.0f;
     int per = rows_per_chunk(m, w);
+    size_t row_bytes = (size_t)cols * (size_t)w->elem;
+    uint8_t *buf[2] = {m->stream, m->stream2 ? m->stream2 : m->stream};
+    int cur = 0;
     top->n = 0;
-    for (int r0 = 0; r0 < rows; r0 += per) {
-        int n = rows - r0 < per ? rows - r0 : per;
-        if (r0 < w->resident_rows && r0 + n > w->resident_rows) n = (int)(w->resident_rows - r0); /* no straddling */
-        const void *wr = NULL;
-        const float *sc = NULL;
-        if (fetch_rows(m, TL_T_LM_HEAD, r0, n, &wr, &sc)) return m->err->code;
+    int n = chunk_at(w, per, 0);
+    if (n > 0 && w->resident_rows < n) read_start(m, w->fh, w->name, 0, buf[cur], (size_t)n * row_bytes);
+    for (int r0 = 0; r0 < rows;) {
+        const void *wr = (const uint8_t *)w->resident + (size_t)r0 * row_bytes;
+        if (r0 + n > w->resident_rows) { /* a streamed chunk: its read was started before */
+            if (read_wait(m)) return m->err->code;
+            wr = buf[cur];
+        }
+        const float *sc = NULL; /* (read before the next chunk's read starts: one read at a time) */
+        if (m->cfg.int8 && lm_head_scales(m, r0, n, &sc)) return m->err->code;
+        /* the next streamed chunk: read into the other buffer while this one is computed */
+        int r1 = r0 + n, n1 = r1 < rows ? chunk_at(w, per, r1) : 0, nxt = cur ^ (buf[0] != buf[1]);
+        int stream_next = n1 > 0 && r1 + n1 > w->resident_rows;
+        if (stream_next && nxt != cur)
+            read_start(m, w->fh, w->name, (uint64_t)r1 * row_bytes, buf[nxt], (size_t)n1 * row_bytes);
         if (m->cfg.int8) tl_matvec_i8(m->logits, (const int8_t *)wr, sc, m->qx, sx, n, cols);
         else tl_matvec_f32(m->logits, (const float *)wr, xn, n, cols);
-        if (check_finite(m, m->logits, n, "lm_head", 0)) return m->err->code;
+        if (check_finite(m, m->logits, n, "lm_head", 0)) return read_drain(m, m->err->code);
         for (int i = 0; i < n; i++) topk_push(top, r0 + i, m->logits[i]);
+        if (stream_next && nxt == cur) /* one buffer: read the next chunk now */
+            read_start(m, w->fh, w->name, (uint64_t)r1 * row_bytes, buf[nxt], (size_t)n1 * row_bytes);
+        r0 = r1;
+        n = n1;
+        cur = nxt;
     }
     return TL_OK;
 }
@@ -544,32 +624,42 @@ static int lm_head_pruned(tl_model *m, const float *xn, tl_topk *top, int *fallb
     top->n = 0;
     if (!isfinite(b.xnorm)) return TL_OK;
 
-    /* Sector-aligned blocks; a record cut by a block's end is carried to the
-     * buffer's front and completed by the next block. */
+    /* Sector-aligned blocks, each read `rec` bytes into its buffer; a record
+     * cut by a block's end is carried to just before the next block (in the
+     * other buffer, whose read is then in flight: it writes only from `rec` on). */
     size_t block = (size_t)proxy_block_bytes(m->chunk_rows, H), carry = 0;
     if (block + rec > m->stream_bytes) block = (m->stream_bytes - rec) & ~(size_t)511u;
-    int r = 0;
+    uint8_t *buf[2] = {m->stream, m->stream2 ? m->stream2 : m->stream};
+    int cur = 0, r = 0;
+    read_start(m, p->fh, p->name, 0, buf[0] + rec, p->bytes < block ? (size_t)p->bytes : block);
     for (uint64_t off = 0; off < p->bytes; off += block) {
         size_t n = p->bytes - off < block ? (size_t)(p->bytes - off) : block;
-        if (read_exact(m, p->fh, p->name, off, m->stream + carry, n)) return m->err->code;
+        if (read_wait(m)) return m->err->code;
+        uint64_t off1 = off + block; /* the next block: into the other buffer while this one is computed */
+        size_t n1 = off1 < p->bytes ? (p->bytes - off1 < block ? (size_t)(p->bytes - off1) : block) : 0;
+        int nxt = cur ^ (buf[0] != buf[1]);
+        if (n1 && nxt != cur) read_start(m, p->fh, p->name, off1, buf[nxt] + rec, n1);
+        const uint8_t *data = buf[cur] + rec - carry;
         size_t have = carry + n, used = 0;
         for (; have - used >= rec; used += rec, r++) {
-            const uint8_t *record = m->stream + used;
+            const uint8_t *record = data + used;
             float scale;
             memcpy(&scale, record, 4);
             float proxy = scale * tl_dot_i8_f32((const int8_t *)(record + TL_PROXY_HEADER_BYTES), xn, H);
             float s = fabsf(scale);
-            if (s < 0x1p-100f) return TL_OK; /* so small the error term could underflow: stream in full */
+            if (s < 0x1p-100f) return read_drain(m, TL_OK); /* the error term could underflow: stream in full */
             float error = (float)record[4] * s * b.error_unit; /* >= ||w_r - scale q_r||, see above */
             float bound = (error + b.gamma * (b.two_qnorm * s + error)) * b.xnorm;
             bound = (bound + b.three_u * fabsf(proxy) + b.tiny * (1.0f + s)) * b.inflate;
             float hi = proxy + bound, lo = proxy - bound;
-            if (!isfinite(proxy) || hi != hi || lo != lo) return TL_OK; /* NaN or overflow: stream in full */
+            if (!isfinite(proxy) || hi != hi || lo != lo) return read_drain(m, TL_OK); /* NaN, overflow: in full */
             m->upper[r] = hi;
             keep_largest(lower, &n_lower, k, lo);
         }
-        carry = have - used;
-        memmove(m->stream, m->stream + used, carry);
+        carry = have - used; /* < rec */
+        memmove(buf[nxt] + rec - carry, data + used, carry);
+        if (n1 && nxt == cur) read_start(m, p->fh, p->name, off1, buf[nxt] + rec, n1); /* one buffer: now */
+        cur = nxt;
     }
     float threshold = n_lower == k ? lower[k - 1] : -INFINITY;
     int n_cand = 0;

@@ -79,6 +79,18 @@ typedef struct tl_model {
     uint8_t *stream; /* chunk buffer for streamed rows */
     size_t stream_bytes;
     int stream_in_port; /* the port's chunk buffer (fast, DMA-capable), not the arena */
+    uint8_t *stream2;   /* a second one of the same size (lm_head: the next chunk is read while
+                           this one is computed), or NULL: one buffer, read then compute */
+
+    /* The read in flight (lm_head's next chunk): started, not yet waited for. */
+    struct {
+        int active, async; /* async: the port's read_start took it; else read_at runs at wait */
+        int32_t fh;
+        const char *what;
+        uint64_t off;
+        void *buf;
+        size_t n;
+    } pending;
     float attn_scale; /* 1/sqrt(head_dim) */
 
     /* Pruned lm_head (float32 sets with lm_head_proxy.bin): the proxy is

@@ -34,6 +34,14 @@ typedef struct tl_port {
      * number of bytes read, or -1 on error. One call = one "read call" in the stats. */
     int64_t (*read_at)(void *ctx, int32_t handle, uint64_t offset, void *buf, size_t n);
     void (*close)(void *ctx, int32_t handle);
+    /* Optional, both or neither (NULL: the core reads with read_at, in turn):
+     * read_start hands one read to a reader that runs beside the caller (the
+     * ESP32 app: a task on the other core) and returns 0 at once (-1: it could
+     * not, and the core reads with read_at instead); read_wait waits for that
+     * read and returns what read_at would have. At most one read is in flight,
+     * and the core calls no other storage function until it has waited. */
+    int (*read_start)(void *ctx, int32_t handle, uint64_t offset, void *buf, size_t n);
+    int64_t (*read_wait)(void *ctx);
     /* Optional (NULL: none): storage reads the port has issued below the core
      * so far (the ESP32 app: read() calls into FatFs, each at most one SD
      * transfer). Reported per `gen` as "disk_reads" beside the core's read calls. */
@@ -60,7 +68,8 @@ typedef struct tl_port {
      * the storage DMA can write and the CPU reads fastest (the ESP32's internal
      * SRAM; its arena is in PSRAM, which the SD DMA cannot reach and which is
      * slow to read). The core uses it instead of an arena buffer when the chunk
-     * buffer fits in it, so the sizes, reads and results are the same either way. */
+     * buffer fits in it, so the sizes, reads and results are the same either way;
+     * when two fit, lm_head reads its next chunk into one while computing the other. */
     void *chunk_buffer;
     size_t chunk_buffer_bytes;
 } tl_port;

@@ -21,8 +21,9 @@
  * figure match the board's. */
 #define TL_DEFAULT_ARENA_BYTES 3932160u
 /* The ESP32-CAM app's chunk buffer in internal SRAM (CONFIG_TINYLLM_CHUNK_BUFFER_KB
- * = 52 KiB, port.h): the host and emulator ports have one too, for the same layout. */
-#define TL_DEFAULT_CHUNK_BUFFER_BYTES 53248u
+ * = 104 KiB, port.h: two chunks of tiny-llm's lm_head, one read while the other is
+ * computed): the host and emulator ports have one too, for the same layout. */
+#define TL_DEFAULT_CHUNK_BUFFER_BYTES 106496u
 
 typedef struct tl_options {
     const char *weights_dir; /* card-relative folder; NULL: the precision's (tl_weights_dir) */
