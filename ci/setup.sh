@@ -12,6 +12,7 @@ APT_PACKAGES=(
   mtools dosfstools                                # read back / fsck the FAT image
   qemu-system-misc gcc-xtensa-lx106 picolibc-xtensa-lx106-elf   # xtensa-sim target ...
   gcc-12-source dpkg-dev                          # ... its soft-float routines; cJSON's source
+  clang                                            # ci/fuzz.sh: libFuzzer targets of the core
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -21,6 +22,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "ci/setup.sh: apt-get install ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# libFuzzer's runtime comes with clang's version-numbered runtime package (Debian 12:
+# libclang-rt-14-dev; Ubuntu 24.04: libclang-rt-18-dev); ci/fuzz.sh says so if it is missing.
+clang_major=$(clang -dumpversion 2>/dev/null | cut -d. -f1 || true)
+if [ -n "$clang_major" ] && ! dpkg-query -W -f='${Status}' "libclang-rt-$clang_major-dev" 2>/dev/null | grep -q "install ok installed"; then
+  echo "ci/setup.sh: apt-get install libclang-rt-$clang_major-dev"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "libclang-rt-$clang_major-dev" >/dev/null ||
+    echo "ci/setup.sh: libclang-rt-$clang_major-dev not installable here: ci/fuzz.sh will be skipped"
 fi
 
 # xtensa-sim compiles cJSON from Debian's source package: that needs a deb-src entry.

@@ -6,7 +6,8 @@
 # single-threaded Espressif QEMU) and everything else (harness tests, linux, xtensa-sim). Then,
 # where the esp32 target runs here, the app once more through pytest-embedded's own
 # `--embedded-services idf,qemu` (tests/test_esp32.py, micro), as a pytest-embedded user runs it.
-# Extra arguments go to the first two.
+# Beside the esp32 process, after the other pytest: libFuzzer on the core (ci/fuzz.sh, 60 s per
+# target). Extra arguments go to the first two pytest processes and skip the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # idempotent and quick once installed; SKIP_SETUP=1 skips it
@@ -25,6 +26,15 @@ esp32_pid=$!
 rc=0; "$PY" -m pytest --target linux,xtensa-sim --deselect tests/test_esp32.py::test_esp32_end_to_end \
   --junitxml=build/reports/junit.xml "$@" || rc=$?
 checked "$rc" "linux, xtensa-sim and harness tests" || status=1
+if [ "$#" = 0 ]; then  # libFuzzer on the core, beside the esp32 process (ci/fuzz.sh; FUZZ_SECONDS, default 60)
+  echo "---- libFuzzer: ci/fuzz.sh, ${FUZZ_SECONDS:-60} s per target ----"
+  rc=0; bash ci/fuzz.sh || rc=$?
+  case "$rc" in
+    0) ;;
+    3) echo "ci/test.sh: fuzzing skipped: no clang or no libFuzzer runtime here (ci/fuzz.sh said which)" ;;
+    *) echo "ci/test.sh: ci/fuzz.sh failed (exit $rc): a finding, or a build error (see above)" >&2; status=1 ;;
+  esac
+fi
 rc=0; wait "$esp32_pid" || rc=$?
 echo "---- esp32 (build/reports/pytest-esp32.log) ----"
 cat build/reports/pytest-esp32.log

@@ -329,7 +329,7 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
              cJSON_IsString(name) ? name->valuestring : "tiny-llm");
     /* The name goes into JSON output unescaped: keep it to safe characters. */
     for (char *p = cfg->model_name; *p; p++)
-        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p >= 0x80) *p = '_';
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '_'; /* DEL too */
 
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(root, "dtype");
     if (!cJSON_IsString(dtype) ||

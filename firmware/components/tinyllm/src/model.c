@@ -536,8 +536,10 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
     int n = chunk_at(w, per, 0);
     if (n > 0 && w->resident_rows < n) read_start(m, w->fh, w->name, 0, buf[cur], (size_t)n * row_bytes);
     for (int r0 = 0; r0 < rows;) {
-        const void *wr = (const uint8_t *)w->resident + (size_t)r0 * row_bytes;
-        if (r0 + n > w->resident_rows) { /* a streamed chunk: its read was started before */
+        const void *wr;
+        if (r0 + n <= w->resident_rows) {
+            wr = (const uint8_t *)w->resident + (size_t)r0 * row_bytes;
+        } else { /* a streamed chunk: its read was started before */
             if (read_wait(m)) return m->err->code;
             wr = buf[cur];
         }
