@@ -336,11 +336,13 @@ def test_sd_commands_per_token_within_budget(firmwares, request, record_property
     assert total <= budget["sd_commands_per_token"][target_name], figures
     assert reads > 0  # the lm_head streams from the card at every token
     # the firmware's own count below the core (FatFs read() calls) agrees with what the card saw:
-    # one data-read command each, or two where an unaligned read (a candidate or embedding row)
-    # straddles a sector boundary (measured: 1,170 read() calls and 1,185 commands for 3 tokens
-    # of tiny-llm float32)
+    # one data-read command each, two where an unaligned read (a candidate or embedding row)
+    # straddles a sector boundary, none where FatFs's per-file sector buffer already holds a small
+    # read's sector (measured: 1,170 read() calls and 1,185 commands for 3 tokens of tiny-llm
+    # float32)
     result, data_commands = t.results[0], sum(t.sd_commands.get(c, 0) for c in ("CMD17", "CMD18"))
-    assert result["read_calls"] <= result["disk_reads"] <= data_commands <= 1.05 * result["disk_reads"], result
+    assert result["read_calls"] <= result["disk_reads"], result
+    assert abs(data_commands - result["disk_reads"]) <= 0.05 * result["disk_reads"] + 3, (data_commands, result)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

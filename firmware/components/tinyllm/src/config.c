@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cjson_compat.h"
+#include "kernels.h"
 
 /* Any dimension beyond this is surely a corrupt config (and keeps products in range). */
 #define TL_MAX_DIM (1 << 24)
@@ -351,9 +352,9 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
     if (cfg->int8) {
         int widest = cfg->hidden > cfg->inter ? cfg->hidden : cfg->inter;
         if (cfg->heads * cfg->head_dim > widest) widest = cfg->heads * cfg->head_dim;
-        if (widest > 1040) {
-            rc = tl_fail(err, TL_E_CONFIG, "model_config.json: int8 needs every matrix input <= 1040 wide, got %d",
-                         widest);
+        if (widest > TL_I8_MAX_COLS) {
+            rc = tl_fail(err, TL_E_CONFIG, "model_config.json: int8 needs every matrix input <= %d wide, got %d",
+                         TL_I8_MAX_COLS, widest);
             goto done;
         }
     }

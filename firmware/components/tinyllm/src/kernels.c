@@ -78,12 +78,51 @@ float tl_quantize_act(int8_t *qx, const float *x, int n)
     return sx;
 }
 
+#ifdef TL_XTENSA_MAC16
+/* The ESP32's MAC16 unit: one instruction multiplies the signed 16-bit halves of
+ * two registers into its 40-bit accumulator ACC (GCC never emits it). x is widened
+ * to int16 once per matvec, two values per 32-bit word; mula.aa.ll / mula.aa.lh
+ * pair a weight (sign-extended in a register's low half) with either half. ACC is
+ * saved and restored with the task context (ESP-IDF's "extra" state). */
+static int16_t x16[TL_I8_MAX_COLS] __attribute__((aligned(4)));
+
+/* ACC += the four products of weights w[0..3] (one word) and x16[0..3] (two words). */
+#define TL_MAC4(a, xa, xb)                                                                                   \
+    __asm__ volatile("mula.aa.ll %0, %1\n\tmula.aa.lh %2, %1\n\tmula.aa.ll %3, %4\n\tmula.aa.lh %5, %4"   \
+                     : : "r"(TL_BYTE(a, 0)), "r"(xa), "r"(TL_BYTE(a, 1)), "r"(TL_BYTE(a, 2)), "r"(xb),         \
+                       "r"(TL_BYTE(a, 3)))
+
+static int32_t dot_i8_mac16(const int8_t *w, int cols) /* cols % 8 == 0, w 4-byte aligned */
+{
+    int32_t acc;
+    __asm__ volatile("wsr.acclo %0\n\twsr.acchi %0" : : "r"(0));
+    for (int j = 0; j < cols; j += 8) { /* eight products per pass: less loop overhead */
+        uint32_t a = load4(w + j), b = load4(w + j + 4);
+        TL_MAC4(a, load4(x16 + j), load4(x16 + j + 2));
+        TL_MAC4(b, load4(x16 + j + 4), load4(x16 + j + 6));
+    }
+    __asm__ volatile("rsr.acclo %0" : "=r"(acc)); /* |sum| < 2^24: the low 32 bits are all of it */
+    return acc;
+}
+#endif
+
 void tl_matvec_i8(float *y, const int8_t *W, const float *scale, const int8_t *qx, float sx, int rows, int cols)
 {
+#ifdef TL_XTENSA_MAC16
+    int mac16 = cols % 8 == 0 && cols <= TL_I8_MAX_COLS && aligned4(W);
+    if (mac16)
+        for (int j = 0; j < cols; j++) x16[j] = qx[j];
+#endif
     for (int r = 0; r < rows; r++) {
         const int8_t *w = W + (long)r * cols;
         int32_t acc = 0; /* exact in any order: config.c keeps 127 * 127 * cols < 2^24 */
         int j = 0;
+#ifdef TL_XTENSA_MAC16
+        if (mac16) {
+            acc = dot_i8_mac16(w, cols);
+            j = cols;
+        }
+#endif
         if (aligned4(w) && aligned4(qx)) /* four products per pair of loads */
             for (; j + 4 <= cols; j += 4) {
                 uint32_t a = load4(w + j), b = load4(qx + j);

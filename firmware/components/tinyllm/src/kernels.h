@@ -16,7 +16,11 @@ float tl_dot_i8_f32(const int8_t *q, const float *x, int n);
 /* Quantizes x to int8 with one scale (returned): qx = clamp(rint(x / sx), -127, 127). */
 float tl_quantize_act(int8_t *qx, const float *x, int n);
 
-/* y[r] = (float)(sum_j W[r][j] * qx[j]) * (scale[r] * sx), int32 accumulation. */
+/* The widest int8 matrix input: |sum| <= 127 * 127 * cols stays below 2^24, so the
+ * int32 sum converts to float exactly (config.c refuses wider int8 models). */
+#define TL_I8_MAX_COLS 1040
+
+/* y[r] = (float)(sum_j W[r][j] * qx[j]) * (scale[r] * sx), exact integer accumulation. */
 void tl_matvec_i8(float *y, const int8_t *W, const float *scale, const int8_t *qx, float sx, int rows, int cols);
 
 /* o[j] = w[j] * (x[j] * (1 / sqrtf(ss / n + eps))), ss = sum of x^2 in order; o may alias x. */
