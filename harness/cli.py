@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -139,7 +140,13 @@ def _e2e(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from harness.bench import run_bench
 
-    record = run_bench(args.model, args.out, tuple(args.parts.split(",")), args.repeats, args.tokens)
+    existed = args.out.exists()
+    try:
+        record = run_bench(args.model, args.out, tuple(args.parts.split(",")), args.repeats, args.tokens)
+    except BaseException:
+        if not existed and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()  # a bench that fails before it wrote anything leaves no empty folder
+        raise
     sys.stderr.write((args.out / "bench.md").read_text())
     return {"ok": True, "bench": str(args.out / "bench.json"), "table": str(args.out / "bench.md"),
             **{part: part in record for part in ("host", "board")}, "board_skipped": record.get("board_skipped")}
@@ -235,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # a path that is a file, a read-only folder, a full disk...
         print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeError, MemoryError, OverflowError) as exc:
+        # input the loaders did not check for themselves (a model file of the wrong shape, a
+        # junk checkpoint...): say what broke, no traceback (TINYLLM_TRACEBACK=1 shows it)
+        if os.environ.get("TINYLLM_TRACEBACK") == "1":
+            raise
+        print(f"error: unexpected input: {type(exc).__name__}: {exc} (TINYLLM_TRACEBACK=1 shows where)",
+              file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1))
     return 0 if result.get("ok", True) else 1

@@ -71,21 +71,42 @@ def load_prompt_set(name_or_path: str | Path, spec: ModelSpec) -> list[Prompt]:
         doc: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("prompts"), list):
+        raise HarnessError(f"{path}: expected an object with a \"prompts\" list")
     prompts = []
-    for entry in doc["prompts"]:
-        n_new = int(entry.get("n", 8))
+    for i, entry in enumerate(doc["prompts"]):
+        where = f"{path}: prompts[{i}]"
+        name = entry.get("name") if isinstance(entry, dict) else None
+        # the name goes into prompts.txt as a comment line: one printable ASCII word
+        if not isinstance(name, str) or not name or not all("!" <= c <= "~" for c in name):
+            raise HarnessError(f"{where}: \"name\" must be a non-empty printable ASCII word, got {name!r}")
+        n_new = _whole(entry.get("n", 8), f"{where} ({name}): n")
         if "ids" in entry:
-            ids = tuple(int(t) for t in entry["ids"])
-        else:
+            if not isinstance(entry["ids"], list):
+                raise HarnessError(f"{where} ({name}): \"ids\" must be a list of token ids, got {entry['ids']!r}")
+            ids = tuple(_whole(t, f"{where} ({name}): ids") for t in entry["ids"])
+        elif "length" in entry:
             length = entry["length"]
             if length == "context":
                 length = spec.max_position_embeddings - n_new + 1
-            rng = np.random.default_rng(int(entry.get("seed", 0)))
-            ids = tuple(int(t) for t in rng.integers(3, spec.vocab_size, size=int(length)))
-        prompt = Prompt(entry["name"], ids, n_new)
+            length = _whole(length, f"{where} ({name}): length")
+            if length < 1:
+                raise HarnessError(f"{where} ({name}): length {length} leaves no prompt token (n={n_new})")
+            rng = np.random.default_rng(_whole(entry.get("seed", 0), f"{where} ({name}): seed"))
+            ids = tuple(int(t) for t in rng.integers(3, spec.vocab_size, size=length))
+        else:
+            raise HarnessError(f"{where} ({name}): needs \"ids\" or \"length\"")
+        prompt = Prompt(name, ids, n_new)
         validate_prompt(prompt, spec)
         prompts.append(prompt)
     return prompts
+
+
+def _whole(value: Any, what: str) -> int:
+    """A JSON whole number (not a string, a fraction or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HarnessError(f"{what} must be a whole number, got {value!r}")
+    return value
 
 
 def prompts_file_text(prompts: list[Prompt], k: int = 2) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,11 @@ def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1)
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     if cfg.get("rope_theta") is None and "rope_theta" in rope:
         cfg["rope_theta"] = rope["rope_theta"]
-    if rope.get("rope_type", "default") != "default":
-        raise HarnessError(f"config for {name!r}: rope type {rope.get('rope_type')!r} is not supported (default only)")
+    if not isinstance(rope, dict):
+        raise HarnessError(f"config for {name!r}: rope_scaling/rope_parameters must be an object, got {rope!r}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))  # older configs name it "type"
+    if rope_type != "default" or "factor" in rope:  # any scaling changes the angles
+        raise HarnessError(f"config for {name!r}: rope scaling {rope!r} is not supported (plain RoPE only)")
     if cfg.get("num_key_value_heads") is None:
         cfg["num_key_value_heads"] = cfg.get("num_attention_heads")
     for key in INT_FIELDS:
@@ -124,8 +128,8 @@ def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1)
         values[key] = value
     for key in FLOAT_FIELDS:
         value = cfg.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise HarnessError(f"config for {name!r}: {key} must be a positive number, got {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+            raise HarnessError(f"config for {name!r}: {key} must be a positive finite number, got {value!r}")
         values[key] = float(value)
     if cfg.get("hidden_act", "silu") != "silu":
         raise HarnessError(f"config for {name!r}: hidden_act {cfg.get('hidden_act')!r}, expected 'silu'")

@@ -19,6 +19,13 @@
 
 #include "tinyllm/tinyllm.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+/* The ASan build: an arena too big to allocate is E_OOM like in the plain build, not an
+ * ASan abort (ASan's allocator would otherwise treat a huge malloc as a fatal error). */
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
+#endif
+
 /* The ESP32 app's arena, so residency and memory figures here are the board's. */
 #define DEFAULT_ARENA_BYTES TL_DEFAULT_ARENA_BYTES
 
@@ -260,9 +267,7 @@ int main(int argc, char **argv)
         int r = run_host_prompts(e, prompts, &quit);
         if (r < 0) {
             /* An explicitly named prompt file that is missing is a start-up error. */
-            char msg[4200];
-            snprintf(msg, sizeof msg, "%s: prompt file not found", prompts);
-            fprintf(stdout, "TINYLLM_ERROR E_FILE_MISSING %s\n", msg);
+            tl_file_missing_error(&port, "%s: prompt file not found or not a regular file", prompts); /* escaped */
             tl_exit_line(&port, 2);
             free(arena);
             return 2;

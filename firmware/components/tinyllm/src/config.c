@@ -123,6 +123,21 @@ static int parse_model(const cJSON *c, tl_config *cfg, tl_err *err)
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(c, "hidden_act");
     if (act && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0))
         return tl_fail(err, TL_E_CONFIG, "model_config.json: config.hidden_act must be \"silu\"");
+    /* What this forward pass does not do is refused, not ignored: biases, RoPE scaling. */
+    static const char *const biases[] = {"attention_bias", "mlp_bias"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(c, biases[i]);
+        if (b && !cJSON_IsFalse(b) && !cJSON_IsNull(b))
+            return tl_fail(err, TL_E_CONFIG, "model_config.json: config.%s: biases are not supported", biases[i]);
+    }
+    const cJSON *scaling = cJSON_GetObjectItemCaseSensitive(c, "rope_scaling");
+    if (scaling && !cJSON_IsNull(scaling)) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(scaling, "rope_type");
+        if (!type) type = cJSON_GetObjectItemCaseSensitive(scaling, "type");
+        if (!cJSON_IsObject(scaling) || cJSON_GetObjectItemCaseSensitive(scaling, "factor") ||
+            (type && !(cJSON_IsString(type) && strcmp(type->valuestring, "default") == 0)))
+            return tl_fail(err, TL_E_CONFIG, "model_config.json: config.rope_scaling: RoPE scaling is not supported");
+    }
     if (get_int(c, "vocab_size", 1, TL_MAX_DIM, &cfg->vocab, err) ||
         get_int(c, "hidden_size", 1, 65536, &cfg->hidden, err) ||
         get_int(c, "intermediate_size", 1, 65536, &cfg->inter, err) ||

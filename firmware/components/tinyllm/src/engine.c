@@ -517,6 +517,16 @@ void tl_command_error(const tl_port *port, const char *fmt, ...)
     tl_emit_error(port, TL_E_COMMAND, msg);
 }
 
+void tl_file_missing_error(const tl_port *port, const char *fmt, ...)
+{
+    char msg[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tl_emit_error(port, TL_E_FILE_MISSING, msg);
+}
+
 int tl_engine_reject_long_line(tl_engine *e, size_t limit)
 {
     tl_fail(&e->err, TL_E_COMMAND, "console line longer than %lu bytes: ignored", (unsigned long)limit);
@@ -526,6 +536,9 @@ int tl_engine_reject_long_line(tl_engine *e, size_t limit)
 }
 
 /* ------------------------------------------------------------------ scripts */
+
+/* A prompt file is commands for a session, not a data set: 1 MiB is thousands of them. */
+#define TL_SCRIPT_MAX_BYTES (1024u * 1024u)
 
 int tl_engine_run_script(tl_engine *e, const char *path, int *quit)
 {
@@ -540,6 +553,14 @@ int tl_engine_run_script(tl_engine *e, const char *path, int *quit)
         return 1;
     }
     int64_t size = port->size(port->ctx, fh);
+    if (size > (int64_t)TL_SCRIPT_MAX_BYTES) { /* read 128 bytes at a time, a huge one would look like a hang */
+        tl_fail(&e->err, TL_E_FILE_SIZE, "%s: %lld bytes, more than the %lu a prompt file may hold", path,
+                (long long)size, (unsigned long)TL_SCRIPT_MAX_BYTES);
+        report_error(e);
+        tl_emit_ready(port);
+        port->close(port->ctx, fh);
+        return 1;
+    }
     tl_log(port, "app_main", "Running prompt file %s (%lld bytes)", path, (long long)size);
 
     char *line = e->script_line; /* in the engine: a `load` in the file re-lays out the arena */

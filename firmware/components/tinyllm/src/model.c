@@ -529,6 +529,7 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
     int rows = w->shape.rows, cols = w->shape.cols;
     float sx = m->cfg.int8 ? tl_quantize_act(m->qx, xn, cols) : 0.0f;
     int per = rows_per_chunk(m, w);
+    if (per > m->chunk_rows) per = m->chunk_rows; /* a resident lm_head too: m->logits holds chunk_rows */
     size_t row_bytes = (size_t)cols * (size_t)w->elem;
     uint8_t *buf[2] = {m->stream, m->stream2 ? m->stream2 : m->stream};
     int cur = 0;

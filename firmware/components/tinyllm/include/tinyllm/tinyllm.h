@@ -88,6 +88,12 @@ void tl_log(const tl_port *port, const char *tag, const char *fmt, ...)
 #endif
     ;
 void tl_exit_line(const tl_port *port, int code); /* "TINYLLM_EXIT <code>" */
+/* "TINYLLM_ERROR E_FILE_MISSING <message>", escaped: a port's own missing file (a host prompt file). */
+void tl_file_missing_error(const tl_port *port, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 /* "TINYLLM_ERROR E_COMMAND <message>", the message escaped like every error
  * line: for a port's own errors (a bad command-line option) before an engine exists. */
 void tl_command_error(const tl_port *port, const char *fmt, ...)
