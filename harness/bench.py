@@ -189,15 +189,15 @@ def run_bench(model: str, out: Path, parts: tuple[str, ...] = ("host", "board"),
     from harness.weights import read_config
 
     record: dict[str, Any] = {"model": model, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    config = read_config(out / "card" / "tinyllm_float32_weights")
-    smoke = load_prompt_set("smoke", spec_from_hf_config(config["config"], name=model))  # the card's prompts.txt
-    if "host" in parts:
-        record["host"] = host_speed(out / "card", Prompt("bench", smoke[1].ids, n_new), repeats, out / "logs", progress)
-    if "auto" in parts:  # the board part where the esp32 target can run, and why not elsewhere
+    if "auto" in parts:  # the host part, and the board part where the esp32 target can run
         reason = esp32_unavailable()
         parts = ("host", "board") if reason is None else ("host",)
         if reason:
             record["board_skipped"] = f"the esp32 target cannot run here: {reason}"
+    config = read_config(out / "card" / "tinyllm_float32_weights")
+    smoke = load_prompt_set("smoke", spec_from_hf_config(config["config"], name=model))  # the card's prompts.txt
+    if "host" in parts:
+        record["host"] = host_speed(out / "card", Prompt("bench", smoke[1].ids, n_new), repeats, out / "logs", progress)
     if "board" in parts:
         image = build_image(out / "card", out / "sd.img")
         record["board"] = board_speed(image.path, smoke, max(2, min(n_new, 4)), out / "logs")

@@ -47,3 +47,18 @@ def test_host_bench_on_micro(firmwares, tmp_path, capsys):
     table = (tmp_path / "bench" / "bench.md").read_text()
     assert "| float32 |" in table and "| int8 |" in table and "interleaved" in table
     assert table == render(record)
+
+
+def test_auto_runs_the_host_part_and_says_why_the_board_part_did_not(tmp_path, monkeypatch):
+    """--parts auto (the default, the main job's): host always; board only where the esp32
+    target runs, else the reason is recorded and shown."""
+    import harness.bench as bench
+
+    calls = []
+    monkeypatch.setattr(bench, "esp32_unavailable", lambda: "no ESP-IDF here (test)")
+    monkeypatch.setattr(bench, "host_speed", lambda *a, **k: calls.append("host") or {"repeats": 1, "new_tokens": 2,
+                                                                                        "precisions": {}})
+    monkeypatch.setattr(bench, "board_speed", lambda *a, **k: calls.append("board") or {})
+    record = bench.run_bench("micro", tmp_path / "b", ("auto",), repeats=1, n_new=2, progress=False)
+    assert calls == ["host"] and record["board_skipped"] == "the esp32 target cannot run here: no ESP-IDF here (test)"
+    assert "not run" in (tmp_path / "b" / "bench.md").read_text()
