@@ -507,24 +507,28 @@ int tl_engine_exec_bytes(tl_engine *e, char *line, size_t len)
     return tl_engine_exec(e, line);
 }
 
-void tl_command_error(const tl_port *port, const char *fmt, ...)
+/* A port's own error line (no engine yet, or nothing of the engine's): formatted, then escaped. */
+static void port_error(const tl_port *port, int code, const char *fmt, va_list ap)
 {
     char msg[300];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    tl_emit_error(port, code, msg);
+}
+
+void tl_command_error(const tl_port *port, const char *fmt, ...)
+{
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    port_error(port, TL_E_COMMAND, fmt, ap);
     va_end(ap);
-    tl_emit_error(port, TL_E_COMMAND, msg);
 }
 
 void tl_file_missing_error(const tl_port *port, const char *fmt, ...)
 {
-    char msg[300];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    port_error(port, TL_E_FILE_MISSING, fmt, ap);
     va_end(ap);
-    tl_emit_error(port, TL_E_FILE_MISSING, msg);
 }
 
 int tl_engine_reject_long_line(tl_engine *e, size_t limit)
