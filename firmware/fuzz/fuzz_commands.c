@@ -24,10 +24,6 @@
 
 static fz_port port;
 static tl_engine *engine;
-static int boot_handles;
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -35,7 +31,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     fz_selftest_from_env();
     engine = fz_boot_engine(&port, fz_card_from_env());
-    boot_handles = port.open_handles;
     return 0;
 }
 
@@ -53,7 +48,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         dirty |= fz_changes_state(line, len);
         if (fz_exec_checked(engine, &port, line, len) == TL_CMD_QUIT) break;
     }
-    if (dirty) fz_restore(engine, &port, boot_handles);
-    else if (port.open_handles != boot_handles) fz_break("file handles leaked by this input", port.out, port.out_len);
+    fz_end_input(engine, &port, dirty);
     return 0;
 }

@@ -2,66 +2,12 @@
 #include "fuzz_common.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 /* ================================================================== port */
-
-static int32_t open_error(int err)
-{
-    if (err == ENOENT || err == ENOTDIR) return TL_OPEN_NOT_FOUND;
-    if (err == EACCES || err == EPERM) return TL_OPEN_DENIED;
-    return TL_OPEN_FAILED;
-}
-
-static int32_t fz_open(void *ctx, const char *path)
-{
-    fz_port *p = (fz_port *)ctx;
-    char full[8192];
-    int n = snprintf(full, sizeof full, "%s/%s", p->root, path);
-    if (n < 0 || (size_t)n >= sizeof full) return TL_OPEN_FAILED;
-    struct stat st;
-    if (stat(full, &st) != 0) return open_error(errno);
-    if (!S_ISREG(st.st_mode)) return TL_OPEN_NOT_A_FILE; /* never block on a pipe */
-    int fd = open(full, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) return open_error(errno);
-    p->open_handles++;
-    return (int32_t)fd;
-}
-
-static int64_t fz_size(void *ctx, int32_t h)
-{
-    (void)ctx;
-    struct stat st;
-    if (fstat(h, &st) != 0) return -1;
-    return (int64_t)st.st_size;
-}
-
-static int64_t fz_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, size_t n)
-{
-    (void)ctx;
-    size_t done = 0;
-    while (done < n) {
-        ssize_t got = pread(h, (char *)buf + done, n - done, (off_t)(offset + done));
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        if (got == 0) break;
-        done += (size_t)got;
-    }
-    return (int64_t)done;
-}
-
-static void fz_close(void *ctx, int32_t h)
-{
-    fz_port *p = (fz_port *)ctx;
-    if (close(h) == 0) p->open_handles--;
-}
 
 /* A deterministic clock: every reading advances it, so step times are never
  * zero and every run of an input prints the same numbers. */
@@ -108,6 +54,7 @@ void fz_port_init(fz_port *p, const char *root, size_t arena_bytes)
         exit(2);
     }
     memcpy(p->root, root, strlen(root) + 1);
+    p->card.root = p->root;
     void *arena = malloc(arena_bytes);
     if (!arena) {
         fprintf(stderr, "fuzz port: cannot allocate an arena of %lu bytes\n", (unsigned long)arena_bytes);
@@ -128,11 +75,7 @@ void fz_port_init(fz_port *p, const char *root, size_t arena_bytes)
     }
 #endif
     p->port = (tl_port){
-        .ctx = p,
-        .open = fz_open,
-        .size = fz_size,
-        .read_at = fz_read_at,
-        .close = fz_close,
+        .ctx = p, /* its first member is the posix_card the storage calls take */
         .time_us = fz_time_us,
         .cycles = fz_cycles,
         .settle = NULL,
@@ -140,6 +83,7 @@ void fz_port_init(fz_port *p, const char *root, size_t arena_bytes)
         .arena = arena,
         .arena_bytes = arena_bytes,
     };
+    posix_card_storage(&p->port);
 #ifdef TL_DEFAULT_CHUNK_BUFFER_BYTES
     p->port.chunk_buffer = chunk;
     p->port.chunk_buffer_bytes = chunk_bytes;
@@ -193,6 +137,7 @@ tl_engine *fz_boot_engine(fz_port *p, const char *root)
     }
     fz_check_lines(p->out, p->out_len);
     fz_check_command(p->out, p->out_len, TL_CMD_OK);
+    p->boot_handles = p->card.open_handles;
     return e;
 }
 
@@ -275,18 +220,18 @@ int fz_load_lifts_context(const char *line, size_t len)
     return 0;
 }
 
-void fz_restore(tl_engine *e, fz_port *p, int boot_handles)
+void fz_end_input(tl_engine *e, fz_port *p, int dirty)
 {
     static const char fault_off[] = "fault off\n", reload[] = "load float32\n";
-    if (fz_exec_checked(e, p, fault_off, sizeof fault_off - 1) != TL_CMD_OK)
+    if (dirty && fz_exec_checked(e, p, fault_off, sizeof fault_off - 1) != TL_CMD_OK)
         fz_break("the engine refused 'fault off' after this input", p->out, p->out_len);
-    if (fz_exec_checked(e, p, reload, sizeof reload - 1) != TL_CMD_OK)
+    if (dirty && fz_exec_checked(e, p, reload, sizeof reload - 1) != TL_CMD_OK)
         fz_break("the engine could not load its boot set again after this input (it stopped answering)", p->out,
                  p->out_len);
-    if (p->open_handles != boot_handles) {
+    if (p->card.open_handles != p->boot_handles) {
         char what[160];
-        snprintf(what, sizeof what, "file handles leaked: %d open after this input, %d after boot", p->open_handles,
-                 boot_handles);
+        snprintf(what, sizeof what, "file handles leaked: %d open after this input, %d after boot",
+                 p->card.open_handles, p->boot_handles);
         fz_break(what, p->out, p->out_len);
     }
 }

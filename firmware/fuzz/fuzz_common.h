@@ -11,15 +11,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "posix_card.h"
 #include "tinyllm/tinyllm.h"
+
+/* libFuzzer's entry points, defined by each target. */
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* ------------------------------------------------------------------- port */
 
 typedef struct fz_port {
+    posix_card card;    /* first: the port's ctx is the fz_port (card.open_handles: files open now) */
     tl_port port;
     char root[4096];    /* the card folder: storage paths are relative to it */
     uint64_t clock;     /* fake microseconds: advanced on every read of the clock */
-    int open_handles;   /* files the core holds open right now */
+    int boot_handles;   /* files open after fz_boot_engine */
     char *out;          /* output captured since the last fz_take_output */
     size_t out_len, out_cap;
 } fz_port;
@@ -55,9 +61,11 @@ int fz_load_lifts_context(const char *line, size_t len);
 /* 1 if the line is a `load` or `fault` command (it changes engine state that
  * outlives the input). */
 int fz_changes_state(const char *line, size_t len);
-/* Puts the engine back to its boot state (fault off, float32 set with the
- * boot options) and checks that it answered and that no file handle leaked. */
-void fz_restore(tl_engine *e, fz_port *p, int boot_handles);
+/* After an input: if it could have changed the engine's state (`dirty`: a load
+ * or fault line ran), puts the engine back to its boot state (fault off,
+ * float32 set with the boot options) and checks that it answered; then checks
+ * that no file handle leaked. */
+void fz_end_input(tl_engine *e, fz_port *p, int dirty);
 
 /* ----------------------------------------------------------------- checks */
 

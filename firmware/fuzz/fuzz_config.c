@@ -47,7 +47,7 @@ static void check_config(const tl_config *cfg, const tl_manifest *man, const cha
     do {                                                                                                               \
         if (!(cond)) fz_break("a config that parsed breaks an invariant: " what, in, len);                           \
     } while (0)
-    REQUIRE(cfg->int8 == (strcmp(precision, "int8") == 0), "dtype vs the precision asked for");
+    REQUIRE(cfg->quantized == (strcmp(precision, "int8") == 0), "dtype vs the precision asked for");
     REQUIRE(cfg->vocab >= 1 && cfg->hidden >= 1 && cfg->inter >= 1 && cfg->layers >= 1, "positive dimensions");
     REQUIRE(cfg->heads >= 1 && cfg->kv_heads >= 1 && cfg->heads % cfg->kv_heads == 0, "heads / kv heads");
     REQUIRE(cfg->head_dim >= 2 && cfg->head_dim % 2 == 0, "an even head_dim");
@@ -55,9 +55,9 @@ static void check_config(const tl_config *cfg, const tl_manifest *man, const cha
     REQUIRE(cfg->max_pos >= 1, "max_position_embeddings >= 1");
     REQUIRE(isfinite(cfg->eps) && cfg->eps > 0.0f && isfinite(cfg->theta) && cfg->theta > 0.0f,
             "finite positive rms_norm_eps and rope_theta");
-    REQUIRE(!cfg->int8 || (cfg->hidden <= 1040 && cfg->inter <= 1040 && cfg->heads * cfg->head_dim <= 1040),
+    REQUIRE(!cfg->quantized || (cfg->hidden <= 1040 && cfg->inter <= 1040 && cfg->heads * cfg->head_dim <= 1040),
             "int8 matrix inputs <= 1040 wide");
-    REQUIRE(!(cfg->int8 && man->has_proxy), "no lm_head proxy in an int8 set");
+    REQUIRE(!(cfg->quantized && man->has_proxy), "no lm_head proxy in an int8 set");
     REQUIRE(memchr(cfg->model_name, '\0', sizeof cfg->model_name) != NULL, "a NUL-terminated model_name");
     for (const char *p = cfg->model_name; *p; p++) {
         unsigned char c = (unsigned char)*p;
@@ -67,7 +67,7 @@ static void check_config(const tl_config *cfg, const tl_manifest *man, const cha
     }
     for (int id = 0; id < TL_NT; id++) {
         REQUIRE(man->bytes[0][id] > 0, "every tensor has bytes");
-        REQUIRE(!cfg->int8 || !tl_tensor_quantized(id) || man->bytes[1][id] > 0, "every int8 tensor has scales");
+        REQUIRE(!cfg->quantized || !tl_tensor_quantized(id) || man->bytes[1][id] > 0, "every int8 tensor has scales");
     }
 #undef REQUIRE
 }
@@ -99,9 +99,6 @@ static void parse_one(const uint8_t *data, size_t size, const char *precision)
     if (memchr(cap.buf, '\n', cap.len) != cap.buf + cap.len - 1)
         fz_break("a config error that is not exactly one line", cap.buf, cap.len);
 }
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {

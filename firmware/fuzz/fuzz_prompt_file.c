@@ -27,12 +27,8 @@
 
 static fz_port port;
 static tl_engine *engine;
-static int boot_handles;
 static char scratch[4096];     /* the scratch card folder */
 static char prompt_path[4200]; /* its prompt file */
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void remove_scratch(void)
 {
@@ -94,7 +90,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     fz_selftest_from_env();
     make_scratch(fz_card_from_env());
     engine = fz_boot_engine(&port, scratch);
-    boot_handles = port.open_handles;
     return 0;
 }
 
@@ -114,13 +109,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         dirty |= fz_changes_state(line, len);
     }
     write_prompt_file(data, size);
-    int quit = 0;
+    tl_session session = {0, 0};
     fz_reset_output(&port);
-    int failed = tl_engine_run_script(engine, FZ_PROMPT_FILE, &quit);
+    int failed = tl_engine_run_script(engine, FZ_PROMPT_FILE, &session);
     fz_echo(&port);
     fz_check_lines(port.out, port.out_len);
     fz_check_script(port.out, port.out_len, failed);
-    if (dirty) fz_restore(engine, &port, boot_handles);
-    else if (port.open_handles != boot_handles) fz_break("file handles leaked by this input", port.out, port.out_len);
+    fz_end_input(engine, &port, dirty);
     return 0;
 }

@@ -32,12 +32,10 @@
 /* The core keeps every tensor and scale file open (12 float32, 21 int8) plus
  * the prompt file and model_config.json while it is parsed. */
 #define MAX_OPEN_FILES 32
-/* A console command: "gen" + up to a whole context of ids. */
-#define LINE_BYTES 8192
 
 static esp32_port s_ctx;
 static tl_port s_port;
-static char s_line[LINE_BYTES];
+static char s_line[TL_LINE_BYTES]; /* a console command: "gen" + up to a whole context of ids */
 
 static void put_line(const char *s)
 {
@@ -210,18 +208,13 @@ void app_main(void)
            (unsigned)heap_caps_get_largest_free_block(MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT),
            (unsigned)heap_caps_get_free_size(MALLOC_CAP_SPIRAM));
 
-    int failed = 0, quit = 0;
-    if (CONFIG_TINYLLM_PROMPT_FILE[0] != '\0') {
-        int r = tl_engine_run_script(e, CONFIG_TINYLLM_PROMPT_FILE, &quit);
-        if (r > 0) failed += r;
-    }
+    tl_session session = {0, 0};
+    if (CONFIG_TINYLLM_PROMPT_FILE[0] != '\0') tl_engine_run_script(e, CONFIG_TINYLLM_PROMPT_FILE, &session);
 
     console_init();
-    while (!quit) {
+    while (!session.quit) {
         int len = read_line(s_line, sizeof s_line);
-        int r = len < 0 ? tl_engine_reject_long_line(e, LINE_BYTES - 1) : tl_engine_exec_bytes(e, s_line, (size_t)len);
-        if (r == TL_CMD_FAILED) failed++;
-        if (r == TL_CMD_QUIT) quit = 1;
+        tl_session_line(e, &session, len < 0 ? NULL : s_line, len < 0 ? 0 : (size_t)len);
     }
-    halt(failed ? 1 : 0);
+    halt(tl_session_exit_code(&session));
 }

@@ -8,15 +8,13 @@
  *
  * Exit codes: 0 ok, 1 a command failed, 2 start-up error.
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
+#include "posix_card.h"
 #include "tinyllm/tinyllm.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -26,72 +24,13 @@ const char *__asan_default_options(void);
 const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
 #endif
 
-/* The ESP32 app's arena, so residency and memory figures here are the board's. */
-#define DEFAULT_ARENA_BYTES TL_DEFAULT_ARENA_BYTES
-
 /* The app's internal-SRAM chunk buffer (port.h), so the arena's layout is the board's. */
 static _Alignas(16) unsigned char chunk_buffer[TL_DEFAULT_CHUNK_BUFFER_BYTES];
 
 typedef struct posix_port {
-    const char *card_dir;
+    posix_card card; /* first: the storage calls take the port's ctx as a posix_card */
     struct timespec start;
 } posix_port;
-
-static int32_t open_error(int err)
-{
-    if (err == ENOENT || err == ENOTDIR) return TL_OPEN_NOT_FOUND;
-    if (err == EACCES || err == EPERM) return TL_OPEN_DENIED;
-    return TL_OPEN_FAILED;
-}
-
-static int32_t posix_open(void *ctx, const char *path)
-{
-    const posix_port *p = (const posix_port *)ctx;
-    char full[4096];
-    int n = snprintf(full, sizeof full, "%s/%s", p->card_dir, path);
-    if (n < 0 || (size_t)n >= sizeof full) return -1;
-    /* stat first: opening a named pipe would block until a writer appears */
-    struct stat st;
-    if (stat(full, &st) != 0) return open_error(errno);
-    if (!S_ISREG(st.st_mode)) return TL_OPEN_NOT_A_FILE;
-    int fd = open(full, O_RDONLY | O_NONBLOCK); /* non-blocking: in case it changed since stat */
-    if (fd < 0) return open_error(errno);
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return TL_OPEN_NOT_A_FILE;
-    }
-    return (int32_t)fd;
-}
-
-static int64_t posix_size(void *ctx, int32_t h)
-{
-    (void)ctx;
-    struct stat st;
-    if (fstat(h, &st) != 0) return -1;
-    return (int64_t)st.st_size;
-}
-
-static int64_t posix_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, size_t n)
-{
-    (void)ctx;
-    size_t done = 0;
-    while (done < n) {
-        ssize_t got = pread(h, (char *)buf + done, n - done, (off_t)(offset + done));
-        if (got < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        if (got == 0) break; /* end of file */
-        done += (size_t)got;
-    }
-    return (int64_t)done;
-}
-
-static void posix_close(void *ctx, int32_t h)
-{
-    (void)ctx;
-    close(h);
-}
 
 static uint64_t elapsed_ns(const posix_port *p)
 {
@@ -133,48 +72,37 @@ static void usage(FILE *f)
             "                    (1..512, default 512)\n"
             "  --chunk-buffer-bytes N  the port's chunk buffer outside the arena, as the ESP32 app's\n"
             "                    internal SRAM one (0..%u, default %u; 0: chunks in the arena)\n",
-            DEFAULT_ARENA_BYTES, TL_DEFAULT_CHUNK_BUFFER_BYTES, TL_DEFAULT_CHUNK_BUFFER_BYTES);
+            TL_DEFAULT_ARENA_BYTES, TL_DEFAULT_CHUNK_BUFFER_BYTES, TL_DEFAULT_CHUNK_BUFFER_BYTES);
 }
 
-static int parse_count(const char *s, unsigned long long max, unsigned long long *out)
+/* Runs a stream's lines (a --prompts FILE, then stdin) into the session until it ends or quits. */
+static void run_lines(tl_engine *e, tl_session *s, FILE *f)
 {
-    char *end;
-    if (!s || !*s || *s == '-') return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || v > max) return -1;
-    *out = v;
-    return 0;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while (!s->quit && (n = getline(&line, &cap, f)) >= 0) tl_session_line(e, s, line, (size_t)n);
+    free(line);
 }
 
-/* Runs a host-side prompt file (--prompts FILE). Returns failed commands, sets *quit. */
-static int run_host_prompts(tl_engine *e, const char *path, int *quit)
+/* Runs a host-side prompt file (--prompts FILE). Returns -1 if it is not a regular file. */
+static int run_host_prompts(tl_engine *e, tl_session *s, const char *path)
 {
-    *quit = 0;
     struct stat st;
     if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return -1; /* a pipe would block */
     FILE *f = fopen(path, "r");
     if (!f) return -1;
-    char *line = NULL;
-    size_t cap = 0;
-    int failed = 0;
-    ssize_t n;
-    while (!*quit && (n = getline(&line, &cap, f)) >= 0) {
-        int r = tl_engine_exec_bytes(e, line, (size_t)n);
-        if (r == TL_CMD_FAILED) failed++;
-        if (r == TL_CMD_QUIT) *quit = 1;
-    }
-    free(line);
+    run_lines(e, s, f);
     fclose(f);
-    return failed;
+    return 0;
 }
 
 /* A bad command line: the protocol's error and exit lines (the harness reads
  * them like any other start-up error), then the usage on stderr. */
 static int bad_usage(const tl_port *port, const char *what, const char *value)
 {
-    if (value) tl_command_error(port, "bad argument: %s '%s' (see --help)", what, value);
-    else tl_command_error(port, "bad argument: %s (see --help)", what);
+    if (value) tl_port_error(port, TL_E_COMMAND, "bad argument: %s '%s' (see --help)", what, value);
+    else tl_port_error(port, TL_E_COMMAND, "bad argument: %s (see --help)", what);
     tl_exit_line(port, 2);
     usage(stderr);
     return 2;
@@ -183,21 +111,13 @@ static int bad_usage(const tl_port *port, const char *what, const char *value)
 int main(int argc, char **argv)
 {
     const char *card = NULL, *precision = "float32", *prompts = NULL;
-    unsigned long long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
+    unsigned long long arena_bytes = TL_DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
     unsigned long long chunk_buffer_bytes = TL_DEFAULT_CHUNK_BUFFER_BYTES;
     int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
-    posix_port pp = {card, {0, 0}};
+    posix_port pp = {{card, 0}, {0, 0}};
     clock_gettime(CLOCK_MONOTONIC, &pp.start);
-    tl_port port = {
-        .ctx = &pp,
-        .open = posix_open,
-        .size = posix_size,
-        .read_at = posix_read_at,
-        .close = posix_close,
-        .time_us = posix_time_us,
-        .cycles = posix_cycles,
-        .write = posix_write,
-    };
+    tl_port port = {.ctx = &pp, .time_us = posix_time_us, .cycles = posix_cycles, .write = posix_write};
+    posix_card_storage(&port);
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -206,13 +126,13 @@ int main(int argc, char **argv)
         if (strcmp(a, "--card") == 0 && val) card = val;
         else if (strcmp(a, "--precision") == 0 && val) precision = val;
         else if (strcmp(a, "--prompts") == 0 && val) prompts = val;
-        else if (strcmp(a, "--arena-bytes") == 0) bad = parse_count(val, (size_t)-1 / 2, &arena_bytes);
-        else if (strcmp(a, "--context") == 0) bad = parse_count(val, 1u << 24, &context);
-        else if (strcmp(a, "--chunk-rows") == 0) bad = parse_count(val, 1u << 24, &chunk_rows);
+        else if (strcmp(a, "--arena-bytes") == 0) bad = tl_parse_count(val, (size_t)-1 / 2, &arena_bytes);
+        else if (strcmp(a, "--context") == 0) bad = tl_parse_count(val, 1u << 24, &context);
+        else if (strcmp(a, "--chunk-rows") == 0) bad = tl_parse_count(val, 1u << 24, &chunk_rows);
         else if (strcmp(a, "--lm-head") == 0) bad = (lm_head = tl_lm_head_mode(val)) < 0;
-        else if (strcmp(a, "--max-candidates") == 0) bad = parse_count(val, 512, &max_candidates) || !max_candidates;
+        else if (strcmp(a, "--max-candidates") == 0) bad = tl_parse_count(val, 512, &max_candidates) || !max_candidates;
         else if (strcmp(a, "--chunk-buffer-bytes") == 0)
-            bad = parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes);
+            bad = tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes);
         else if (strcmp(a, "--no-resident") == 0) {
             no_resident = 1;
             takes_value = 0;
@@ -227,13 +147,11 @@ int main(int argc, char **argv)
     if (!card) return bad_usage(&port, "--card DIR is required", NULL);
     if (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0)
         return bad_usage(&port, "--precision (expected float32 or int8)", precision);
-    pp.card_dir = card;
+    pp.card.root = card;
 
     void *arena = malloc(arena_bytes ? (size_t)arena_bytes : 1u);
     if (!arena) {
-        char msg[120];
-        snprintf(msg, sizeof msg, "TINYLLM_ERROR E_OOM cannot allocate an arena of %llu bytes\n", arena_bytes);
-        posix_write(&pp, msg, strlen(msg));
+        tl_port_error(&port, TL_E_OOM, "cannot allocate an arena of %llu bytes", arena_bytes);
         tl_exit_line(&port, 2);
         return 2;
     }
@@ -259,32 +177,18 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    int failed = 0, quit = 0;
+    tl_session session = {0, 0};
     if (prompts == NULL) {
-        int r = tl_engine_run_script(e, "prompts.txt", &quit); /* optional, card-rooted */
-        if (r > 0) failed += r;
-    } else if (strcmp(prompts, "none") != 0) {
-        int r = run_host_prompts(e, prompts, &quit);
-        if (r < 0) {
-            /* An explicitly named prompt file that is missing is a start-up error. */
-            tl_file_missing_error(&port, "%s: prompt file not found or not a regular file", prompts); /* escaped */
-            tl_exit_line(&port, 2);
-            free(arena);
-            return 2;
-        }
-        failed += r;
+        tl_engine_run_script(e, "prompts.txt", &session); /* optional, card-rooted */
+    } else if (strcmp(prompts, "none") != 0 && run_host_prompts(e, &session, prompts) < 0) {
+        /* An explicitly named prompt file that is missing is a start-up error. */
+        tl_port_error(&port, TL_E_FILE_MISSING, "%s: prompt file not found or not a regular file", prompts);
+        tl_exit_line(&port, 2);
+        free(arena);
+        return 2;
     }
-
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    while (!quit && (n = getline(&line, &cap, stdin)) >= 0) {
-        int r = tl_engine_exec_bytes(e, line, (size_t)n);
-        if (r == TL_CMD_FAILED) failed++;
-        if (r == TL_CMD_QUIT) quit = 1;
-    }
-    free(line);
-    int code = failed ? 1 : 0;
+    run_lines(e, &session, stdin);
+    int code = tl_session_exit_code(&session);
     tl_exit_line(&port, code);
     free(arena);
     return code;

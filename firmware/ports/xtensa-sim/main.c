@@ -28,9 +28,8 @@
 /* The app's internal-SRAM chunk buffer (port.h), as on linux. */
 static _Alignas(16) unsigned char chunk_buffer[TL_DEFAULT_CHUNK_BUFFER_BYTES];
 
-/* The ESP32 app's arena (CONFIG_TINYLLM_ARENA_KB), as on linux. */
-#define DEFAULT_ARENA_BYTES TL_DEFAULT_ARENA_BYTES
-#define LINE_MAX_BYTES 16384u /* a full-context prompt is ~6 KB of ids */
+/* The console line buffer: up to TL_LINE_BYTES - 1 bytes and the NUL, as on the ESP32. */
+#define LINE_MAX_BYTES (TL_LINE_BYTES - 1u)
 
 enum { SYS_EXIT = 1, SYS_READ = 3, SYS_WRITE = 4, SYS_OPEN = 5, SYS_CLOSE = 6, SYS_LSEEK = 19,
        SYS_ARGC = 1000, SYS_ARGV_SZ = 1001, SYS_ARGV = 1002 };
@@ -53,7 +52,14 @@ static void sim_write_all(const char *s, size_t n)
     }
 }
 
-static void sim_puts(const char *s) { sim_write_all(s, strlen(s)); }
+static void sim_console(void *ctx, const char *text, size_t n)
+{
+    (void)ctx;
+    sim_write_all(text, n);
+}
+
+/* Enough of a port for error and exit lines before (or without) the whole one. */
+static const tl_port console = {.write = sim_console};
 
 static _Noreturn void sim_exit(int code)
 {
@@ -64,11 +70,9 @@ static _Noreturn void sim_exit(int code)
 _Noreturn void tl_sim_fatal(long vector, long cause, long pc, long vaddr)
 {
     static const char *const names[] = {"user", "kernel", "debug/level-2", "NMI", "double"};
-    char msg[160];
-    snprintf(msg, sizeof msg, "TINYLLM_ERROR E_CRASH %s exception: cause %ld at pc 0x%08lx (address 0x%08lx)\n",
-             vector >= 0 && vector < 5 ? names[vector] : "?", cause, (unsigned long)pc, (unsigned long)vaddr);
-    sim_puts(msg);
-    sim_puts("TINYLLM_EXIT 3\n");
+    tl_port_error(&console, TL_E_CRASH, "%s exception: cause %ld at pc 0x%08lx (address 0x%08lx)",
+                  vector >= 0 && vector < 5 ? names[vector] : "?", cause, (unsigned long)pc, (unsigned long)vaddr);
+    tl_exit_line(&console, 3);
     sim_exit(3);
 }
 
@@ -150,12 +154,6 @@ static void sim_close(void *ctx, int32_t h)
     tl_sim_simcall(SYS_CLOSE, h, 0, 0);
 }
 
-static void sim_console(void *ctx, const char *text, size_t n)
-{
-    (void)ctx;
-    sim_write_all(text, n);
-}
-
 /* ---- arguments ---------------------------------------------------------------------- */
 
 static char argv_buf[4096];
@@ -166,22 +164,13 @@ static int sim_args(char ***argv_out)
     long size = tl_sim_simcall(SYS_ARGV_SZ, 0, 0, 0);
     if (argc <= 0 || size <= 0) return 0;
     if ((size_t)size > sizeof argv_buf) {
-        sim_puts("TINYLLM_ERROR E_COMMAND arguments longer than 4096 bytes\nTINYLLM_EXIT 2\n");
+        tl_port_error(&console, TL_E_COMMAND, "arguments longer than %lu bytes", (unsigned long)sizeof argv_buf);
+        tl_exit_line(&console, 2);
         sim_exit(2);
     }
     tl_sim_simcall(SYS_ARGV, (long)argv_buf, 0, 0); /* pointer table, then the strings */
     *argv_out = (char **)(void *)argv_buf;
     return (int)argc;
-}
-
-static int parse_count(const char *s, unsigned long max, unsigned long *out)
-{
-    char *end;
-    if (!s || !*s || *s == '-') return -1;
-    unsigned long v = strtoul(s, &end, 10);
-    if (*end || v > max) return -1;
-    *out = v;
-    return 0;
 }
 
 /* ---- console input: whole lines from semihosting reads of fd 0 --------------------- */
@@ -228,12 +217,10 @@ static char *read_line(int *overlong, size_t *len)
 /* A bad option (and the value after it, if any): the protocol's error and exit lines. */
 static _Noreturn void usage_exit(const char *bad, const char *value)
 {
-    tl_port console = {.write = sim_console}; /* enough for the error and exit lines */
-    tl_command_error(&console, "bad argument: '%s'%s%s%s: usage tinyllm --card DIR [--precision float32|int8] "
+    tl_port_error(&console, TL_E_COMMAND, "bad argument: '%s'%s%s%s: usage tinyllm --card DIR [--precision float32|int8] "
                      "[--prompts card|none] [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] "
-                     "[--lm-head auto|full|pruned] [--max-candidates N] [--chunk-buffer-bytes N]", bad,
-                     value ? " '" : "", value ? value : "",
-                     value ? "'" : "");
+                  "[--lm-head auto|full|pruned] [--max-candidates N] [--chunk-buffer-bytes N]", bad,
+                  value ? " '" : "", value ? value : "", value ? "'" : "");
     tl_exit_line(&console, 2);
     sim_exit(2);
 }
@@ -243,22 +230,22 @@ static int run(void)
     char **argv = NULL;
     int argc = sim_args(&argv);
     const char *card = NULL, *precision = "float32", *prompts = "card";
-    unsigned long arena_bytes = DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
-    unsigned long chunk_buffer_bytes = TL_DEFAULT_CHUNK_BUFFER_BYTES;
+    unsigned long long arena_bytes = TL_DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
+    unsigned long long chunk_buffer_bytes = TL_DEFAULT_CHUNK_BUFFER_BYTES;
     int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--card") == 0 && val) card = argv[++i];
         else if (strcmp(a, "--precision") == 0 && val) precision = argv[++i];
         else if (strcmp(a, "--prompts") == 0 && val) prompts = argv[++i];
-        else if (strcmp(a, "--arena-bytes") == 0 && !parse_count(val, 0x7fffffffUL, &arena_bytes)) i++;
-        else if (strcmp(a, "--context") == 0 && !parse_count(val, 1UL << 24, &context)) i++;
-        else if (strcmp(a, "--chunk-rows") == 0 && !parse_count(val, 1UL << 24, &chunk_rows)) i++;
+        else if (strcmp(a, "--arena-bytes") == 0 && !tl_parse_count(val, 0x7fffffffULL, &arena_bytes)) i++;
+        else if (strcmp(a, "--context") == 0 && !tl_parse_count(val, 1ULL << 24, &context)) i++;
+        else if (strcmp(a, "--chunk-rows") == 0 && !tl_parse_count(val, 1ULL << 24, &chunk_rows)) i++;
         else if (strcmp(a, "--no-resident") == 0) no_resident = 1;
         else if (strcmp(a, "--lm-head") == 0 && (lm_head = tl_lm_head_mode(val)) >= 0) i++;
-        else if (strcmp(a, "--max-candidates") == 0 && !parse_count(val, 512, &max_candidates) && max_candidates) i++;
+        else if (strcmp(a, "--max-candidates") == 0 && !tl_parse_count(val, 512, &max_candidates) && max_candidates) i++;
         else if (strcmp(a, "--chunk-buffer-bytes") == 0 &&
-                 !parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes)) i++;
+                 !tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes)) i++;
         else if (strcmp(a, "--selftest-exception") == 0) __asm__ volatile("ill"); /* proves the vectors: E_CRASH, exit 3 */
         else usage_exit(a, val);
     }
@@ -275,14 +262,12 @@ static int run(void)
         .chunk_buffer = chunk_buffer_bytes ? chunk_buffer : NULL, .chunk_buffer_bytes = (size_t)chunk_buffer_bytes,
     };
     tl_log(&port, "app_main", "Tiny-LLM ESP32 Inference Engine Starting");
-    tl_log(&port, "app_main", "xtensa-sim port: card %s, precision %s, arena %lu bytes (%lu available in RAM), "
+    tl_log(&port, "app_main", "xtensa-sim port: card %s, precision %s, arena %llu bytes (%lu available in RAM), "
            "1 CCOUNT tick = %lu instructions", card, precision, arena_bytes, (unsigned long)available,
            (unsigned long)insns_per_tick);
     if (arena_bytes > available) {
-        char msg[200];
-        snprintf(msg, sizeof msg, "TINYLLM_ERROR E_OOM arena: %lu bytes requested, the simulated RAM leaves %lu "
-                 "(raise QEMU's -m)\n", arena_bytes, (unsigned long)available);
-        sim_puts(msg);
+        tl_port_error(&port, TL_E_OOM, "arena: %llu bytes requested, the simulated RAM leaves %lu (raise QEMU's -m)",
+                      arena_bytes, (unsigned long)available);
         tl_exit_line(&port, 2);
         return 2;
     }
@@ -295,20 +280,14 @@ static int run(void)
         tl_exit_line(&port, 2);
         return 2;
     }
-    int failed = 0, quit = 0;
-    if (strcmp(prompts, "card") == 0) {
-        int r = tl_engine_run_script(e, "prompts.txt", &quit);
-        if (r > 0) failed += r;
-    }
+    tl_session session = {0, 0};
+    if (strcmp(prompts, "card") == 0) tl_engine_run_script(e, "prompts.txt", &session);
     char *line;
     int overlong;
     size_t len;
-    while (!quit && (line = read_line(&overlong, &len)) != NULL) {
-        int r = overlong ? tl_engine_reject_long_line(e, LINE_MAX_BYTES) : tl_engine_exec_bytes(e, line, len);
-        if (r == TL_CMD_FAILED) failed++;
-        if (r == TL_CMD_QUIT) quit = 1;
-    }
-    int code = failed ? 1 : 0;
+    while (!session.quit && (line = read_line(&overlong, &len)) != NULL)
+        tl_session_line(e, &session, overlong ? NULL : line, len);
+    int code = tl_session_exit_code(&session);
     tl_exit_line(&port, code);
     return code;
 }

@@ -61,7 +61,7 @@ static int expected_bytes(const tl_config *c, int id, int scales, uint64_t *byte
     if (mul_u64((uint64_t)s.layers, (uint64_t)s.rows, &n)) return -1;
     if (scales) return mul_u64(n, 4, bytes); /* one float32 per row */
     if (mul_u64(n, (uint64_t)s.cols, &n)) return -1;
-    uint64_t elem = (c->int8 && tl_tensor_quantized(id)) ? 1u : 4u;
+    uint64_t elem = (c->quantized && tl_tensor_quantized(id)) ? 1u : 4u;
     return mul_u64(n, elem, bytes);
 }
 
@@ -163,7 +163,7 @@ static int parse_model(const cJSON *c, tl_config *cfg, tl_err *err)
 static int parse_quantization(const cJSON *root, tl_config *cfg, tl_err *err)
 {
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(root, "quantization");
-    if (!cfg->int8) {
+    if (!cfg->quantized) {
         if (q && !cJSON_IsNull(q))
             return tl_fail(err, TL_E_CONFIG, "model_config.json: quantization must be null for dtype float32");
         return TL_OK;
@@ -215,7 +215,7 @@ static int parse_file_entry(const cJSON *files, const tl_config *cfg, int id, in
         return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.bytes = %.17g, expected %llu from config", name,
                        b->valuedouble, (unsigned long long)want);
 
-    const char *want_dtype = (!scales && cfg->int8 && tl_tensor_quantized(id)) ? "int8" : "float32";
+    const char *want_dtype = (!scales && cfg->quantized && tl_tensor_quantized(id)) ? "int8" : "float32";
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(f, "dtype");
     if (dt && !(cJSON_IsString(dt) && strcmp(dt->valuestring, want_dtype) == 0))
         return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.dtype = %s, expected %s", name,
@@ -257,7 +257,7 @@ static int parse_proxy_entry(const cJSON *files, const tl_config *cfg, tl_manife
     const char *name = TL_PROXY_FILE;
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(files, name);
     if (!f) return TL_OK;
-    if (cfg->int8) return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s is for float32 sets only", name);
+    if (cfg->quantized) return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s is for float32 sets only", name);
     if (!cJSON_IsObject(f)) return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s is not an object", name);
     uint64_t want = (uint64_t)cfg->vocab * ((uint64_t)cfg->hidden + TL_PROXY_HEADER_BYTES);
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(f, "bytes");
@@ -359,12 +359,12 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
                      dtype->valuestring, precision);
         goto done;
     }
-    cfg->int8 = strcmp(dtype->valuestring, "int8") == 0;
+    cfg->quantized = strcmp(dtype->valuestring, "int8") == 0;
 
     if (parse_model(cJSON_GetObjectItemCaseSensitive(root, "config"), cfg, err)) goto fail;
     /* The int8 matvec's int32 accumulator must convert to float exactly
      * (|acc| <= 127*127*in_features < 2^24): the contract's bit-exactness needs it. */
-    if (cfg->int8) {
+    if (cfg->quantized) {
         int widest = cfg->hidden > cfg->inter ? cfg->hidden : cfg->inter;
         if (cfg->heads * cfg->head_dim > widest) widest = cfg->heads * cfg->head_dim;
         if (widest > TL_I8_MAX_COLS) {
@@ -382,7 +382,7 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
     }
     for (int id = 0; id < TL_NT; id++) {
         if (parse_file_entry(files, cfg, id, 0, man, err)) goto fail;
-        if (cfg->int8 && tl_tensor_quantized(id) && parse_file_entry(files, cfg, id, 1, man, err)) goto fail;
+        if (cfg->quantized && tl_tensor_quantized(id) && parse_file_entry(files, cfg, id, 1, man, err)) goto fail;
     }
     if (parse_proxy_entry(files, cfg, man, err)) goto fail;
     goto done;

@@ -28,8 +28,11 @@ typedef struct tl_config {
     char model_name[48];
     int vocab, hidden, inter, layers, heads, kv_heads, head_dim, max_pos;
     float eps, theta;
-    int int8; /* dtype "int8" (w8a8-rowwise-symmetric) vs "float32" */
+    int quantized; /* 1: dtype "int8" (w8a8-rowwise-symmetric), 0: "float32" */
 } tl_config;
+
+/* The set's dtype as model_config.json names it: "int8" or "float32". */
+static inline const char *tl_config_dtype(const tl_config *cfg) { return cfg->quantized ? "int8" : "float32"; }
 
 /* Shape of one tensor file as [layers, rows, cols] (layers = 1 for unstacked ones). */
 typedef struct tl_shape {

@@ -19,7 +19,6 @@ static const char *const TAG_INFER = "tinyllm_inference";
 
 #define TL_DEFAULT_N 16
 #define TL_DEFAULT_K 2
-#define TL_SCRIPT_LINE_BYTES 8192
 
 #define TL_STEP_FULL (-1)     /* lm_head streamed in full (as asked, or no logits) */
 #define TL_STEP_FALLBACK (-2) /* pruning was on, but this step streamed lm_head in full */
@@ -49,7 +48,7 @@ struct tl_engine {
     int32_t *tokens; /* prompt then generated ids [context + 1] */
     tl_step *steps;  /* [context] */
     tl_fault fault;  /* injected storage fault (test builds), kept across loads */
-    char script_line[TL_SCRIPT_LINE_BYTES]; /* the prompt file's current line */
+    char script_line[TL_LINE_BYTES]; /* the prompt file's current line */
 };
 
 /* ------------------------------------------------------------------- lines */
@@ -59,7 +58,7 @@ static void print_info(tl_engine *e)
     tl_model *m = &e->model;
     tl_writer *w = &e->out;
     tl_w_printf(w, "TINYLLM_INFO {\"model\":\"%s\",\"precision\":\"%s\",\"card_id\":\"%08lx\",", m->cfg.model_name,
-                m->cfg.int8 ? "int8" : "float32", (unsigned long)e->card_id);
+                tl_config_dtype(&m->cfg), (unsigned long)e->card_id);
     tl_w_printf(w, "\"arena_budget\":%lu,\"arena_used\":%lu,\"context\":%d,\"resident_bytes\":%llu,",
                 (unsigned long)e->arena.size, (unsigned long)e->arena.used, m->context,
                 (unsigned long long)m->resident_bytes);
@@ -143,7 +142,7 @@ static int load_set(tl_engine *e, const tl_options *opt)
         tl_model_close(m);
         return e->err.code;
     }
-    snprintf(e->precision, sizeof e->precision, "%s", m->cfg.int8 ? "int8" : "float32");
+    snprintf(e->precision, sizeof e->precision, "%s", tl_config_dtype(&m->cfg));
     e->loaded = o;
     e->loaded.precision = e->precision;
     e->loaded.weights_dir = NULL; /* derived from the precision again on a reload */
@@ -201,7 +200,7 @@ static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int
 {
     tl_writer *w = &e->out;
     tl_w_printf(w, "TINYLLM_RESULT {\"precision\":\"%s\",\"lm_head\":\"%s\",\"prompt\":[",
-                e->model.cfg.int8 ? "int8" : "float32", e->model.prune && !full ? "pruned" : "full");
+                tl_config_dtype(&e->model.cfg), e->model.prune && !full ? "pruned" : "full");
     for (int i = 0; i < n_prompt; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[i]);
     tl_w_puts(w, "],\"tokens\":[");
     for (int i = 0; i < n_new; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[n_prompt + i]);
@@ -453,7 +452,7 @@ int tl_engine_exec(tl_engine *e, char *line)
     } else if (strcmp(cmd, "info") == 0 && bare) {
         tl_model *m = &e->model;
         tl_log(e->port, TAG_INFER, "Model %s (%s), card id %08lx, context %d, resident %llu bytes, arena %lu/%lu",
-               m->cfg.model_name, m->cfg.int8 ? "int8" : "float32", (unsigned long)e->card_id, m->context,
+               m->cfg.model_name, tl_config_dtype(&m->cfg), (unsigned long)e->card_id, m->context,
                (unsigned long long)m->resident_bytes, (unsigned long)e->arena.used, (unsigned long)e->arena.size);
         print_info(e);
     } else if (strcmp(cmd, "verify") == 0 && bare) {
@@ -507,104 +506,113 @@ int tl_engine_exec_bytes(tl_engine *e, char *line, size_t len)
     return tl_engine_exec(e, line);
 }
 
-/* A port's own error line (no engine yet, or nothing of the engine's): formatted, then escaped. */
-static void port_error(const tl_port *port, int code, const char *fmt, va_list ap)
+void tl_port_error(const tl_port *port, int code, const char *fmt, ...)
 {
     char msg[300];
+    va_list ap;
+    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
     tl_emit_error(port, code, msg);
 }
 
-void tl_command_error(const tl_port *port, const char *fmt, ...)
+int tl_parse_count(const char *s, unsigned long long max, unsigned long long *out)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    port_error(port, TL_E_COMMAND, fmt, ap);
-    va_end(ap);
+    char *end;
+    if (!s || !*s || *s == '-') return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v > max) return -1;
+    *out = v;
+    return 0;
 }
 
-void tl_file_missing_error(const tl_port *port, const char *fmt, ...)
+/* ------------------------------------------------------------------ session */
+
+int tl_session_line(tl_engine *e, tl_session *s, char *line, size_t len)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    port_error(port, TL_E_FILE_MISSING, fmt, ap);
-    va_end(ap);
+    int r;
+    if (line) {
+        r = tl_engine_exec_bytes(e, line, len);
+    } else {
+        tl_fail(&e->err, TL_E_COMMAND, "console line longer than %lu bytes: ignored",
+                (unsigned long)(TL_LINE_BYTES - 1u));
+        r = report_error(e);
+        tl_emit_ready(e->port);
+    }
+    if (r == TL_CMD_FAILED) s->failed++;
+    if (r == TL_CMD_QUIT) s->quit = 1;
+    return r;
 }
 
-int tl_engine_reject_long_line(tl_engine *e, size_t limit)
-{
-    tl_fail(&e->err, TL_E_COMMAND, "console line longer than %lu bytes: ignored", (unsigned long)limit);
-    report_error(e);
-    tl_emit_ready(e->port);
-    return TL_CMD_FAILED;
-}
+int tl_session_exit_code(const tl_session *s) { return s->failed ? 1 : 0; }
+
 
 /* ------------------------------------------------------------------ scripts */
 
 /* A prompt file is commands for a session, not a data set: 1 MiB is thousands of them. */
 #define TL_SCRIPT_MAX_BYTES (1024u * 1024u)
 
-int tl_engine_run_script(tl_engine *e, const char *path, int *quit)
+/* A failure of the prompt file itself (not of one of its commands): one error line, TINYLLM_READY. */
+static int script_failed(tl_engine *e, tl_session *s)
+{
+    report_error(e);
+    tl_emit_ready(e->port);
+    s->failed++;
+    return 1;
+}
+
+int tl_engine_run_script(tl_engine *e, const char *path, tl_session *s)
 {
     const tl_port *port = e->port;
-    *quit = 0;
     int32_t fh = port->open(port->ctx, path);
     if (fh == TL_OPEN_NOT_FOUND) return -1;
     if (fh < 0) { /* there, but not a file we can read (a pipe, a directory...) */
         tl_fail_open(&e->err, path, fh);
-        report_error(e);
-        tl_emit_ready(port);
-        return 1;
+        return script_failed(e, s);
     }
     int64_t size = port->size(port->ctx, fh);
     if (size > (int64_t)TL_SCRIPT_MAX_BYTES) { /* read 128 bytes at a time, a huge one would look like a hang */
         tl_fail(&e->err, TL_E_FILE_SIZE, "%s: %lld bytes, more than the %lu a prompt file may hold", path,
                 (long long)size, (unsigned long)TL_SCRIPT_MAX_BYTES);
-        report_error(e);
-        tl_emit_ready(port);
         port->close(port->ctx, fh);
-        return 1;
+        return script_failed(e, s);
     }
-    tl_log(port, "app_main", "Running prompt file %s (%lld bytes)", path, (long long)size);
+    tl_log(port, TAG_INFER, "Running prompt file %s (%lld bytes)", path, (long long)size);
 
     char *line = e->script_line; /* in the engine: a `load` in the file re-lays out the arena */
-    int failed = 0;
+    int failed_before = s->failed;
     size_t len = 0;
     int overlong = 0;
     char chunk[128];
     uint64_t off = 0;
-    while (!*quit) {
+    while (!s->quit) {
         int64_t got = 0;
         if (size > 0 && off < (uint64_t)size) {
             uint64_t left = (uint64_t)size - off;
             got = port->read_at(port->ctx, fh, off, chunk, left < sizeof chunk ? (size_t)left : sizeof chunk);
             if (got <= 0) {
                 tl_fail(&e->err, TL_E_IO, "read %s: offset %llu failed", path, (unsigned long long)off);
-                report_error(e);
-                tl_emit_ready(port);
-                failed++;
+                script_failed(e, s);
                 break;
             }
             off += (uint64_t)got;
         }
         int at_end = got == 0;
         if (at_end) chunk[got++] = '\n'; /* the last line may lack its newline */
-        for (int64_t i = 0; i < got && !*quit; i++) {
+        for (int64_t i = 0; i < got && !s->quit; i++) {
             if (chunk[i] != '\n') {
-                if (len + 1 < TL_SCRIPT_LINE_BYTES) line[len++] = chunk[i];
+                if (len + 1 < TL_LINE_BYTES) line[len++] = chunk[i];
                 else overlong = 1;
                 continue;
             }
             line[len] = '\0';
             if (!overlong) {
-                int r = tl_engine_exec_bytes(e, line, len);
-                if (r == TL_CMD_FAILED) failed++;
-                if (r == TL_CMD_QUIT) *quit = 1;
+                tl_session_line(e, s, line, len);
             } else {
-                tl_fail(&e->err, TL_E_COMMAND, "%s: line longer than %d bytes", path, TL_SCRIPT_LINE_BYTES - 1);
-                report_error(e);
-                tl_emit_ready(port);
-                failed++;
+                tl_fail(&e->err, TL_E_COMMAND, "%s: line longer than %lu bytes", path,
+                        (unsigned long)(TL_LINE_BYTES - 1u));
+                script_failed(e, s);
             }
             len = 0;
             overlong = 0;
@@ -612,5 +620,5 @@ int tl_engine_run_script(tl_engine *e, const char *path, int *quit)
         if (at_end) break;
     }
     port->close(port->ctx, fh);
-    return failed;
+    return s->failed - failed_before;
 }

@@ -20,7 +20,8 @@ int tl_fail(tl_err *err, int code, const char *fmt, ...)
 const char *tl_code_name(int code)
 {
     static const char *const names[] = {"OK",   "E_CONFIG", "E_FILE_MISSING", "E_FILE_SIZE", "E_CHECKSUM",
-                                        "E_IO", "E_OOM",    "E_PROMPT",       "E_COMMAND",   "E_NUMERIC"};
+                                        "E_IO", "E_OOM",    "E_PROMPT",       "E_COMMAND",   "E_NUMERIC",
+                                        "E_CRASH"};
     _Static_assert(sizeof names / sizeof names[0] == TL_E_COUNT, "one name per error code");
     if (code < 0 || code >= (int)(sizeof names / sizeof names[0])) return "E_UNKNOWN";
     return names[code];

@@ -1,20 +1,8 @@
-/* Error codes of the output protocol (contracts.md §5) and a message buffer. */
+/* An error being carried up to the command that prints it (codes: tinyllm.h). */
 #ifndef TINYLLM_ERROR_H
 #define TINYLLM_ERROR_H
 
-enum {
-    TL_OK = 0,
-    TL_E_CONFIG,
-    TL_E_FILE_MISSING,
-    TL_E_FILE_SIZE,
-    TL_E_CHECKSUM,
-    TL_E_IO,
-    TL_E_OOM,
-    TL_E_PROMPT,
-    TL_E_COMMAND,
-    TL_E_NUMERIC, /* a NaN or infinity in an activation or logit (corrupt weights) */
-    TL_E_COUNT
-};
+#include "tinyllm/tinyllm.h"
 
 typedef struct tl_err {
     int code;

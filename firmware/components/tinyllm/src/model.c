@@ -148,7 +148,7 @@ static int open_file(tl_model *m, tl_tensor *t, int id, int scales)
         t->shape.cols = 1;
         t->elem = 4;
     } else {
-        t->elem = (m->cfg.int8 && tl_tensor_quantized(id)) ? 1 : 4;
+        t->elem = (m->cfg.quantized && tl_tensor_quantized(id)) ? 1 : 4;
     }
     return TL_OK;
 }
@@ -178,11 +178,11 @@ int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id)
            "Model %s: vocab %d, hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, head dim %d, "
            "max positions %d, dtype %s",
            c->model_name, c->vocab, c->hidden, c->inter, c->layers, c->heads, c->kv_heads, c->head_dim, c->max_pos,
-           c->int8 ? "int8" : "float32");
+           tl_config_dtype(c));
 
     for (int id = 0; id < TL_NT; id++) {
         if (open_file(m, &m->w[id], id, 0)) return m->err->code;
-        if (c->int8 && tl_tensor_quantized(id) && open_file(m, &m->scale[id], id, 1)) return m->err->code;
+        if (c->quantized && tl_tensor_quantized(id) && open_file(m, &m->scale[id], id, 1)) return m->err->code;
     }
     if (m->man.has_proxy && open_proxy(m)) return m->err->code;
     int files = 0;
@@ -301,14 +301,14 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
         !(m->rope_cos = alloc_floats(m, (size_t)(d / 2), "rope cos")) ||
         !(m->rope_sin = alloc_floats(m, (size_t)(d / 2), "rope sin")))
         return m->err->code;
-    if (c->int8 && !(m->qx = (int8_t *)tl_arena_alloc(m->arena, (size_t)max_in, "quantized activation", m->err)))
+    if (c->quantized && !(m->qx = (int8_t *)tl_arena_alloc(m->arena, (size_t)max_in, "quantized activation", m->err)))
         return m->err->code;
 
     /* Chunk buffer: chunk_rows rows of the lm_head that is streamed (the
      * proxy's records when pruning, else lm_head's rows), and at least one row
      * of the widest matrix. */
     uint64_t reserve = (uint64_t)reserve_fixed + (uint64_t)reserve_per_position * ((uint64_t)m->context + 1u) + 64u;
-    uint64_t elem = c->int8 ? 1u : 4u;
+    uint64_t elem = c->quantized ? 1u : 4u;
     uint64_t one_row = (uint64_t)max_in * elem;
     uint64_t full_bytes = (uint64_t)m->chunk_rows * (uint64_t)H * elem;
     /* the proxy's records (5 + H bytes) straddle sectors: it is read in aligned
@@ -323,7 +323,7 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
      * its proxy record; a resident matrix saves only itself). */
     if (opt->lm_head == TL_LM_HEAD_PRUNED && m->proxy.fh < 0)
         return tl_fail(m->err, TL_E_CONFIG, "lm_head=pruned: the %s set has no %s (export it with the harness)",
-                       c->int8 ? "int8" : "float32", TL_PROXY_FILE);
+                       tl_config_dtype(c), TL_PROXY_FILE);
     if (m->proxy.fh >= 0 && opt->lm_head != TL_LM_HEAD_FULL) {
         /* Auto prunes when its buffers fit, or when they take no more than the full
          * stream's chunk would (then pruning is better in every way). The arena
@@ -440,14 +440,14 @@ static int linear(tl_model *m, float *y, int id, int layer, const float *x)
 {
     const tl_tensor *w = &m->w[id];
     int rows = w->shape.rows, cols = w->shape.cols;
-    float sx = m->cfg.int8 ? tl_quantize_act(m->qx, x, cols) : 0.0f;
+    float sx = m->cfg.quantized ? tl_quantize_act(m->qx, x, cols) : 0.0f;
     int per = rows_per_chunk(m, w);
     for (int r0 = 0; r0 < rows; r0 += per) {
         int n = rows - r0 < per ? rows - r0 : per;
         const void *wr = NULL;
         const float *sc = NULL;
         if (fetch_rows(m, id, (long)layer * rows + r0, n, &wr, &sc)) return m->err->code;
-        if (m->cfg.int8) tl_matvec_i8(y + r0, (const int8_t *)wr, sc, m->qx, sx, n, cols);
+        if (m->cfg.quantized) tl_matvec_i8(y + r0, (const int8_t *)wr, sc, m->qx, sx, n, cols);
         else tl_matvec_f32(y + r0, (const float *)wr, x, n, cols);
     }
     return check_finite(m, y, rows, tl_tensor_base(id), layer);
@@ -471,7 +471,7 @@ static int embed(tl_model *m, int token)
 {
     tl_tensor *t = &m->w[TL_T_EMBED];
     size_t H = (size_t)m->cfg.hidden;
-    if (!m->cfg.int8) {
+    if (!m->cfg.quantized) {
         if (read_exact(m, t->fh, "embed_tokens.bin", (uint64_t)token * H * 4u, m->x, H * 4u)) return m->err->code;
         return check_finite(m, m->x, (int)H, "embed_tokens", 0);
     }
@@ -527,7 +527,7 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
 {
     const tl_tensor *w = &m->w[TL_T_LM_HEAD];
     int rows = w->shape.rows, cols = w->shape.cols;
-    float sx = m->cfg.int8 ? tl_quantize_act(m->qx, xn, cols) : 0.0f;
+    float sx = m->cfg.quantized ? tl_quantize_act(m->qx, xn, cols) : 0.0f;
     int per = rows_per_chunk(m, w);
     if (per > m->chunk_rows) per = m->chunk_rows; /* a resident lm_head too: m->logits holds chunk_rows */
     size_t row_bytes = (size_t)cols * (size_t)w->elem;
@@ -545,13 +545,13 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
             wr = buf[cur];
         }
         const float *sc = NULL; /* (read before the next chunk's read starts: one read at a time) */
-        if (m->cfg.int8 && lm_head_scales(m, r0, n, &sc)) return m->err->code;
+        if (m->cfg.quantized && lm_head_scales(m, r0, n, &sc)) return m->err->code;
         /* the next streamed chunk: read into the other buffer while this one is computed */
         int r1 = r0 + n, n1 = r1 < rows ? chunk_at(w, per, r1) : 0, nxt = cur ^ (buf[0] != buf[1]);
         int stream_next = n1 > 0 && r1 + n1 > w->resident_rows;
         if (stream_next && nxt != cur)
             read_start(m, w->fh, w->name, (uint64_t)r1 * row_bytes, buf[nxt], (size_t)n1 * row_bytes);
-        if (m->cfg.int8) tl_matvec_i8(m->logits, (const int8_t *)wr, sc, m->qx, sx, n, cols);
+        if (m->cfg.quantized) tl_matvec_i8(m->logits, (const int8_t *)wr, sc, m->qx, sx, n, cols);
         else tl_matvec_f32(m->logits, (const float *)wr, xn, n, cols);
         if (check_finite(m, m->logits, n, "lm_head", 0)) return read_drain(m, m->err->code);
         for (int i = 0; i < n; i++) topk_push(top, r0 + i, m->logits[i]);

@@ -1,11 +1,14 @@
 /*
  * Tiny-LLM inference core: public API used by the ports.
  *
+ * A port is storage + clock + console + arena (port.h); everything else is here:
+ *
  *   tl_engine *e = tl_engine_init(&port, &opts);   // prints start-up lines, TINYLLM_INFO, TINYLLM_READY
  *   if (!e) { tl_exit_line(&port, 2); exit(2); }    // TINYLLM_ERROR was already printed
- *   tl_engine_run_script(e, "prompts.txt", &quit);  // optional boot-time prompt file
- *   while (read a line) { r = tl_engine_exec(e, line); ... }
- *   tl_exit_line(&port, any_failed ? 1 : 0);
+ *   tl_session s = {0, 0};
+ *   tl_engine_run_script(e, "prompts.txt", &s);     // optional boot-time prompt file
+ *   while (!s.quit && read a line) tl_session_line(e, &s, line, len);   // line NULL: it was too long
+ *   tl_exit_line(&port, tl_session_exit_code(&s));
  */
 #ifndef TINYLLM_TINYLLM_H
 #define TINYLLM_TINYLLM_H
@@ -24,6 +27,10 @@
  * = 104 KiB, port.h: two chunks of tiny-llm's lm_head, one read while the other is
  * computed): the host and emulator ports have one too, for the same layout. */
 #define TL_DEFAULT_CHUNK_BUFFER_BYTES 106496u
+/* A console or prompt-file line: at most TL_LINE_BYTES - 1 bytes ("gen" with a
+ * whole context of ids, ~6 KB for tiny-llm, fits). A longer one is refused
+ * whole (E_COMMAND), never run cut off. Ports size their line buffer with it. */
+#define TL_LINE_BYTES 8192u
 
 typedef struct tl_options {
     const char *weights_dir; /* card-relative folder; NULL: the precision's (tl_weights_dir) */
@@ -48,6 +55,22 @@ int tl_lm_head_mode(const char *name);
  * "tinyllm_float32_weights" or "tinyllm_weights"; NULL for an unknown precision. */
 const char *tl_weights_dir(const char *precision);
 
+/* The codes of "TINYLLM_ERROR <CODE> <message>" (docs/contracts.md §5). */
+enum {
+    TL_OK = 0,
+    TL_E_CONFIG,
+    TL_E_FILE_MISSING,
+    TL_E_FILE_SIZE,
+    TL_E_CHECKSUM,
+    TL_E_IO,
+    TL_E_OOM,
+    TL_E_PROMPT,
+    TL_E_COMMAND,
+    TL_E_NUMERIC, /* a NaN or infinity in an activation or logit (corrupt weights) */
+    TL_E_CRASH,   /* a CPU exception (a port's fault handler) */
+    TL_E_COUNT
+};
+
 /* Result of one command line. */
 enum {
     TL_CMD_OK = 0,      /* command ran; TINYLLM_READY printed */
@@ -71,15 +94,29 @@ int tl_engine_exec(tl_engine *e, char *line);
  * is refused with E_COMMAND (TL_CMD_FAILED) instead of run. */
 int tl_engine_exec_bytes(tl_engine *e, char *line, size_t len);
 
-/* For a port whose console line buffer overflowed: the line is not run (its
- * cut-off front could be a different command); prints E_COMMAND and
- * TINYLLM_READY. Returns TL_CMD_FAILED. */
-int tl_engine_reject_long_line(tl_engine *e, size_t limit);
+/* A console session: what a port's command loop counts. */
+typedef struct tl_session {
+    int failed; /* commands that printed TINYLLM_ERROR (TL_CMD_FAILED) */
+    int quit;   /* 1 after "quit": the port stops reading and prints TINYLLM_EXIT */
+} tl_session;
 
-/* Runs every line of a card-relative file (the boot prompt file).
- * Returns the number of failed commands, or -1 if the file does not exist.
- * *quit is set to 1 if the file contained "quit". */
-int tl_engine_run_script(tl_engine *e, const char *path, int *quit);
+/* Runs one console line of `len` bytes as read (tl_engine_exec_bytes) and
+ * counts it in *s. line == NULL: the line did not fit the port's buffer of
+ * TL_LINE_BYTES; it is not run (its cut-off front could be a different
+ * command): E_COMMAND and TINYLLM_READY. Returns the TL_CMD_* result. */
+int tl_session_line(tl_engine *e, tl_session *s, char *line, size_t len);
+
+/* TINYLLM_EXIT's code for a session that ended: 1 if a command failed, else 0. */
+int tl_session_exit_code(const tl_session *s);
+
+/* Runs every line of a card-relative file (the boot prompt file) into *s.
+ * Returns the number of its commands that failed, or -1 (nothing printed) if
+ * the file does not exist. */
+int tl_engine_run_script(tl_engine *e, const char *path, tl_session *s);
+
+/* Parses a whole-word decimal count 0..max (no sign, no blanks) for a port's
+ * command-line options. Returns 0, or -1 (then *out is left alone). */
+int tl_parse_count(const char *s, unsigned long long max, unsigned long long *out);
 
 /* Output helpers shared with the ports. */
 void tl_log(const tl_port *port, const char *tag, const char *fmt, ...)
@@ -88,17 +125,12 @@ void tl_log(const tl_port *port, const char *tag, const char *fmt, ...)
 #endif
     ;
 void tl_exit_line(const tl_port *port, int code); /* "TINYLLM_EXIT <code>" */
-/* "TINYLLM_ERROR E_FILE_MISSING <message>", escaped: a port's own missing file (a host prompt file). */
-void tl_file_missing_error(const tl_port *port, const char *fmt, ...)
+/* "TINYLLM_ERROR <CODE> <message>" (code TL_E_*), the message formatted, then escaped
+ * like every error line: for a port's own errors (a bad command-line option, no
+ * arena, a missing host prompt file, a CPU exception), with or without an engine. */
+void tl_port_error(const tl_port *port, int code, const char *fmt, ...)
 #if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
-/* "TINYLLM_ERROR E_COMMAND <message>", the message escaped like every error
- * line: for a port's own errors (a bad command-line option) before an engine exists. */
-void tl_command_error(const tl_port *port, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
+    __attribute__((format(printf, 3, 4)))
 #endif
     ;
 
