@@ -13,6 +13,7 @@
 #include "error.h"
 #include "model.h"
 #include "output.h"
+#include "storage.h"
 #include "tinyllm/tinyllm.h"
 
 static const char *const TAG_INFER = "tinyllm_inference";

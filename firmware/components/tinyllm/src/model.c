@@ -4,213 +4,14 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "crc32.h"
 #include "kernels.h"
 #include "output.h"
-
-/* A real model_config.json is 4-8 KB; cJSON needs about twice the text in
- * heap, and the bare-metal port reserves 96 KiB of heap for it. */
-#define TL_MAX_CONFIG_BYTES (32u * 1024u)
-
-static const char *const TAG_LOADER = "weight_loader";
+#include "storage.h"
 
 static int max3(int a, int b, int c)
 {
     int m = a > b ? a : b;
     return m > c ? m : c;
-}
-
-static void join_path(char *out, size_t n, const char *dir, const char *file)
-{
-    if (dir && dir[0]) snprintf(out, n, "%s/%s", dir, file);
-    else snprintf(out, n, "%s", file);
-}
-
-/* Records why opening `path` failed (a TL_OPEN_* code from the port). */
-static int open_failed(tl_model *m, const char *path, int32_t why)
-{
-    return tl_fail_open(m->err, path, why);
-}
-
-/* Every storage read ends here, so the statistics are the core's own. */
-static int read_done(tl_model *m, const char *what, uint64_t off, void *buf, size_t n, int64_t got)
-{
-    m->read_calls++;
-#ifdef TINYLLM_FAULT_INJECTION
-    if (m->fault && m->fault->kind != TL_FAULT_NONE && --m->fault->countdown == 0) {
-        if (m->fault->kind == TL_FAULT_FLIP && got > 0) /* silent corruption: bit 0 of the middle byte */
-            ((uint8_t *)buf)[got / 2] ^= 1u;
-        else
-            got = m->fault->kind == TL_FAULT_FAIL ? -1 : got / 2;
-        m->fault->kind = TL_FAULT_NONE; /* one fault per `fault` command */
-    }
-#endif
-    if (got > 0) m->bytes_read += (uint64_t)got;
-    if (got != (int64_t)n)
-        return tl_fail(m->err, TL_E_IO, "read %s: offset %llu, wanted %lu bytes, got %lld", what,
-                       (unsigned long long)off, (unsigned long)n, (long long)got);
-    return TL_OK;
-}
-
-static int read_exact(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n)
-{
-    return read_done(m, what, off, buf, n, m->port->read_at(m->port->ctx, fh, off, buf, n));
-}
-
-/* Read-ahead (lm_head's chunks): read_start hands a read to the port's reader
- * (the ESP32 app: a task on the other core) and returns; read_wait waits for
- * it. A port without one runs the read at wait: the same code path, in turn. */
-static void read_start(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n)
-{
-    m->pending.active = 1;
-    m->pending.fh = fh;
-    m->pending.what = what;
-    m->pending.off = off;
-    m->pending.buf = buf;
-    m->pending.n = n;
-    m->pending.async = m->port->read_start && m->port->read_wait &&
-                       m->port->read_start(m->port->ctx, fh, off, buf, n) == 0;
-}
-
-static int read_wait(tl_model *m)
-{
-    if (!m->pending.active) return TL_OK;
-    m->pending.active = 0;
-    int64_t got = m->pending.async ? m->port->read_wait(m->port->ctx)
-                                   : m->port->read_at(m->port->ctx, m->pending.fh, m->pending.off, m->pending.buf,
-                                                      m->pending.n);
-    return read_done(m, m->pending.what, m->pending.off, m->pending.buf, m->pending.n, got);
-}
-
-/* Leaving a stream early (an error, a fallback): nothing may still be writing a buffer. */
-static int read_drain(tl_model *m, int code)
-{
-    if (m->pending.active && m->pending.async) (void)m->port->read_wait(m->port->ctx);
-    m->pending.active = 0;
-    return code;
-}
-
-/* ---------------------------------------------------------------- start-up */
-
-static int read_config(tl_model *m, uint32_t *card_id, const char *precision)
-{
-    char path[160];
-    join_path(path, sizeof path, m->dir, "model_config.json");
-    int32_t fh = m->port->open(m->port->ctx, path);
-    if (fh < 0) return open_failed(m, path, fh);
-    int64_t size = m->port->size(m->port->ctx, fh);
-    if (size <= 0 || (uint64_t)size > TL_MAX_CONFIG_BYTES) {
-        m->port->close(m->port->ctx, fh);
-        return tl_fail(m->err, TL_E_CONFIG, "%s: size %lld bytes, expected 1..%u", path, (long long)size,
-                       TL_MAX_CONFIG_BYTES);
-    }
-    /* The text only lives in the arena while it is parsed. */
-    size_t mark = tl_arena_mark(m->arena);
-    char *text = (char *)tl_arena_alloc(m->arena, (size_t)size + 1, "model_config.json text", m->err);
-    int rc = text ? read_exact(m, fh, path, 0, text, (size_t)size) : m->err->code;
-    m->port->close(m->port->ctx, fh);
-    if (rc == TL_OK) {
-        *card_id = tl_crc32(0, text, (size_t)size);
-        tl_log(m->port, TAG_LOADER, "Loaded %s (%lld bytes), card id %08lx", path, (long long)size,
-               (unsigned long)*card_id);
-        rc = tl_config_parse(text, (size_t)size, precision, &m->cfg, &m->man, m->err);
-    }
-    tl_arena_reset(m->arena, mark);
-    return rc;
-}
-
-/* Opens t->name in the set's folder and checks its size against the
- * manifest's: the part every file of a set shares. */
-static int open_checked(tl_model *m, tl_tensor *t, uint64_t want_bytes)
-{
-    char path[160];
-    join_path(path, sizeof path, m->dir, t->name);
-    t->fh = m->port->open(m->port->ctx, path);
-    if (t->fh < 0) {
-        int32_t why = t->fh;
-        t->fh = -1;
-        return open_failed(m, path, why);
-    }
-    int64_t size = m->port->size(m->port->ctx, t->fh);
-    if (size < 0 || (uint64_t)size != want_bytes)
-        return tl_fail(m->err, TL_E_FILE_SIZE, "%s: expected %llu bytes, actual %lld", path,
-                       (unsigned long long)want_bytes, (long long)size);
-    t->bytes = (uint64_t)size;
-    return TL_OK;
-}
-
-static int open_file(tl_model *m, tl_tensor *t, int id, int scales)
-{
-    tl_file_name(t->name, sizeof t->name, id, scales);
-    if (open_checked(m, t, m->man.bytes[scales][id])) return m->err->code;
-    t->shape = tl_tensor_shape(&m->cfg, id);
-    if (scales) {
-        t->shape.cols = 1;
-        t->elem = 4;
-    } else {
-        t->elem = (m->cfg.quantized && tl_tensor_quantized(id)) ? 1 : 4;
-    }
-    return TL_OK;
-}
-
-/* lm_head_proxy.bin, listed in a float32 set's manifest: a [vocab] table of
- * records (TL_PROXY_HEADER_BYTES + hidden bytes each), always streamed. The
- * records are packed (5-byte header), so the scale is read with memcpy. */
-static int open_proxy(tl_model *m)
-{
-    tl_tensor *t = &m->proxy;
-    snprintf(t->name, sizeof t->name, "%s", TL_PROXY_FILE);
-    if (open_checked(m, t, m->man.proxy_bytes)) return m->err->code;
-    t->shape = (tl_shape){1, m->cfg.vocab, m->cfg.hidden + TL_PROXY_HEADER_BYTES};
-    t->elem = 1;
-    return TL_OK;
-}
-
-int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id)
-{
-    snprintf(m->dir, sizeof m->dir, "%s", opt->weights_dir ? opt->weights_dir : "");
-    for (int id = 0; id < TL_NT; id++) m->w[id].fh = m->scale[id].fh = -1;
-    m->proxy.fh = -1;
-
-    if (read_config(m, card_id, opt->precision ? opt->precision : "float32")) return m->err->code;
-    const tl_config *c = &m->cfg;
-    tl_log(m->port, TAG_LOADER,
-           "Model %s: vocab %d, hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, head dim %d, "
-           "max positions %d, dtype %s",
-           c->model_name, c->vocab, c->hidden, c->inter, c->layers, c->heads, c->kv_heads, c->head_dim, c->max_pos,
-           tl_config_dtype(c));
-
-    for (int id = 0; id < TL_NT; id++) {
-        if (open_file(m, &m->w[id], id, 0)) return m->err->code;
-        if (c->quantized && tl_tensor_quantized(id) && open_file(m, &m->scale[id], id, 1)) return m->err->code;
-    }
-    if (m->man.has_proxy && open_proxy(m)) return m->err->code;
-    int files = 0;
-    for (int id = 0; id < TL_NT; id++) files += (m->w[id].fh >= 0) + (m->scale[id].fh >= 0);
-    tl_log(m->port, TAG_LOADER, "All %d weight files present with the expected sizes (%llu bytes)%s",
-           files + (m->proxy.fh >= 0), (unsigned long long)tl_model_total_file_bytes(m),
-           m->proxy.fh >= 0 ? ", lm_head proxy included" : "");
-    return TL_OK;
-}
-
-void tl_model_close(tl_model *m)
-{
-    for (int id = 0; id < TL_NT; id++) {
-        tl_tensor *ts[2] = {&m->w[id], &m->scale[id]};
-        for (int i = 0; i < 2; i++) {
-            if (ts[i]->fh >= 0) m->port->close(m->port->ctx, ts[i]->fh);
-            ts[i]->fh = -1;
-        }
-    }
-    if (m->proxy.fh >= 0) m->port->close(m->port->ctx, m->proxy.fh);
-    m->proxy.fh = -1;
-}
-
-uint64_t tl_model_total_file_bytes(const tl_model *m)
-{
-    uint64_t total = 0;
-    for (int id = 0; id < TL_NT; id++) total += m->w[id].bytes + m->scale[id].bytes;
-    return total + m->proxy.bytes;
 }
 
 /* Sizes are computed in 64 bits; anything past SIZE_MAX cannot fit anyway
@@ -256,13 +57,14 @@ static int keep_lm_head_rows(tl_model *m, uint64_t reserve)
     tl_tensor *w = &m->w[TL_T_LM_HEAD], *s = &m->scale[TL_T_LM_HEAD];
     if (m->prune || w->resident) return TL_OK;
     if (s->fh >= 0 && !s->resident) {
-        if (s->bytes + 32u + reserve > (uint64_t)tl_arena_available(m->arena)) return TL_OK;
+        if (s->bytes + TL_ARENA_PAD(2) + reserve > (uint64_t)tl_arena_available(m->arena)) return TL_OK; /* scales, rows */
         if (make_resident(m, s)) return m->err->code;
     }
     uint64_t row_bytes = (uint64_t)w->shape.cols * (uint64_t)w->elem;
     uint64_t avail = (uint64_t)tl_arena_available(m->arena);
-    if (avail < reserve + 64u) return TL_OK;
-    uint64_t rows = (avail - reserve - 64u) / row_bytes / 512u * 512u;
+    uint64_t margin = reserve + TL_ARENA_PAD(4); /* the rows' allocation, with room to spare */
+    if (avail < margin) return TL_OK;
+    uint64_t rows = (avail - margin) / row_bytes / 512u * 512u;
     if (rows > (uint64_t)w->shape.rows) rows = (uint64_t)w->shape.rows;
     if (rows == 0) return TL_OK;
     if (rows == (uint64_t)w->shape.rows) return make_resident(m, w);
@@ -270,22 +72,17 @@ static int keep_lm_head_rows(tl_model *m, uint64_t reserve)
     if (!w->resident) return m->err->code;
     w->resident_rows = (long)rows;
     m->resident_bytes += rows * row_bytes;
-    tl_log(m->port, TAG_LOADER, "lm_head: rows 0..%lu resident (%llu bytes), the other %lu streamed",
+    tl_log(m->port, TL_TAG_LOADER, "lm_head: rows 0..%lu resident (%llu bytes), the other %lu streamed",
            (unsigned long)rows - 1, (unsigned long long)(rows * row_bytes), (unsigned long)(w->shape.rows - (int)rows));
     return read_exact(m, w->fh, w->name, 0, w->resident, (size_t)(rows * row_bytes));
 }
 
-int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, size_t reserve_per_position)
+/* The KV cache and the activation buffers of one position. */
+static int alloc_activations(tl_model *m)
 {
     const tl_config *c = &m->cfg;
     int H = c->hidden, d = c->head_dim, qdim = c->heads * d, kvdim = c->kv_heads * d;
     int max_in = max3(H, qdim, c->inter);
-
-    m->context = c->max_pos;
-    if (opt->context > 0 && opt->context < m->context) m->context = opt->context;
-    m->chunk_rows = opt->chunk_rows > 0 ? opt->chunk_rows : 256;
-    if (m->chunk_rows > c->vocab) m->chunk_rows = c->vocab;
-
     uint64_t kv = (uint64_t)c->layers * (uint64_t)m->context * (uint64_t)kvdim;
     if (!(m->key_cache = alloc_floats(m, kv, "key cache")) || !(m->value_cache = alloc_floats(m, kv, "value cache")))
         return m->err->code;
@@ -303,11 +100,19 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
         return m->err->code;
     if (c->quantized && !(m->qx = (int8_t *)tl_arena_alloc(m->arena, (size_t)max_in, "quantized activation", m->err)))
         return m->err->code;
+    return TL_OK;
+}
 
+/* The chunk buffer(s) for streamed rows, and whether lm_head is pruned (then
+ * its bound and candidate tables too). `reserve`: arena bytes to keep free. */
+static int alloc_stream(tl_model *m, const tl_options *opt, uint64_t reserve)
+{
+    const tl_config *c = &m->cfg;
+    int H = c->hidden;
+    int max_in = max3(H, c->heads * c->head_dim, c->inter);
     /* Chunk buffer: chunk_rows rows of the lm_head that is streamed (the
      * proxy's records when pruning, else lm_head's rows), and at least one row
      * of the widest matrix. */
-    uint64_t reserve = (uint64_t)reserve_fixed + (uint64_t)reserve_per_position * ((uint64_t)m->context + 1u) + 64u;
     uint64_t elem = c->quantized ? 1u : 4u;
     uint64_t one_row = (uint64_t)max_in * elem;
     uint64_t full_bytes = (uint64_t)m->chunk_rows * (uint64_t)H * elem;
@@ -332,7 +137,7 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
         m->prune = opt->lm_head == TL_LM_HEAD_PRUNED || need <= align16(full_bytes) ||
                    need + reserve <= (uint64_t)tl_arena_available(m->arena);
         if (!m->prune)
-            tl_log(m->port, TAG_LOADER, "lm_head proxy: %llu arena bytes needed, %lu free: streaming lm_head in full",
+            tl_log(m->port, TL_TAG_LOADER, "lm_head proxy: %llu arena bytes needed, %lu free: streaming lm_head in full",
                    (unsigned long long)(need + reserve), (unsigned long)tl_arena_available(m->arena));
     }
     m->max_candidates = opt->max_candidates > 0 && opt->max_candidates < TL_PRUNE_MAX_CANDIDATES
@@ -353,36 +158,58 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
          !(m->candidates = (int32_t *)tl_arena_alloc(m->arena, TL_PRUNE_MAX_CANDIDATES * sizeof(int32_t),
                                                       "lm_head candidates", m->err))))
         return m->err->code;
+    return TL_OK;
+}
 
-    tl_rope_inv_freq(m->inv_freq, d, c->theta);
-    m->attn_scale = (float)(1.0 / sqrt((double)d)); /* HF: head_dim**-0.5 */
-
-    /* Residency: norms first (tiny, used every layer), then matrices in order
-     * of use, each with its scales, as long as the whole tensor fits. The
-     * embedding (one row per step) and lm_head (chunked) are always streamed. */
+/* The residency policy: norms first (tiny, used every layer), then matrices in order
+ * of use, each with its scales, as long as the whole tensor fits and
+ * `reserve` bytes stay free; then lm_head's first rows in what is left. The
+ * embedding (one row per step) is always streamed. */
+static int place_resident(tl_model *m, uint64_t reserve)
+{
     static const int order[] = {TL_T_NORM1, TL_T_NORM2, TL_T_FINAL_NORM, TL_T_Q,  TL_T_K,
                                 TL_T_V,     TL_T_O,     TL_T_GATE,       TL_T_UP, TL_T_DOWN};
-    if (!opt->no_resident) {
-        for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
-            int id = order[i];
-            tl_tensor *w = &m->w[id], *s = &m->scale[id];
-            uint64_t need = w->bytes + s->bytes + 32u; /* + alignment padding */
-            if (need + reserve > (uint64_t)tl_arena_available(m->arena) || need > (uint64_t)(size_t)-1) continue;
-            if (make_resident(m, w)) return m->err->code;
-            if (s->fh >= 0 && make_resident(m, s)) return m->err->code;
-        }
-        if (keep_lm_head_rows(m, reserve)) return m->err->code;
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        int id = order[i];
+        tl_tensor *w = &m->w[id], *s = &m->scale[id];
+        uint64_t need = w->bytes + s->bytes + TL_ARENA_PAD(2); /* the tensor and its scales */
+        if (need + reserve > (uint64_t)tl_arena_available(m->arena) || need > (uint64_t)(size_t)-1) continue;
+        if (make_resident(m, w)) return m->err->code;
+        if (s->fh >= 0 && make_resident(m, s)) return m->err->code;
     }
+    return keep_lm_head_rows(m, reserve);
+}
+
+/* The loader's lines naming what is resident and what is streamed. */
+static void log_residency(const tl_model *m)
+{
     char resident[160] = "", streamed[160] = "";
     for (int id = 0; id < TL_NT; id++) {
         char *list = fully_resident(&m->w[id]) ? resident : streamed;
         size_t len = strlen(list);
         snprintf(list + len, 160 - len, "%s%s", len ? " " : "", tl_tensor_base(id));
     }
-    tl_log(m->port, TAG_LOADER, "Resident (%llu bytes): %s", (unsigned long long)m->resident_bytes,
+    tl_log(m->port, TL_TAG_LOADER, "Resident (%llu bytes): %s", (unsigned long long)m->resident_bytes,
            resident[0] ? resident : "none");
-    tl_log(m->port, TAG_LOADER, "Streamed from card: %s", streamed[0] ? streamed : "none");
-    if (m->prune) tl_log(m->port, TAG_LOADER, "lm_head pruned: %s streamed, candidate float32 rows read", TL_PROXY_FILE);
+    tl_log(m->port, TL_TAG_LOADER, "Streamed from card: %s", streamed[0] ? streamed : "none");
+    if (m->prune) tl_log(m->port, TL_TAG_LOADER, "lm_head pruned: %s streamed, candidate float32 rows read", TL_PROXY_FILE);
+}
+
+int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, size_t reserve_per_position)
+{
+    const tl_config *c = &m->cfg;
+    m->context = c->max_pos;
+    if (opt->context > 0 && opt->context < m->context) m->context = opt->context;
+    m->chunk_rows = opt->chunk_rows > 0 ? opt->chunk_rows : 256;
+    if (m->chunk_rows > c->vocab) m->chunk_rows = c->vocab;
+    /* What the caller allocates after the layout, and room for their alignment */
+    uint64_t reserve = (uint64_t)reserve_fixed + (uint64_t)reserve_per_position * ((uint64_t)m->context + 1u) +
+                       TL_ARENA_PAD(4);
+    if (alloc_activations(m) || alloc_stream(m, opt, reserve)) return m->err->code;
+    tl_rope_inv_freq(m->inv_freq, c->head_dim, c->theta);
+    m->attn_scale = (float)(1.0 / sqrt((double)c->head_dim)); /* HF: head_dim**-0.5 */
+    if (!opt->no_resident && place_resident(m, reserve)) return m->err->code;
+    log_residency(m);
     return TL_OK;
 }
 
@@ -435,6 +262,14 @@ static int rows_per_chunk(const tl_model *m, const tl_tensor *w)
     return fit < (size_t)m->chunk_rows ? (int)fit : m->chunk_rows;
 }
 
+/* y[0..n) = rows x: int8 rows with their scales against x quantized (qx, sx), or float32 rows against x. */
+static void matvec(const tl_model *m, float *y, const void *rows, const float *sc, const float *x, float sx, int n,
+                   int cols)
+{
+    if (m->cfg.quantized) tl_matvec_i8(y, (const int8_t *)rows, sc, m->qx, sx, n, cols);
+    else tl_matvec_f32(y, (const float *)rows, x, n, cols);
+}
+
 /* y = W[layer] x for a projection; int8 sets quantize x once per call. */
 static int linear(tl_model *m, float *y, int id, int layer, const float *x)
 {
@@ -447,8 +282,7 @@ static int linear(tl_model *m, float *y, int id, int layer, const float *x)
         const void *wr = NULL;
         const float *sc = NULL;
         if (fetch_rows(m, id, (long)layer * rows + r0, n, &wr, &sc)) return m->err->code;
-        if (m->cfg.quantized) tl_matvec_i8(y + r0, (const int8_t *)wr, sc, m->qx, sx, n, cols);
-        else tl_matvec_f32(y + r0, (const float *)wr, x, n, cols);
+        matvec(m, y + r0, wr, sc, x, sx, n, cols);
     }
     return check_finite(m, y, rows, tl_tensor_base(id), layer);
 }
@@ -551,8 +385,7 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
         int stream_next = n1 > 0 && r1 + n1 > w->resident_rows;
         if (stream_next && nxt != cur)
             read_start(m, w->fh, w->name, (uint64_t)r1 * row_bytes, buf[nxt], (size_t)n1 * row_bytes);
-        if (m->cfg.quantized) tl_matvec_i8(m->logits, (const int8_t *)wr, sc, m->qx, sx, n, cols);
-        else tl_matvec_f32(m->logits, (const float *)wr, xn, n, cols);
+        matvec(m, m->logits, wr, sc, xn, sx, n, cols);
         if (check_finite(m, m->logits, n, "lm_head", 0)) return read_drain(m, m->err->code);
         for (int i = 0; i < n; i++) topk_push(top, r0 + i, m->logits[i]);
         if (stream_next && nxt == cur) /* one buffer: read the next chunk now */
@@ -762,53 +595,4 @@ int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top, int full)
         if (!m->last_fallback) return TL_OK;
     }
     return lm_head_topk(m, m->xb, top);
-}
-
-/* ------------------------------------------------------------------ verify */
-
-static int verify_file(tl_model *m, const tl_tensor *t, uint32_t want)
-{
-    const char *name = t->name;
-    uint32_t crc = 0;
-    for (uint64_t off = 0; off < t->bytes; off += m->stream_bytes) {
-        uint64_t left = t->bytes - off;
-        size_t n = left < m->stream_bytes ? (size_t)left : m->stream_bytes;
-        if (read_exact(m, t->fh, name, off, m->stream, n)) return m->err->code;
-        crc = tl_crc32(crc, m->stream, n);
-    }
-    if (crc != want)
-        return tl_fail(m->err, TL_E_CHECKSUM, "%s/%s: crc32 expected %08lx, actual %08lx", m->dir, name,
-                       (unsigned long)want, (unsigned long)crc);
-    return TL_OK;
-}
-
-int tl_model_verify(tl_model *m)
-{
-    int bad = 0, files = 0;
-    for (int id = 0; id < TL_NT; id++) {
-        for (int scales = 0; scales < 2; scales++) {
-            const tl_tensor *t = scales ? &m->scale[id] : &m->w[id];
-            if (t->fh < 0) continue;
-            files++;
-            m->err->code = TL_OK;
-            if (verify_file(m, t, m->man.crc32[scales][id])) {
-                tl_emit_error(m->port, m->err->code, m->err->msg);
-                bad++;
-            }
-        }
-    }
-    if (m->proxy.fh >= 0) {
-        files++;
-        m->err->code = TL_OK;
-        if (verify_file(m, &m->proxy, m->man.proxy_crc32)) {
-            tl_emit_error(m->port, m->err->code, m->err->msg);
-            bad++;
-        }
-    }
-    m->err->code = TL_OK;
-    if (bad == 0)
-        tl_log(m->port, TAG_LOADER, "Verified %d files (%llu bytes): all crc32 match", files,
-               (unsigned long long)tl_model_total_file_bytes(m));
-    else tl_log(m->port, TAG_LOADER, "Verify: %d of %d files failed", bad, files);
-    return bad;
 }

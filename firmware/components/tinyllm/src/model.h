@@ -1,6 +1,7 @@
 /*
- * The model: arena layout, weight residency/streaming and the forward pass
- * (contracts.md §2). One tl_model per engine; everything lives in the arena.
+ * The model: arena layout, weight residency and the forward pass (model.c,
+ * contracts.md §2); its files on the card are storage.h's. One tl_model per
+ * engine; everything lives in the arena.
  */
 #ifndef TINYLLM_MODEL_H
 #define TINYLLM_MODEL_H
@@ -15,6 +16,8 @@
 #include "tinyllm/tinyllm.h"
 
 #define TL_MAX_TOPK 8
+/* The log tag of the loader's lines (storage and layout). */
+#define TL_TAG_LOADER "weight_loader"
 /* Pruned lm_head: a step with more candidate rows than this streams the full
  * float32 lm_head instead (each candidate is one random row read; past a few
  * hundred that costs more than the stream). */
@@ -110,9 +113,6 @@ typedef struct tl_model {
     tl_fault *fault; /* the engine's, or NULL */
 } tl_model;
 
-/* Reads model_config.json and checks the manifest and files; fills m->cfg and
- * opens every file. card_id receives the CRC-32 of the config bytes. */
-int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id);
 /* Lays out the arena. Weights are made resident only while `reserve_fixed +
  * reserve_per_position * (context + 1)` bytes stay free for what the caller
  * allocates afterwards (token buffer, step log, prompt-file line buffer). */
@@ -121,12 +121,4 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
  * computed (lm_head pruned through its proxy when m->prune and !full, else
  * streamed in full) and their top-k kept in *top. */
 int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top, int full);
-/* CRC-32 of every file against the manifest; prints per-file results and
- * returns the number of mismatches (E_CHECKSUM / E_IO printed for each). */
-int tl_model_verify(tl_model *m);
-/* Closes every file the model opened (safe after a failed tl_model_open). */
-void tl_model_close(tl_model *m);
-/* Bytes of every file in the set. */
-uint64_t tl_model_total_file_bytes(const tl_model *m);
-
 #endif

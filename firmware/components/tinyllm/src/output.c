@@ -37,14 +37,26 @@ void tl_w_puts(tl_writer *w, const char *s)
     }
 }
 
+/* A piece is formatted into a small stack buffer; one that does not fit it
+ * (vsnprintf says how long it is) is formatted again straight into the
+ * writer's emptied line buffer, so a piece up to sizeof w->buf - 1 bytes is
+ * never cut. The core's pieces are shorter (a model name is at most 47 bytes). */
 void tl_w_printf(tl_writer *w, const char *fmt, ...)
 {
     char tmp[160];
-    va_list ap;
+    va_list ap, again;
     va_start(ap, fmt);
-    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_copy(again, ap);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    tl_w_puts(w, tmp);
+    if (n >= 0 && (size_t)n >= sizeof tmp) {
+        flush(w);
+        n = vsnprintf(w->buf, sizeof w->buf, fmt, again);
+        w->len = n < 0 ? 0 : (size_t)n < sizeof w->buf ? (size_t)n : sizeof w->buf - 1;
+    } else if (n >= 0) {
+        tl_w_puts(w, tmp);
+    }
+    va_end(again);
 }
 
 void tl_w_float(tl_writer *w, float v)
