@@ -5,7 +5,7 @@
   prefill excluded), the two measured in turn (C, PyTorch, C, PyTorch, ...) so a busy machine
   slows both alike, and summarized as the median and the minimum over the repeats. The ratio
   of medians is the figure; the spread says how much to trust it.
-- **board**: the modelled ESP32-CAM tokens/s per precision (harness/board.py: every constant
+- **board**: the modelled ESP32-CAM tokens/s per precision (harness/report/board.py: every constant
   stated) from counts measured in Espressif's QEMU: instructions under `-icount`, SD read
   commands from QEMU's SD card model, bytes per token. Printed beside the seed's figures and
   the card's bandwidth-only limit. Modelled, not measured on a board.
@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import board
 from harness.errors import HarnessError
-from harness.prompts import Prompt
+from harness.model.prompts import Prompt
+from harness.report import board
 
 PRECISIONS = ("float32", "int8")
 
@@ -44,11 +44,11 @@ def host_speed(card: Path, prompt: Prompt, repeats: int, log_dir: Path, progress
     """The C core on linux against PyTorch float32, interleaved, one thread each."""
     import torch
 
-    from harness.dut import start_firmware
-    from harness.export import SET_DIRS
-    from harness.reference import Reference
+    from harness.card.export import SET_DIRS
+    from harness.card.weights import load_weight_set
+    from harness.oracle.reference import Reference
     from harness.targets import get_target
-    from harness.weights import load_weight_set
+    from harness.targets.dut import start_firmware
 
     target = get_target("linux")
     reason = target.unavailable()
@@ -92,9 +92,9 @@ def host_speed(card: Path, prompt: Prompt, repeats: int, log_dir: Path, progress
 def board_speed(image: Path, card_prompts: list[Prompt], n_new: int, log_dir: Path) -> dict[str, Any]:
     """Counts from the esp32 target in QEMU (one boot, `load int8` for the second set) and the
     board model on them, 4-bit 40 MHz and the app's board config (1-bit 20 MHz)."""
-    from harness import compare
-    from harness.dut import start_firmware
+    from harness.oracle import compare
     from harness.targets import get_target
+    from harness.targets.dut import start_firmware
 
     target = get_target("esp32")
     reason = target.unavailable()
@@ -165,7 +165,7 @@ def render(record: dict[str, Any]) -> str:
                              f"{m['tokens_per_s_sequential']:.2f} | {m['tokens_per_s_overlapped']:.2f} | "
                              f"{m['tokens_per_s_bandwidth_limit']:.2f} | {lo}–{hi} |")
         a = next(iter(esp["precisions"].values()))["board_model"]["assumptions"]
-        lines += ["", "Assumptions (harness/board.py): " + ", ".join(f"{k} {v}" for k, v in a.items()), ""]
+        lines += ["", "Assumptions (harness/report/board.py): " + ", ".join(f"{k} {v}" for k, v in a.items()), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -179,14 +179,14 @@ def run_bench(model: str, out: Path, parts: tuple[str, ...] = ("host", "board"),
               n_new: int = 16, progress: bool = True) -> dict[str, Any]:
     import json
 
-    from harness.fatimage import build_image
+    from harness.card.fatimage import build_image
     from harness.pipeline import export_card
 
     out.mkdir(parents=True, exist_ok=True)
     export_card(model, out / "card", "smoke", PRECISIONS)
-    from harness.prompts import load_prompt_set
-    from harness.spec import spec_from_hf_config
-    from harness.weights import read_config
+    from harness.card.weights import read_config
+    from harness.model.prompts import load_prompt_set
+    from harness.model.spec import spec_from_hf_config
 
     record: dict[str, Any] = {"model": model, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if "auto" in parts:  # the host part, and the board part where the esp32 target can run

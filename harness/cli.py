@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.card.export import PRECISIONS, SET_DIRS
 from harness.errors import HarnessError
-from harness.export import PRECISIONS, SET_DIRS
 
 TARGETS = ("linux", "xtensa-sim", "esp32")
 
@@ -52,7 +52,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
-    from harness.fatimage import build_image
+    from harness.card.fatimage import build_image
 
     start = time.perf_counter()
     info = build_image(args.card, args.out, size=args.size, cluster=args.cluster, fat=args.fat)
@@ -69,7 +69,7 @@ def cmd_reference(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_write_card(args: argparse.Namespace) -> dict[str, Any]:
-    from harness.sdwriter import write_image_to_device
+    from harness.card.sdwriter import write_image_to_device
 
     write_image_to_device(args.image, args.device, assume_yes=args.yes)
     return {"written": str(args.device), "image": str(args.image)}
@@ -119,7 +119,7 @@ def cmd_e2e(args: argparse.Namespace) -> dict[str, Any]:
 
 def _e2e(args: argparse.Namespace) -> dict[str, Any]:
     from harness import pipeline
-    from harness.report import write_comparison
+    from harness.report.markdown import write_comparison
 
     names = e2e_targets(args.target)
     records, results = [], {}

@@ -9,16 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from harness import board, quant
-from harness.card import stage_card
-from harness.emulate import NumpyLlama
+from harness.card import quant
+from harness.card.export import SET_DIRS, file_tensors, load_hf_folder
+from harness.card.stage import stage_card
+from harness.card.weights import load_weight_set
 from harness.errors import HarnessError
-from harness.export import SET_DIRS, file_tensors, load_hf_folder
-from harness.prompts import load_prompt_set
-from harness.reference import Reference
-from harness.spec import load_spec
-from harness.synth import synthetic_state_dict
-from harness.weights import load_weight_set
+from harness.model.prompts import load_prompt_set
+from harness.model.spec import load_spec
+from harness.model.synth import synthetic_state_dict
+from harness.oracle.emulate import NumpyLlama
+from harness.oracle.reference import Reference
+from harness.report import board
 
 
 def export_card(model: str, out: Path, prompt_set: str, precisions: tuple[str, ...],
@@ -111,9 +112,9 @@ def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: P
     """Every prompt on a running firmware: greedy tokens, teacher-forced logits, per-token figures."""
     from tqdm import tqdm
 
-    from harness import budgets
-    from harness.compare import FLOAT32_MAX_ABS, FLOAT32_NMSE, INT8_MAX_ABS, LogitComparison, per_token
-    from harness.prompts import Prompt
+    from harness.model.prompts import Prompt
+    from harness.oracle import budgets
+    from harness.oracle.compare import FLOAT32_MAX_ABS, FLOAT32_NMSE, INT8_MAX_ABS, LogitComparison, per_token
 
     emu = NumpyLlama(load_weight_set(card_dir / SET_DIRS[precision])) if precision == "int8" else None
     rows, figures = [], []
@@ -199,10 +200,10 @@ def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...
     """The whole chain on one target; returns the perf/accuracy record (also written as JSON)."""
     import json
 
-    from harness.dut import start_firmware
-    from harness.fatimage import build_image
-    from harness.report import write_report
+    from harness.card.fatimage import build_image
+    from harness.report.markdown import write_report
     from harness.targets import get_target
+    from harness.targets.dut import start_firmware
 
     def say(text: str) -> None:
         if progress:

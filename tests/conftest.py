@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.card import stage_card
-from harness.fatimage import ImageInfo, build_image
-from harness.prompts import load_prompt_set
-from harness.spec import ModelSpec, load_spec
-from harness.synth import synthetic_state_dict
+from harness.card.fatimage import ImageInfo, build_image
+from harness.card.stage import stage_card
+from harness.model.prompts import load_prompt_set
+from harness.model.spec import ModelSpec, load_spec
+from harness.model.synth import synthetic_state_dict
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
@@ -74,9 +74,9 @@ class Oracle:
         self._cache: dict[tuple, object] = {}
 
     def float32(self, model: str, prompt):
-        from harness.export import SET_DIRS
-        from harness.reference import Reference
-        from harness.weights import load_weight_set
+        from harness.card.export import SET_DIRS
+        from harness.card.weights import load_weight_set
+        from harness.oracle.reference import Reference
 
         key = ("f32", model, prompt)
         if key not in self._cache:
@@ -87,9 +87,9 @@ class Oracle:
 
     def int8(self, model: str, prompt):
         """(greedy tokens, teacher-forced logits along that sequence) of the int8 emulation."""
-        from harness.emulate import NumpyLlama
-        from harness.export import SET_DIRS
-        from harness.weights import load_weight_set
+        from harness.card.export import SET_DIRS
+        from harness.card.weights import load_weight_set
+        from harness.oracle.emulate import NumpyLlama
 
         key = ("i8", model, prompt)
         if key not in self._cache:
@@ -150,8 +150,8 @@ class Firmwares:
         """Boots a firmware. Where the card's prompts.txt runs (asked for, or always on a device) its
         results are in `dut.boot_runs`; options a device cannot take on its command line are sent
         as console commands (`load ...`), and `dut.boot` is then what that printed."""
-        from harness import budgets
-        from harness.dut import start_firmware
+        from harness.oracle import budgets
+        from harness.targets.dut import start_firmware
 
         target = self.target(name, sanitize)
         log = self.root / "logs" / name / f"{log_name or f'{model}-{precision}'}{'-asan' if sanitize else ''}.log"
@@ -165,7 +165,7 @@ class Firmwares:
         """Boots a firmware on a card folder of the test's own (damaged, adversarial...): the
         folder goes on a FAT image like any card; nothing runs at start-up but what the target
         must (a device's `load` line)."""
-        from harness.dut import TinyLLMDut
+        from harness.targets.dut import TinyLLMDut
 
         target = self.target(name)
         image = build_image(card, card.parent / "sd.img")
@@ -181,7 +181,7 @@ class Firmwares:
         file's runs (float32, k=2) count: they are the same command."""
         key = (name, model, precision, prompt, k)
         if key not in self.transcripts:
-            from harness import budgets
+            from harness.oracle import budgets
 
             dut = self.get(name, model, precision)
             if key not in self.transcripts:  # get() may have recorded the boot's prompt-file runs

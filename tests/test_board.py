@@ -1,11 +1,11 @@
-"""The board model (harness/board.py): its fit reproduces the published figures it is built
+"""The board model (harness/report/board.py): its fit reproduces the published figures it is built
 from, and its parts combine the way the docstring says."""
 
 from __future__ import annotations
 
 import pytest
 
-from harness.board import MIB, BoardAssumptions, model_token
+from harness.report.board import MIB, BoardAssumptions, model_token
 
 
 def test_sd_fit_reproduces_both_published_read_rates():

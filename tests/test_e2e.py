@@ -9,9 +9,11 @@ import json
 import pexpect
 import pytest
 
-from harness import FIXTURES, budgets, protocol
-from harness.compare import FLOAT32_MAX_ABS, FLOAT32_NMSE, INT8_MAX_ABS, LogitComparison, per_token
-from harness.prompts import Prompt, load_prompt_set
+from harness import FIXTURES
+from harness.model.prompts import Prompt, load_prompt_set
+from harness.oracle import budgets
+from harness.oracle.compare import FLOAT32_MAX_ABS, FLOAT32_NMSE, INT8_MAX_ABS, LogitComparison, per_token
+from harness.targets import protocol
 
 MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
 PRECISIONS = ["float32", "int8"]
@@ -19,7 +21,7 @@ PROMPT_SETS = ["smoke", "edge"]
 PROMPTS = [f"{s}/{p['name']}" for s in PROMPT_SETS
            for p in json.loads((FIXTURES / "prompts" / f"{s}.json").read_text())["prompts"]]
 # One test case on an emulated target may take about this long (estimated from the budgets,
-# harness.budgets.estimated_seconds); costlier cases are skipped there with their estimate and
+# harness.oracle.budgets.estimated_seconds); costlier cases are skipped there with their estimate and
 # run on linux. The teacher-forced case first drops to the generated positions (below).
 MAX_CASE_SECONDS = {"xtensa-sim": 75.0, "esp32": 60.0}
 

@@ -215,7 +215,7 @@ def _record(target: str, table: str, rows: list[dict]) -> None:
 def test_every_bad_command_gets_one_error_and_the_firmware_goes_on(firmwares, oracle, target_name, request):
     """One boot; each line of COMMANDS gets exactly one TINYLLM_ERROR with its code and the words
     that name the problem, printable (escaped) and no result; a good gen still works after all."""
-    from harness.prompts import load_prompt_set
+    from harness.model.prompts import load_prompt_set
 
     dut = firmwares.start(target_name, "micro", "float32", log_name="micro-command-catalog")
     request.node.user_properties.append(("firmware_log", dut.logfile))

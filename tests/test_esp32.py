@@ -3,7 +3,7 @@
     pytest tests/test_esp32.py --target esp32 --embedded-services idf,qemu     # emulator
     pytest tests/test_esp32.py --target esp32 --embedded-services esp,idf --port /dev/ttyUSB0   # board
 
-Builds come first (`firmware/build_esp32_<config>`, see harness.esp32.build_command). Where the
+Builds come first (`firmware/build_esp32_<config>`, see harness.targets.esp32.build_command). Where the
 tools or the build are missing the end-to-end cases are skipped with the reason. The harness side
 (QEMU arguments, build lookup, card check, skip reasons) is tested here everywhere.
 """
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO_ROOT, esp32, protocol
+from harness import REPO_ROOT
+from harness.card.export import SET_DIRS
 from harness.errors import HarnessError
-from harness.export import SET_DIRS
-from harness.prompts import load_prompt_set
+from harness.model.prompts import load_prompt_set
+from harness.targets import esp32, protocol
 
 MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
 PRECISIONS = ["float32", "int8"]
@@ -153,7 +154,7 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
             assert result["tokens"] == expected(prompt), prompt.name
             assert result["peak_arena"] <= result["arena_budget"]
             if result["tokens"]:
-                from harness.compare import per_token
+                from harness.oracle.compare import per_token
 
                 figures.append(per_token(result))
 

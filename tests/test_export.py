@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness import quant
+from harness.card import quant
+from harness.card.export import PROXY_FILE, SET_DIRS, export_sets, load_hf_folder
+from harness.card.weights import load_weight_set
 from harness.errors import HarnessError
-from harness.export import PROXY_FILE, SET_DIRS, export_sets, load_hf_folder
-from harness.reference import build_hf_model
-from harness.spec import load_spec
-from harness.weights import load_weight_set
+from harness.model.spec import load_spec
+from harness.oracle.reference import build_hf_model
 
 # The seed's file sizes (float32 set, tiny-llm): 23.44 MiB, 144 KiB, 72 KiB, 768 KiB, 0.8 KiB.
 SEED_FLOAT32_BYTES = {

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from harness.card import extract_image
+from harness.card.export import SET_DIRS
+from harness.card.fatimage import MIB, build_image
+from harness.card.stage import extract_image
 from harness.errors import HarnessError
-from harness.export import SET_DIRS
-from harness.fatimage import MIB, build_image
 
 needs_mtools = pytest.mark.skipif(shutil.which("mcopy") is None, reason="mtools (mcopy) not installed")
 needs_fsck = pytest.mark.skipif(shutil.which("fsck.fat") is None, reason="dosfstools (fsck.fat) not installed")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.dut import TinyLLMDut
-from harness.prompts import Prompt, load_prompt_set
+from harness.model.prompts import Prompt, load_prompt_set
+from harness.targets.dut import TinyLLMDut
 
 F32 = "tinyllm_float32_weights"
 
@@ -51,8 +51,8 @@ def test_int8_model_wider_than_the_exact_accumulator_is_refused(firmwares, targe
     a 1100-wide matrix input must be refused at start-up, not run."""
     import dataclasses
 
-    from harness.export import export_sets
-    from harness.synth import synthetic_state_dict
+    from harness.card.export import export_sets
+    from harness.model.synth import synthetic_state_dict
 
     firmwares.target(target_name)
     spec = dataclasses.replace(firmwares.cards["micro"].spec, intermediate_size=1100)

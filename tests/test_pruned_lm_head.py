@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import budgets, quant
-from harness.compare import per_token
-from harness.export import PROXY_FILE, SET_DIRS, export_sets
-from harness.prompts import Prompt, load_prompt_set
+from harness.card import quant
+from harness.card.export import PROXY_FILE, SET_DIRS, export_sets
+from harness.model.prompts import Prompt, load_prompt_set
+from harness.oracle import budgets
+from harness.oracle.compare import per_token
 
 MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
 K = 8  # the widest top-k the protocol reports: the most rows pruning has to get right
@@ -208,7 +209,7 @@ def test_rows_the_bound_cannot_cover_fall_back_to_the_full_stream(firmwares, req
         path.write_bytes(bytes(data))
         config_path = folder / F32 / "model_config.json"
         config = json.loads(config_path.read_text())
-        from harness.export import crc32_hex
+        from harness.card.export import crc32_hex
 
         config["files"][PROXY_FILE]["crc32"] = crc32_hex(bytes(data))
         config_path.write_text(json.dumps(config))

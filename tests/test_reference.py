@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.emulate import NumpyLlama
+from harness.card.export import SET_DIRS
+from harness.card.weights import load_weight_set
 from harness.errors import HarnessError
-from harness.export import SET_DIRS
-from harness.prompts import Prompt, load_prompt_set
-from harness.reference import Reference
-from harness.weights import load_weight_set
+from harness.model.prompts import Prompt, load_prompt_set
+from harness.oracle.emulate import NumpyLlama
+from harness.oracle.reference import Reference
 
 # Greedy steps must beat float32 noise by a wide margin, or a correct firmware could pick a
 # different token than PyTorch. Measured float32 disagreement between implementations here is

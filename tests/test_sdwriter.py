@@ -1,4 +1,4 @@
-"""harness.sdwriter: the refusals and the write, on a fake /proc + /sys tree with regular files as cards."""
+"""harness.card.sdwriter: the refusals and the write, on a fake /proc + /sys tree with regular files as cards."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.card.sdwriter import write_image_to_device
 from harness.errors import HarnessError
-from harness.sdwriter import write_image_to_device
 
 pytestmark = pytest.mark.host
 
@@ -139,7 +139,7 @@ def test_unreadable_mount_table_is_an_error(tmp_path):
 
 def test_verification_catches_a_card_that_drops_writes(tmp_path, monkeypatch):
     image, root, device = make_image(tmp_path), make_root(tmp_path), make_device(tmp_path)
-    import harness.sdwriter as sdwriter
+    import harness.card.sdwriter as sdwriter
 
     real_write = os.write
     monkeypatch.setattr(sdwriter.os, "write", lambda fd, data: real_write(fd, bytes(len(data))))  # writes zeros

@@ -44,7 +44,7 @@ def test_esp32_workflow_jobs():
     assert "tinyllm-harness export" in qemu_script and "tinyllm-harness image" in qemu_script
     for cfg in ("qemu", "board"):
         assert (REPO_ROOT / "firmware" / f"sdkconfig.ci.{cfg}").is_file()
-    assert "build_esp32_$cfg" in qemu_script  # harness.esp32.build_dir's naming
+    assert "build_esp32_$cfg" in qemu_script  # harness.targets.esp32.build_dir's naming
     assert "--embedded-services esp,idf" in "\n".join(s.get("run", "") for s in board["steps"])
     for job in (qemu, board):
         uploads = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]

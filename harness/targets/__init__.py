@@ -1,4 +1,4 @@
-"""How each target builds the firmware and starts it.
+"""Steps 4 and 5, build and boot: how each target (linux, xtensa-sim, esp32) builds the firmware and starts it.
 
 linux: the portable core + the POSIX port, built with the host compiler (CMake); it reads the
 weight files that mtools extracted from the FAT image.
@@ -8,7 +8,7 @@ bare metal in Debian's `qemu-system-xtensa -M sim -cpu lx106`; console, files an
 through semihosting. pytest-embedded's `qemu` service is not used for it: that service always
 appends `-drive file=...,if=mtd` (an ESP flash image), which the sim machine rejects, and it
 has no notion of a semihosted ELF. The target starts QEMU itself and the process runs under
-the same pytest-embedded `Dut` as the linux binary (harness/dut.py).
+the same pytest-embedded `Dut` as the linux binary (harness/targets/dut.py).
 
 esp32: the ESP-IDF app (firmware/main) built with `idf.py` and booted in Espressif's QEMU
 (`-machine esp32`, 4 MB PSRAM, the FAT image on the SD/MMC host, `-icount` for deterministic
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import REPO_ROOT
-from harness.card import extract_image
+from harness.card.stage import extract_image
 from harness.errors import HarnessError
 
 FIRMWARE = REPO_ROOT / "firmware"
@@ -200,7 +200,7 @@ def idf_environment() -> dict[str, str] | None:
 @functools.lru_cache(maxsize=1)
 def _esp32_unavailable() -> str | None:
     """Why the esp32 target cannot run here, or None; probed once per process (every test asks)."""
-    from harness.esp32 import qemu_has_esp32
+    from harness.targets.esp32 import qemu_has_esp32
 
     env = idf_environment()
     if env is None:
@@ -321,7 +321,7 @@ class Esp32QemuTarget:
         return cycles * 1000.0 / (self.cpu_mhz * (1 << self.icount_shift))
 
     def qemu_args(self, card: Path) -> list[str]:
-        from harness.esp32 import qemu_args
+        from harness.targets.esp32 import qemu_args
 
         # snapshot: the image is opened read-only (writes would go to a temporary overlay),
         # so one image serves several QEMUs and stays byte-identical

@@ -139,7 +139,7 @@ def write_report(record: dict[str, Any], out: Path) -> Path:
 
 
 def _board_section(record: dict[str, Any]) -> list[str]:
-    """The modelled ESP32-CAM speed (harness/board.py), where QEMU counted SD commands and
+    """The modelled ESP32-CAM speed (harness/report/board.py), where QEMU counted SD commands and
     instructions; labelled as a model, with every assumption."""
     models = {p: e["board_model"] for p, e in record["precisions"].items() if "board_model" in e}
     if not models:

@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from harness.card.export import export_sets
 from harness.errors import HarnessError
-from harness.export import export_sets
-from harness.prompts import Prompt, prompts_file_text
-from harness.spec import ModelSpec
+from harness.model.prompts import Prompt, prompts_file_text
+from harness.model.spec import ModelSpec
 
 PROMPTS_FILE = "prompts.txt"
 

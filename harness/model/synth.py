@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.spec import ModelSpec
+from harness.model.spec import ModelSpec
 
 LOGIT_GAIN = 4.0  # std of the logits, roughly: lm_head rows have norm ~LOGIT_GAIN
 ATTN_GAIN = 1.2  # std of q.k/sqrt(d) is ~ATTN_GAIN**2

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from harness import quant
+from harness.card import quant
+from harness.card.export import CONFIG_FILE, FORMAT, crc32_hex
 from harness.errors import HarnessError
-from harness.export import CONFIG_FILE, FORMAT, crc32_hex
-from harness.spec import ModelSpec, spec_from_hf_config
+from harness.model.spec import ModelSpec, spec_from_hf_config
 
 NP_DTYPES = {"float32": "<f4", "int8": "i1"}
 

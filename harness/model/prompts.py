@@ -11,7 +11,7 @@ import numpy as np
 
 from harness import FIXTURES
 from harness.errors import HarnessError
-from harness.spec import ModelSpec
+from harness.model.spec import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from harness.card.export import PROXY_FILE
+from harness.card.weights import WeightSet
 from harness.errors import HarnessError
-from harness.export import PROXY_FILE
-from harness.prompts import Prompt, validate_prompt
-from harness.spec import ModelSpec
-from harness.synth import PER_LAYER_FILES, hf_name
-from harness.weights import WeightSet
+from harness.model.prompts import Prompt, validate_prompt
+from harness.model.spec import ModelSpec
+from harness.model.synth import PER_LAYER_FILES, hf_name
 
 TOP_K = 8
 

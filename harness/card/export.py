@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from harness import quant
+from harness.card import quant
 from harness.errors import HarnessError
-from harness.spec import ModelSpec, spec_from_hf_config
-from harness.synth import PER_LAYER_FILES, hf_name
+from harness.model.spec import ModelSpec, spec_from_hf_config
+from harness.model.synth import PER_LAYER_FILES, hf_name
 
 FORMAT = "tinyllm-sd/1"
 SET_DIRS = {"float32": "tinyllm_float32_weights", "int8": "tinyllm_weights"}

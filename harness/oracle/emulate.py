@@ -1,7 +1,7 @@
 """A NumPy forward pass that mirrors the firmware operation by operation (docs/contracts.md §2).
 
 With int8 weights it is the oracle for the firmware's int8 path, bit for bit: the matvecs are
-exact integer arithmetic (`harness.quant`), every float32 sum runs in the firmware's order
+exact integer arithmetic (`harness.card.quant`), every float32 sum runs in the firmware's order
 (`_seq_sum`: NumPy's cumulative sum adds strictly left to right), and exp/sin/cos are evaluated
 in double and rounded once to float32, as the firmware does. With float32 weights the
 matvecs use BLAS (not the firmware's order); that mode is a second, independent float32
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import quant
-from harness.weights import WeightSet
+from harness.card import quant
+from harness.card.weights import WeightSet
 
 F32 = np.float32
 F64 = np.float64

@@ -17,7 +17,7 @@ FLOAT32_NMSE = 1e-8
 
 # int8 firmware vs the int8 emulation: bit for bit. The integer matvecs are exact in both;
 # the float32 parts run in the same order with exp/sin/cos rounded once from double
-# (harness/emulate.py). So the logits the firmware prints equal the emulation's float32 values
+# (harness/oracle/emulate.py). So the logits the firmware prints equal the emulation's float32 values
 # exactly. (A libm double result that lands within an ulp of a float rounding boundary would
 # break this with odds of ~2^-29 per call; if that ever shows, the test says which step.)
 INT8_MAX_ABS = 0.0

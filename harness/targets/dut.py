@@ -19,8 +19,8 @@ from pexpect.popen_spawn import PopenSpawn
 from pytest_embedded.app import App
 from pytest_embedded.dut import Dut
 
-from harness import protocol
-from harness.prompts import Prompt
+from harness.model.prompts import Prompt
+from harness.targets import protocol
 
 if TYPE_CHECKING:
     from harness.targets import Target
