@@ -89,7 +89,7 @@ fi
 
 # The micro card (both weight sets), remade when the harness or the model fixture changed.
 card=$OUT/card
-stamp=$(cat harness/*.py fixtures/models/micro.json | sha256sum | cut -c1-16)
+stamp=$(find harness -name "*.py" | LC_ALL=C sort | xargs cat fixtures/models/micro.json | sha256sum | cut -c1-16)
 if [ "$(cat "$card/.stamp" 2>/dev/null || true)" != "$stamp" ]; then
   PY=$(bash ci/python.sh)
   rm -rf "$card.new"

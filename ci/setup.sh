@@ -69,7 +69,7 @@ $PY -m pip install -q --disable-pip-version-check -e "$here[dev,esp32]"
 # ESP-IDF (IDF_PATH exported, as in the espressif/idf container) is used as it is. Otherwise, where
 # a prebuilt bundle of the three sits beside the repository (ESPRESSIF_BUNDLE, default
 # ../shared/espressif; this project's own machines), it is installed into ESPRESSIF_HOME and
-# the harness finds it there (harness/targets.py). Neither: the esp32 cases are skipped with the reason.
+# the harness finds it there (harness/targets/__init__.py). Neither: the esp32 cases are skipped with the reason.
 bundle=${ESPRESSIF_BUNDLE:-$here/../shared/espressif}
 if [ -z "${IDF_PATH:-}" ] && [ -f "$bundle/install.sh" ]; then
   dest=${ESPRESSIF_HOME:-$HOME/.cache/tinyllm-espressif}
