@@ -118,15 +118,14 @@ def board_speed(image: Path, card_prompts: list[Prompt], n_new: int, log_dir: Pa
             n = len(result["tokens"])
             reads = (t.sd_commands.get("CMD17", 0) + t.sd_commands.get("CMD18", 0)) / n
             instructions = target.instructions(figures["cycles_per_token"])
-            counts = (figures["bytes_per_token"], reads, instructions, info.get("resident_bytes") or 0)
-            how = {"chunks_in_psram": info.get("chunk_buffer") != "port", "read_ahead": bool(info.get("read_ahead"))}
+            how = board.firmware_layout(info)
             out["precisions"][precision] = {
                 "bytes_per_token": figures["bytes_per_token"], "sd_read_commands_per_token": reads,
                 "sd_commands_per_token": sum(t.sd_commands.values()) / n, "instructions_per_token": instructions,
                 "resident_bytes": info.get("resident_bytes"), "chunk_buffer": info.get("chunk_buffer"),
                 "read_ahead": how["read_ahead"],
-                "board_model": board.model_token(*counts, **how),
-                "board_model_1bit": board.model_token(*counts, board.BoardAssumptions(bus_width=1, bus_mhz=20.0), **how),
+                **board.model_entries(figures["bytes_per_token"], reads, instructions, info.get("resident_bytes") or 0,
+                                      **how),
             }
     finally:
         dut.close()

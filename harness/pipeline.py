@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from tqdm import tqdm
 
 from harness.card import quant
-from harness.card.export import SET_DIRS, file_tensors, load_hf_folder
-from harness.card.stage import stage_card
+from harness.card.export import SET_DIRS, file_tensors
+from harness.card.fatimage import build_image
+from harness.card.stage import stage_model
 from harness.card.weights import load_weight_set
 from harness.errors import HarnessError
-from harness.model.prompts import load_prompt_set
-from harness.model.spec import load_spec
-from harness.model.synth import synthetic_state_dict
+from harness.model.prompts import Prompt, load_prompt_set
+from harness.oracle import budgets
+from harness.oracle.card_oracle import CardOracle
+from harness.oracle.compare import LogitComparison, logit_comparison, logit_verdict, per_token
 from harness.oracle.emulate import NumpyLlama
-from harness.oracle.reference import Reference
+from harness.oracle.reference import PromptResult, Reference, decode_tokens_per_s, min_margin
 from harness.report import board
+from harness.report.markdown import write_report
+from harness.targets import Target, get_target
+from harness.targets.dut import TinyLLMDut, start_firmware
+
+T = TypeVar("T")
 
 
 def export_card(model: str, out: Path, prompt_set: str, precisions: tuple[str, ...],
                 hf_folder: Path | None = None) -> dict[str, Any]:
     start = time.perf_counter()
-    if hf_folder is not None:
-        spec, state = load_hf_folder(hf_folder)
-        source: dict[str, Any] = {"kind": "hf-folder", "path": str(hf_folder)}
-    else:
-        spec = load_spec(model)
-        state = synthetic_state_dict(spec)
-        source = {"kind": "synthetic", "seed": spec.synthetic_seed}
-    prompts = load_prompt_set(prompt_set, spec)
-    written = stage_card(spec, state, out, prompts, precisions, source)
+    staged = stage_model(model, out, prompt_set, precisions, hf_folder=hf_folder)
+    spec, state, written = staged.spec, staged.state, staged.sets
     report: dict[str, Any] = {
         "model": spec.name,
         "params": spec.n_params(),
@@ -66,15 +69,11 @@ def reference_json(card: Path, prompt_set: str, int8: bool = False) -> dict[str,
     results = [ref.run(p) for p in prompts]
     doc: dict[str, Any] = {"model": weights.spec.name, "prompt_set": prompt_set, "card_id": weights.card_id(),
                            "float32": [r.to_json() for r in results]}
-    margins = [r.margins().min() for r in results if r.margins().size]
-    generated = sum(len(r.tokens) for r in results)
-    decode_steps = sum(max(len(r.tokens) - 1, 0) for r in results)
-    gen_seconds = sum(r.seconds for r in results)
     summary: dict[str, Any] = {
         "prompts": len(prompts),
-        "tokens": generated,
-        "min_margin": float(min(margins)) if margins else None,
-        "reference_decode_tokens_per_s": decode_steps / gen_seconds if gen_seconds else None,
+        "tokens": sum(len(r.tokens) for r in results),
+        "min_margin": min_margin(results),
+        "reference_decode_tokens_per_s": decode_tokens_per_s(results),
         "model_load_s": round(load_seconds, 3),
     }
     if int8:
@@ -98,35 +97,27 @@ def reference_json(card: Path, prompt_set: str, int8: bool = False) -> dict[str,
 
 # --- the main job: export -> image -> build -> run -> compare -> report -----------------------
 
-def _instructions(target: Any, cycles: float) -> float | None:
+def _instructions(target: Target, cycles: float) -> float | None:
     """Executed instructions from the firmware's cycle figure, where the target counts them
     deterministically (QEMU -icount): xtensa-sim's port reports instructions as cycles; the
     esp32's CCOUNT runs at 240 MHz of virtual time."""
-    if hasattr(target, "instructions"):
-        return float(target.instructions(cycles))
-    return float(cycles) if target.name == "xtensa-sim" else None
+    return target.instructions(cycles)
 
 
-def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: Path, prompts: list[Any],
-                   refs: dict[Any, Any], boot_results: dict[Any, Any], progress: bool) -> dict[str, Any]:
+def _run_precision(dut: TinyLLMDut, target: Target, oracle: CardOracle, precision: str, prompts: list[Prompt],
+                   boot_results: dict[Prompt, Any], progress: bool) -> dict[str, Any]:
     """Every prompt on a running firmware: greedy tokens, teacher-forced logits, per-token figures."""
-    from tqdm import tqdm
-
-    from harness.model.prompts import Prompt
-    from harness.oracle import budgets
-    from harness.oracle.compare import FLOAT32_MAX_ABS, FLOAT32_NMSE, INT8_MAX_ABS, LogitComparison, per_token
-
-    emu = NumpyLlama(load_weight_set(card_dir / SET_DIRS[precision])) if precision == "int8" else None
+    spec = oracle.spec
     rows, figures = [], []
-    logits = LogitComparison(rank_tolerance=2 * FLOAT32_MAX_ABS if precision == "float32" else INT8_MAX_ABS)
+    logits = logit_comparison(precision)
     vs_float32 = LogitComparison(rank_tolerance=float("inf"))
     bar = tqdm(prompts, desc=f"{target.name} {precision}", unit="prompt", disable=not progress, leave=True)
     tokens_done = 0
     sd: dict[str, int] = {}  # SD commands QEMU's card model saw during the teacher-forced runs
     sd_steps = 0
     for prompt in bar:
-        r = refs[prompt]
-        expected, oracle_logits = emu.run(list(prompt.ids), prompt.n_new) if emu is not None else (r.tokens, r.logits)
+        r = oracle.float32(prompt)
+        expected, oracle_logits = oracle.int8(prompt) if precision == "int8" else (r.tokens, r.logits)
         steps = len(prompt.ids) + prompt.n_new
 
         def timeout(tf: bool, steps: int = steps, n_prompt: int = len(prompt.ids)) -> float:
@@ -143,7 +134,7 @@ def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: P
             sd_steps += len(tf.results[0]["steps"])
             for name, count in tf.sd_commands.items():
                 sd[name] = sd.get(name, 0) + count
-        if emu is not None:
+        if precision == "int8":
             forced32 = Prompt(prompt.name, tuple((list(prompt.ids) + r.tokens)[:-1]), 1)
             vs_float32.add(dut.generate(forced32, teacher_forced=True, timeout=timeout(True)).results[0]["steps"],
                            r.logits)
@@ -154,9 +145,7 @@ def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: P
     bar.close()
     info = dut.boot.info or {}
     tokens_ok = all(row["match"] for row in rows)
-    logits_ok = not logits.top1_mismatches and not logits.rank_mismatches and (
-        logits.max_abs <= FLOAT32_MAX_ABS and logits.nmse <= FLOAT32_NMSE if precision == "float32"
-        else logits.max_abs == INT8_MAX_ABS)
+    logits_ok = not logit_verdict(logits, precision)
     over = [problem for f in figures for problem in budgets.check(f, spec.name, precision, target.name)]
     total_tokens = sum(f["n_tokens"] for f in figures)
     cycles = sum(f["cycles_per_token"] for f in figures) / len(figures)
@@ -183,80 +172,38 @@ def _run_precision(dut: Any, target: Any, spec: Any, precision: str, card_dir: P
         entry["sd_commands_per_token"] = sum(sd.values()) / sd_steps
         entry["sd_commands_by_name"] = sd
         if entry["instructions_per_token"] is not None:  # modelled ESP32-CAM speed from these counts
-            counts = (entry["bytes_per_token"], entry["sd_read_commands_per_token"], entry["instructions_per_token"],
-                      entry["resident_bytes"] or 0)
-            # where this firmware's streamed chunks land, and whether it reads them ahead
-            how = {"chunks_in_psram": info.get("chunk_buffer") != "port", "read_ahead": bool(info.get("read_ahead"))}
-            entry["board_model"] = board.model_token(*counts, **how)  # 4-bit 40 MHz
-            # the app's board config (sdkconfig.ci.board): 1-bit 20 MHz
-            entry["board_model_1bit"] = board.model_token(*counts, board.BoardAssumptions(bus_width=1, bus_mhz=20.0),
-                                                          **how)
+            entry.update(board.model_entries(entry["bytes_per_token"], entry["sd_read_commands_per_token"],
+                                             entry["instructions_per_token"], entry["resident_bytes"] or 0,
+                                             **board.firmware_layout(info)))
     return entry
 
 
-def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...] = ("smoke", "edge"),
-            precisions: tuple[str, ...] = ("float32", "int8"), hf_folder: Path | None = None,
-            progress: bool = True) -> dict[str, Any]:
-    """The whole chain on one target; returns the perf/accuracy record (also written as JSON)."""
-    import json
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
 
-    from harness.card.fatimage import build_image
-    from harness.report.markdown import write_report
-    from harness.targets import get_target
-    from harness.targets.dut import start_firmware
 
-    def say(text: str) -> None:
-        if progress:
-            print(text, file=sys.stderr, flush=True)
+def _timed(timings: dict[str, float], key: str, step: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    result = step()
+    timings[key] = time.perf_counter() - start
+    return result
 
-    target = get_target(target_name)
-    reason = target.unavailable()
-    if reason:
-        raise HarnessError(f"target {target_name} cannot run here: {reason}")
-    out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    say(f"exporting {model} (float32 + int8 sets) to {out / 'card'}")
-    exported = export_card(model, out / "card", prompt_sets[0], precisions, hf_folder=hf_folder)
-    timings["export_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    image = build_image(out / "card", out / "sd.img")
-    timings["image_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    say(f"building the {target_name} firmware")
-    binary = target.build()
-    timings["build_s"] = time.perf_counter() - t0
-    card = target.prepare_card(image.path, out)
-    # the reference reads what the firmware reads: the files back out of the image where the
-    # target reads them that way, else (a device reading the image itself) the exported folder
-    card_dir = card if card.is_dir() else out / "card"
 
-    weights32 = load_weight_set(card_dir / SET_DIRS["float32"])
-    spec = weights32.spec
-    t0 = time.perf_counter()
-    say("running the PyTorch reference")
-    ref = Reference(weights32)
-    prompts = [p for name in prompt_sets for p in load_prompt_set(name, spec)]
-    refs = {p: ref.run(p) for p in prompts}
-    timings["reference_s"] = time.perf_counter() - t0
-    ref_decode_s = sum(r.seconds for r in refs.values())
-    ref_decode_steps = sum(max(len(r.tokens) - 1, 0) for r in refs.values())
+def _reference_record(refs: dict[Prompt, PromptResult]) -> dict[str, Any]:
+    """The PyTorch reference's side of the record: decode tokens/s and its smallest greedy margin."""
+    return {"tokens": sum(len(r.tokens) for r in refs.values()), "tokens_per_s": decode_tokens_per_s(refs.values()),
+            "min_margin": min_margin(refs.values())}
 
-    record: dict[str, Any] = {
-        "model": spec.name, "target": target_name, "params": spec.n_params(),
-        "image": {"bytes": image.size, "fat_type": image.fat_type, "cluster_bytes": image.cluster_bytes,
-                  "sha256": image.sha256, "seconds": round(timings["image_s"], 3)},
-        "export": exported, "timings": timings,
-        # decode tokens/s on both sides: one single-token forward (KV cache) per token, prefill excluded
-        "reference": {"tokens": sum(len(r.tokens) for r in refs.values()),
-                      "tokens_per_s": ref_decode_steps / ref_decode_s if ref_decode_s else None,
-                      "min_margin": float(min(r.margins().min() for r in refs.values() if r.margins().size))},
-        "precisions": {}, "ok": True,
-    }
-    card_prompts = load_prompt_set(prompt_sets[0], spec)  # the card's prompts.txt
-    device = target.runs_card_prompts("none")  # boots once, then `load` switches the weight set
+
+def _run_firmware(target: Target, binary: Path, card: Path, oracle: CardOracle, out: Path,
+                  precisions: tuple[str, ...], prompts: list[Prompt], card_prompts: list[Prompt],
+                  progress: bool) -> dict[str, dict[str, Any]]:
+    """Boots the firmware and runs every prompt in each precision. A device boots once and
+    `load` switches the weight set; a process target boots once per precision."""
+    device = target.runs_card_prompts("none")
+    entries: dict[str, dict[str, Any]] = {}
     dut = None
-    t0 = time.perf_counter()
     try:
         for precision in precisions:
             if dut is not None and device:
@@ -264,20 +211,57 @@ def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...
             else:
                 if dut is not None:
                     dut.close()
-                say(f"booting the firmware on {target_name}" + (f" (it runs the card's {len(card_prompts)} boot prompts "
-                    "first)" if device else ""))
+                _say(progress, f"booting the firmware on {target.name}" + (
+                    f" (it runs the card's {len(card_prompts)} boot prompts first)" if device else ""))
                 dut = start_firmware(target, binary, card, precision, out / "logs" / f"{precision}.log",
                                      card_prompts=card_prompts, line_timeout=3600)
             boot_results = dict(zip(dut.card_prompts, dut.boot_runs, strict=True))
-            entry = _run_precision(dut, target, spec, precision, card_dir, prompts, refs, boot_results, progress)
-            record["ok"] = record["ok"] and entry["tokens_match"] and entry["logits_ok"] and not entry["over_budget"]
-            record["precisions"][precision] = entry
+            entries[precision] = _run_precision(dut, target, oracle, precision, prompts, boot_results, progress)
     finally:
         if dut is not None:
             dut.close()
-    timings["firmware_s"] = time.perf_counter() - t0
-    if hasattr(target, "static_ram"):  # bare metal: the image's own RAM besides the arena
-        static = target.static_ram(binary)
+    return entries
+
+
+def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...] = ("smoke", "edge"),
+            precisions: tuple[str, ...] = ("float32", "int8"), hf_folder: Path | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """The whole chain on one target (export -> image -> build -> boot -> compare -> report);
+    returns the perf/accuracy record (also written as perf.json beside report.md)."""
+    target = get_target(target_name)
+    reason = target.unavailable()
+    if reason:
+        raise HarnessError(f"target {target_name} cannot run here: {reason}")
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    _say(progress, f"exporting {model} (float32 + int8 sets) to {out / 'card'}")
+    exported = _timed(timings, "export_s", lambda: export_card(model, out / "card", prompt_sets[0], precisions,
+                                                                hf_folder=hf_folder))
+    image = _timed(timings, "image_s", lambda: build_image(out / "card", out / "sd.img"))
+    _say(progress, f"building the {target_name} firmware")
+    binary = _timed(timings, "build_s", target.build)
+    card = target.prepare_card(image.path, out)
+    # the reference reads what the firmware reads: the files back out of the image where the
+    # target reads them that way, else (a device reading the image itself) the exported folder
+    oracle = CardOracle(card if card.is_dir() else out / "card")
+    spec = oracle.spec
+    _say(progress, "running the PyTorch reference")
+    prompts = [p for name in prompt_sets for p in load_prompt_set(name, spec)]
+    refs = _timed(timings, "reference_s", lambda: {p: oracle.float32(p) for p in prompts})
+
+    record: dict[str, Any] = {
+        "model": spec.name, "target": target_name, "params": spec.n_params(),
+        "image": {"bytes": image.size, "fat_type": image.fat_type, "cluster_bytes": image.cluster_bytes,
+                  "sha256": image.sha256, "seconds": round(timings["image_s"], 3)},
+        "export": exported, "timings": timings, "reference": _reference_record(refs), "precisions": {}, "ok": True,
+    }
+    card_prompts = load_prompt_set(prompt_sets[0], spec)  # the card's prompts.txt
+    record["precisions"] = _timed(timings, "firmware_s", lambda: _run_firmware(
+        target, binary, card, oracle, out, precisions, prompts, card_prompts, progress))
+    record["ok"] = all(e["tokens_match"] and e["logits_ok"] and not e["over_budget"]
+                       for e in record["precisions"].values())
+    static = target.static_ram(binary)  # bare metal: the image's own RAM besides the arena
+    if static is not None:
         record["static_ram"] = static
         for entry in record["precisions"].values():
             entry["peak_ram"] = entry["peak_arena"] + sum(static.values())

@@ -8,23 +8,24 @@ from pathlib import Path
 import pytest
 
 from harness.card.fatimage import ImageInfo, build_image
-from harness.card.stage import stage_card
-from harness.model.prompts import load_prompt_set
-from harness.model.spec import ModelSpec, load_spec
-from harness.model.synth import synthetic_state_dict
+from harness.card.stage import stage_model
+from harness.model.spec import ModelSpec
+from harness.oracle.card_oracle import CardOracle
+from harness.targets import esp32
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 
 class Card:
-    """A staged card folder for one model (both precisions) and its FAT image."""
+    """A staged card folder for one model (both precisions, the smoke prompts as its prompts.txt)
+    and its FAT image: the main job's export and image steps."""
 
     def __init__(self, root: Path, model: str) -> None:
-        self.spec: ModelSpec = load_spec(model)
-        self.state = synthetic_state_dict(self.spec)
         self.dir = root / "card"
-        self.prompts = load_prompt_set("smoke", self.spec)  # the card's prompts.txt
-        stage_card(self.spec, self.state, self.dir, self.prompts, ("float32", "int8"), {"kind": "synthetic"})
+        staged = stage_model(model, self.dir, "smoke", ("float32", "int8"))
+        self.spec: ModelSpec = staged.spec
+        self.state = staged.state
+        self.prompts = staged.prompts  # the card's prompts.txt
         self._image: ImageInfo | None = None
         self.root = root
 
@@ -54,7 +55,7 @@ def cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Card]:
 IMPLEMENTED_TARGETS = ("linux", "xtensa-sim", "esp32")
 # CI (.ci/run) sets it where ESP-IDF and Espressif's QEMU are installed: a skipped esp32 case is
 # then a failure, never a silent pass.
-ESP32_REQUIRED_ENV = "TINYLLM_ESP32_REQUIRED"
+ESP32_REQUIRED_ENV = esp32.REQUIRED_ENV
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -65,38 +66,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 class Oracle:
-    """Reference results, computed once per (model, prompt) for the whole session."""
+    """Reference results per model card, computed once per (model, prompt) for the whole session
+    (harness/oracle/card_oracle.py, as the main job uses it)."""
 
     def __init__(self, cards: dict[str, Card]) -> None:
         self.cards = cards
-        self._refs: dict[str, object] = {}
-        self._emus: dict[str, object] = {}
-        self._cache: dict[tuple, object] = {}
+        self._oracles: dict[str, CardOracle] = {}
+
+    def _of(self, model: str) -> CardOracle:
+        if model not in self._oracles:
+            self._oracles[model] = CardOracle(self.cards[model].dir)
+        return self._oracles[model]
 
     def float32(self, model: str, prompt):
-        from harness.card.export import SET_DIRS
-        from harness.card.weights import load_weight_set
-        from harness.oracle.reference import Reference
-
-        key = ("f32", model, prompt)
-        if key not in self._cache:
-            if model not in self._refs:
-                self._refs[model] = Reference(load_weight_set(self.cards[model].dir / SET_DIRS["float32"]))
-            self._cache[key] = self._refs[model].run(prompt)
-        return self._cache[key]
+        return self._of(model).float32(prompt)
 
     def int8(self, model: str, prompt):
         """(greedy tokens, teacher-forced logits along that sequence) of the int8 emulation."""
-        from harness.card.export import SET_DIRS
-        from harness.card.weights import load_weight_set
-        from harness.oracle.emulate import NumpyLlama
-
-        key = ("i8", model, prompt)
-        if key not in self._cache:
-            if model not in self._emus:
-                self._emus[model] = NumpyLlama(load_weight_set(self.cards[model].dir / SET_DIRS["int8"]))
-            self._cache[key] = self._emus[model].run(list(prompt.ids), prompt.n_new, teacher_forced=True)
-        return self._cache[key]
+        return self._of(model).int8(prompt)
 
 
 @pytest.fixture(scope="session")
@@ -140,10 +127,10 @@ class Firmwares:
             self.card_dirs[key] = self.target(name).prepare_card(self.cards[model].image.path, self.root / name / model)
         return self.card_dirs[key]
 
-    def command(self, name: str, model: str, precision: str, sanitize: bool = False, prompts: str = "none",
-                extra: tuple[str, ...] = ()) -> list[str]:
+    def argv(self, name: str, model: str, precision: str, sanitize: bool = False, prompts: str = "none",
+             extra: tuple[str, ...] = ()) -> list[str]:
         target = self.target(name, sanitize)
-        return target.command(self.binary(name, sanitize), self.card(name, model), precision, prompts, extra)
+        return target.argv(self.binary(name, sanitize), self.card(name, model), precision, prompts, extra)
 
     def start(self, name: str, model: str, precision: str, sanitize: bool = False, prompts: str = "none",
               extra: tuple[str, ...] = (), log_name: str | None = None):
@@ -170,7 +157,7 @@ class Firmwares:
         target = self.target(name)
         image = build_image(card, card.parent / "sd.img")
         seen = target.prepare_card(image.path, card.parent / "target")
-        cmd = target.command(self.binary(name), seen, precision, "none", tuple(extra))
+        cmd = target.argv(self.binary(name), seen, precision, "none", tuple(extra))
         return TinyLLMDut(cmd, card.parent / "firmware.log", target=name, app_path=card.parent,
                           boot_commands=target.boot_commands(precision, tuple(extra)))
 

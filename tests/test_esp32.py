@@ -22,7 +22,9 @@ from harness import REPO_ROOT
 from harness.card.export import SET_DIRS
 from harness.errors import HarnessError
 from harness.model.prompts import load_prompt_set
+from harness.report.esp32 import perf_report
 from harness.targets import esp32, protocol
+from harness.targets.dut import ConsoleProtocol
 
 MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
 PRECISIONS = ["float32", "int8"]
@@ -125,17 +127,17 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
 
     dut = request.getfixturevalue("dut")  # boots: QEMU with the SD image, or flash + reset the board
     request.node.user_properties.append(("firmware_log", dut.logfile))
-    boot = esp32.read_until_ready(dut, timeout=300)
+    boot = ConsoleProtocol.read_until_ready(dut, timeout=300)
     # the app boots the float32 set; the card's prompts.txt (the smoke set) then runs unattended
     esp32.check_card(boot, esp32.expected_card_id(card.dir / SET_DIRS["float32"]), image)
     assert boot.info["precision"] == "float32"
     smoke = load_prompt_set("smoke", card.spec)
     for prompt in smoke:  # one TINYLLM_READY per line
-        t = esp32.read_until_ready(dut, timeout)
+        t = ConsoleProtocol.read_until_ready(dut, timeout)
         assert not t.errors, t.errors
         assert t.results and t.results[0]["tokens"] == oracle.float32(model, prompt).tokens, prompt.name
     if precision != "float32":  # one build serves both precisions
-        loaded = esp32.command(dut, f"load {precision}", timeout=120)
+        loaded = ConsoleProtocol.command(dut, f"load {precision}", timeout=120)
         assert not loaded.errors, loaded.errors
         esp32.check_card(loaded, esp32.expected_card_id(card.dir / SET_DIRS[precision]), image)
         assert loaded.info["precision"] == precision
@@ -146,7 +148,7 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
     figures = []
     for prompt_set in ("smoke", "edge"):
         for prompt in load_prompt_set(prompt_set, card.spec):
-            t = esp32.command(dut, prompt.command(k=2), timeout)
+            t = ConsoleProtocol.command(dut, prompt.command(k=2), timeout)
             assert not t.errors, t.errors
             protocol.check_human_lines(t)
             result = t.results[0]
@@ -428,14 +430,14 @@ def test_read_until_ready_parses_a_dut_transcript():
             return text[: m.start()]
 
     dut = FakeDut()
-    t = esp32.command(dut, "gen 1 n=1", timeout=5)
+    t = ConsoleProtocol.command(dut, "gen 1 n=1", timeout=5)
     assert dut.written == ["gen 1 n=1"]
     assert t.results == [{"tokens": [7]}] and t.generated_lines == [[7]]
 
 
 @pytestmark_host
 def test_perf_report_and_cli(tmp_path, capsys):
-    assert "no esp32 runs recorded" in esp32.perf_report(tmp_path)
+    assert "no esp32 runs recorded" in perf_report(tmp_path)
     (tmp_path / "perf-board-tiny-llm-int8.json").write_text(json.dumps(
         {"environment": "board", "model": "tiny-llm", "precision": "int8", "tokens_per_s": 0.71, "cycles_per_token": 3.3e8}))
     out = tmp_path / "report.md"

@@ -373,7 +373,7 @@ def test_a_board_without_card_filesystem_or_psram_says_so_once_and_halts(firmwar
     if fault == "a card with no FAT":
         image = tmp_path / "blank.img"
         image.write_bytes(bytes(1 << 20))  # power of two, as QEMU's SD model wants; all zeros: no boot sector
-    argv = target.command(firmwares.binary(target_name), image, "float32")
+    argv = target.argv(firmwares.binary(target_name), image, "float32")
     if fault == "no SD card":
         argv = _without(argv, "-drive", "if=sd")
     elif fault == "no PSRAM":

@@ -5,13 +5,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.card.export import export_sets
+from harness.card.export import export_sets, load_hf_folder
 from harness.errors import HarnessError
-from harness.model.prompts import Prompt, prompts_file_text
-from harness.model.spec import ModelSpec
+from harness.model.prompts import Prompt, load_prompt_set, prompts_file_text
+from harness.model.spec import ModelSpec, load_spec
+from harness.model.synth import synthetic_state_dict
 
 PROMPTS_FILE = "prompts.txt"
 
@@ -22,6 +24,33 @@ def stage_card(spec: ModelSpec, state: dict[str, Any], card_dir: Path, prompts: 
     written = export_sets(spec, state, card_dir, precisions, source)
     (card_dir / PROMPTS_FILE).write_text(prompts_file_text(prompts))
     return written
+
+
+@dataclass
+class StagedCard:
+    """A card folder made from a model: what went on it and where."""
+
+    spec: ModelSpec
+    state: dict[str, Any]  # the weights, as an HF state dict
+    prompts: list[Prompt]  # the card's prompts.txt
+    sets: dict[str, Path]  # precision -> its weights folder
+    source: dict[str, Any]  # where the weights came from (model_config.json "source")
+
+
+def stage_model(model: str, card_dir: Path, prompt_set: str, precisions: tuple[str, ...],
+                hf_folder: Path | None = None) -> StagedCard:
+    """A fixture model (synthetic weights) or a local HF folder staged as a card: its weight sets
+    and the prompt set as the boot-time prompt file."""
+    if hf_folder is not None:
+        spec, state = load_hf_folder(hf_folder)
+        source: dict[str, Any] = {"kind": "hf-folder", "path": str(hf_folder)}
+    else:
+        spec = load_spec(model)
+        state = synthetic_state_dict(spec)
+        source = {"kind": "synthetic", "seed": spec.synthetic_seed}
+    prompts = load_prompt_set(prompt_set, spec)
+    sets = stage_card(spec, state, card_dir, prompts, precisions, source)
+    return StagedCard(spec, state, prompts, sets, source)
 
 
 def extract_image(image: Path, dest: Path) -> Path:

@@ -70,6 +70,32 @@ class LogitComparison:
                 "mismatch_margins": [round(m, 5) for _, m in self.top1_mismatches]}
 
 
+def logit_comparison(precision: str) -> LogitComparison:
+    """An empty comparison with the rank tolerance of `precision`'s oracle: near-ties of the
+    float32 reference may swap within twice its logit tolerance; int8 must match exactly."""
+    return LogitComparison(rank_tolerance=2 * FLOAT32_MAX_ABS if precision == "float32" else INT8_MAX_ABS)
+
+
+def logit_verdict(logits: LogitComparison, precision: str) -> list[str]:
+    """The pass/fail rule for a precision's logits: every broken rule, [] when they pass.
+    float32 against HF PyTorch: same top-1 and top-k order, max-abs and NMSE within bounds;
+    int8 against its emulation: bit for bit."""
+    problems = []
+    if logits.top1_mismatches:
+        problems.append(f"top-1 differs at positions {[pos for pos, _ in logits.top1_mismatches]}")
+    if logits.rank_mismatches:
+        problems.append(f"top-k ids are not the reference's, in order, at positions {logits.rank_mismatches}")
+    if precision == "float32":
+        if not logits.max_abs <= FLOAT32_MAX_ABS:
+            problems.append(f"max abs logit error {logits.max_abs:.3g} > {FLOAT32_MAX_ABS}")
+        if not logits.nmse <= FLOAT32_NMSE:
+            problems.append(f"logit NMSE {logits.nmse:.3g} > {FLOAT32_NMSE}")
+    elif logits.max_abs != INT8_MAX_ABS:
+        problems.append(f"int8 logits differ from the emulation (max abs {logits.max_abs:.3g}) at steps "
+                        f"{[i for i, e in enumerate(logits.step_errors) if e]}")
+    return problems
+
+
 def per_token(result: dict[str, Any]) -> dict[str, float]:
     """Mean figures of the decode steps (the steps that produced a token) of a TINYLLM_RESULT.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,21 @@ class PromptResult:
             "decode_seconds": self.seconds,
             "steps": steps,
         }
+
+
+def decode_tokens_per_s(results: Iterable[PromptResult]) -> float | None:
+    """The reference's decode speed: one cached single-token forward per generated token after
+    the first (prefill excluded, as the firmware's per-token figures exclude it)."""
+    results = list(results)
+    seconds = sum(r.seconds for r in results)
+    steps = sum(max(len(r.tokens) - 1, 0) for r in results)
+    return steps / seconds if seconds else None
+
+
+def min_margin(results: Iterable[PromptResult]) -> float | None:
+    """The smallest top-1 - top-2 logit margin at any generated position."""
+    margins = [r.margins().min() for r in results if r.margins().size]
+    return float(min(margins)) if margins else None
 
 
 class Reference:

@@ -83,3 +83,20 @@ def model_token(bytes_per_token: float, sd_read_commands: float, instructions: f
         "assumptions": {**asdict(a), "sd_stream_mib_s": round(a.sd_stream_mib_s(), 2),
                         "sd_ms_per_read_command": round(a.sd_seconds_per_read() * 1e3, 3)},
     }
+
+
+def model_entries(bytes_per_token: float, sd_read_commands: float, instructions: float, resident_bytes: float,
+                  chunks_in_psram: bool, read_ahead: bool) -> dict[str, dict[str, Any]]:
+    """The two modelled boards every report shows, from one target's counts: `board_model` on
+    the 4-bit 40 MHz bus and `board_model_1bit` on the app's board config (sdkconfig.ci.board:
+    1-bit 20 MHz)."""
+    counts = (bytes_per_token, sd_read_commands, instructions, resident_bytes)
+    how = {"chunks_in_psram": chunks_in_psram, "read_ahead": read_ahead}
+    return {"board_model": model_token(*counts, **how),
+            "board_model_1bit": model_token(*counts, BoardAssumptions(bus_width=1, bus_mhz=20.0), **how)}
+
+
+def firmware_layout(info: dict[str, Any]) -> dict[str, bool]:
+    """From a TINYLLM_INFO line: where the firmware's streamed chunks land (PSRAM unless its
+    port's internal-SRAM chunk buffer holds them) and whether it reads them ahead."""
+    return {"chunks_in_psram": info.get("chunk_buffer") != "port", "read_ahead": bool(info.get("read_ahead"))}

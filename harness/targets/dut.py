@@ -1,9 +1,12 @@
-"""A device-under-test for firmware that runs as a local process (linux, xtensa-sim).
+"""The device under test: the console protocol (docs/contracts.md) over a pytest-embedded Dut.
 
-Built on pytest-embedded's `Dut` (its expect/expect_exact with full-log diagnostics) and
-`App`; the process is a pexpect `PopenSpawn` whose whole console output is kept in a log
-file. One boot serves many commands: `generate()` sends one command line and parses what the
-firmware printed up to the next `TINYLLM_READY`.
+`ConsoleProtocol` is the protocol as a mixin, pytest-embedded's own pattern (its IdfDut mixes
+the IDF parts into a serial Dut): send a line, read up to the next `TINYLLM_READY` (or
+`TINYLLM_EXIT`), parse it. It needs only the Dut's `write`, `expect` and `pexpect_proc`, so it
+serves every Dut: `TinyLLMDut` (the harness's own boot of any target: the firmware or its
+emulator as a local process, a pexpect `PopenSpawn` whose whole console output is kept in a
+log file) and pytest-embedded's own IdfDut in tests/test_esp32.py (`ConsoleProtocol.command(dut,
+...)`). One boot serves many commands.
 """
 
 from __future__ import annotations
@@ -56,8 +59,41 @@ class FirmwareProcess(PopenSpawn):
             self._log_file.close()
 
 
-class TinyLLMDut(Dut):
-    """One running firmware instance speaking docs/contracts.md."""
+class ConsoleProtocol:
+    """docs/contracts.md's console protocol, mixed into a pytest-embedded Dut (or called with one:
+    `ConsoleProtocol.command(dut, line, timeout)`)."""
+
+    _exit_line: int | None = None  # the code of a TINYLLM_EXIT line read so far
+
+    def read_until_ready(self: Any, timeout: float) -> protocol.Transcript:
+        """What the firmware printed up to the next TINYLLM_READY (or TINYLLM_EXIT), parsed."""
+        before = self.expect(READY_OR_EXIT, timeout=timeout, return_what_before_match=True)
+        match = self.pexpect_proc.match
+        if match.group(1) is not None:  # the firmware stopped (a device halts: its process goes on)
+            self._exit_line = int(match.group(1))
+        text = (before.decode(errors="replace") if isinstance(before, bytes) else str(before)) + match.group(0).decode()
+        return protocol.parse(text)
+
+    def command(self: Any, line: str, timeout: float) -> protocol.Transcript:
+        """Sends one console line (the Dut appends the newline) and reads its answer."""
+        self.write(line)
+        return ConsoleProtocol.read_until_ready(self, timeout)
+
+    def load(self: Any, precision: str, timeout: float = 120.0) -> protocol.Transcript:
+        """`load <precision>`: the same firmware switches to the other weight set."""
+        t = self.command(f"load {precision}", timeout)
+        if t.errors or t.info is None or t.info.get("precision") != precision:
+            raise RuntimeError(f"load {precision} failed: {t.errors}; log {self.logfile}")
+        self.boot, self.precision = t, precision
+        return t
+
+    def generate(self: Any, prompt: Prompt, k: int = 2, teacher_forced: bool = False,
+                 timeout: float = 120.0, full: bool = False) -> protocol.Transcript:
+        return self.command(prompt.command(k=k, teacher_forced=teacher_forced, full=full), timeout)
+
+
+class TinyLLMDut(ConsoleProtocol, Dut):
+    """One running firmware instance (a local process: the firmware, or the emulator running it)."""
 
     def __init__(self, cmd: Sequence[str], log_path: Path, target: str, app_path: Path,
                  test_case_name: str = "tinyllm", boot_timeout: float = 60.0, prompt_file_lines: int = 0,
@@ -96,14 +132,6 @@ class TinyLLMDut(Dut):
         line = s.decode() if isinstance(s, bytes) else str(s)
         self.pexpect_proc.sendline(line)
 
-    def read_until_ready(self, timeout: float) -> protocol.Transcript:
-        before = self.expect(READY_OR_EXIT, timeout=timeout, return_what_before_match=True)
-        match = self.pexpect_proc.match
-        if match.group(1) is not None:  # the firmware stopped (a device halts: its process goes on)
-            self._exit_line = int(match.group(1))
-        text = before.decode(errors="replace") + match.group(0).decode()
-        return protocol.parse(text)
-
     @property
     def alive(self) -> bool:
         return self.pexpect_proc.proc.poll() is None
@@ -112,8 +140,7 @@ class TinyLLMDut(Dut):
         if not self.alive:
             raise RuntimeError(f"firmware exited ({self.pexpect_proc.proc.returncode}); log: {self.logfile}")
         self.sd_commands()  # what came before this command is not its own
-        self.write(line)
-        t = self.read_until_ready(timeout)
+        t = super().command(line, timeout)
         t.sd_commands = self.sd_commands()
         return t
 
@@ -132,18 +159,6 @@ class TinyLLMDut(Dut):
         for name in SD_COMMAND.findall(data[:end]):
             counts[name.decode()] = counts.get(name.decode(), 0) + 1
         return counts
-
-    def load(self, precision: str, timeout: float = 120.0) -> protocol.Transcript:
-        """`load <precision>`: the same firmware switches to the other weight set."""
-        t = self.command(f"load {precision}", timeout)
-        if t.errors or t.info is None or t.info.get("precision") != precision:
-            raise RuntimeError(f"load {precision} failed: {t.errors}; log {self.logfile}")
-        self.boot, self.precision = t, precision
-        return t
-
-    def generate(self, prompt: Prompt, k: int = 2, teacher_forced: bool = False,
-                 timeout: float = 120.0, full: bool = False) -> protocol.Transcript:
-        return self.command(prompt.command(k=k, teacher_forced=teacher_forced, full=full), timeout)
 
     def log_text(self) -> str:
         return Path(self.logfile).read_text(errors="replace")
@@ -175,8 +190,6 @@ class TinyLLMDut(Dut):
         finally:
             self.pexpect_proc.close()
 
-    _exit_line: int | None = None
-
     @property
     def exit_code(self) -> int | None:
         """The firmware's TINYLLM_EXIT code where a device printed it and was then stopped, else
@@ -192,11 +205,8 @@ def start_firmware(target: Target, binary: Path, card: Path, precision: str, log
     the card's prompt file runs (asked for with prompts="card", or always on a device), the
     results of its `card_prompts` are in `dut.boot_runs`."""
     runs = list(card_prompts) if target.runs_card_prompts(prompts) else []
-    if target.name == "esp32":  # QEMU's SD model counts what the card sees
-        sd_trace = log_path.with_suffix(".sd-trace.log")
-        cmd = target.command(binary, card, precision, prompts, extra, sd_trace=sd_trace)
-    else:
-        sd_trace, cmd = None, target.command(binary, card, precision, prompts, extra)
+    sd_trace = target.sd_trace_path(log_path)  # where an emulated SD card logs what it is asked
+    cmd = target.argv(binary, card, precision, prompts, extra, sd_trace=sd_trace)
     dut = TinyLLMDut(cmd, log_path, target=target.name, app_path=binary.parent, boot_timeout=120.0,
                      prompt_file_lines=len(runs), prompt_line_timeout=line_timeout,
                      boot_commands=target.boot_commands(precision, extra), sd_trace=sd_trace)

@@ -1,36 +1,42 @@
 """The `esp32` target: the ESP-IDF app (firmware/) in Espressif's QEMU or on an ESP32-CAM.
 
-pytest-embedded runs it (`--embedded-services idf,qemu` or `esp,idf`); this module holds what
-the tests need around that and what can be checked without ESP-IDF:
-
-- the build directories, one per `firmware/sdkconfig.ci.<config>` (`build_esp32_<config>`,
-  the idf-build-apps naming: `qemu` and `board`; one build serves both precisions, the
-  console command `load int8` switches) and the `idf.py` line that makes one;
-- the extra QEMU arguments pytest-embedded's qemu service does not add (it runs
-  `qemu-system-xtensa -nographic -machine esp32` plus `-drive file=<flash>,if=mtd,format=raw`):
-  4 MB of PSRAM, the SD card image on the SD/MMC host, the timer-group watchdogs off;
-- why the target cannot run here (`unavailable`), as a skip reason;
+- builds: one per `firmware/sdkconfig.ci.<config>` (`firmware/build_esp32_<config>`, the
+  idf-build-apps naming: `qemu` and `board`; one build serves both precisions, the console
+  command `load int8` switches) and the `idf.py` line that makes one;
+- QEMU: the arguments that give the emulated ESP32 its PSRAM, the card on the SD/MMC host and
+  deterministic instruction counts (pytest-embedded's qemu service runs `qemu-system-xtensa
+  -nographic -machine esp32` plus the flash image, and takes these as `--qemu-extra-args`);
+- why the target cannot run here (`unavailable` for pytest-embedded's services,
+  `Esp32QemuTarget.unavailable` for the harness's own boot), as a skip reason;
+- `Esp32QemuTarget`: the target as the main job and the tests use every target (build, argv,
+  boot commands), booted under the same Dut as linux and xtensa-sim (harness/targets/dut.py);
 - the board check: the card id the firmware printed must be the image's, else the card holds
-  other weights; an optional lab SD multiplexer command writes the image first.
+  other weights; an optional lab SD multiplexer command writes the image first;
+- `python -m harness.targets.esp32` (or the old `python -m harness.esp32`): build-command,
+  qemu-args, report.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError
 from harness.targets import protocol
 
 FIRMWARE = REPO_ROOT / "firmware"
+BUILD = REPO_ROOT / "build"
 TARGET = "esp32"
 ENVIRONMENTS = ("qemu", "board")
 PRECISIONS = ("float32", "int8")
@@ -43,6 +49,7 @@ QEMU_PSRAM = "4M"  # the ESP32-CAM's PSRAM; Espressif's QEMU clamps larger sizes
 QEMU_WDT_OFF = "driver=timer.esp32.timg,property=wdt_disable,value=true"
 SD_MUX_ENV = "TINYLLM_SD_MUX_CMD"
 BOARD_MODEL_ENV = "TINYLLM_BOARD_MODEL"
+REQUIRED_ENV = "TINYLLM_ESP32_REQUIRED"  # CI sets it: a skip of the end-to-end cases becomes a failure
 
 # Minimum speed on a real ESP32-CAM (the seed: float32 0.1-0.3 tok/s, int8 0.5-1 tok/s).
 MIN_BOARD_TOKENS_PER_S = {"float32": 0.1, "int8": 0.5}
@@ -78,10 +85,11 @@ def is_built(config: str, firmware: Path = FIRMWARE) -> bool:
     return (d / "flasher_args.json").is_file() and (d / f"{APP_NAME}.bin").is_file()
 
 
-def build_command(config: str, firmware: Path = FIRMWARE) -> list[str]:
-    """The idf.py line that builds one config (run it with ESP-IDF exported, cwd = firmware/)."""
+def build_command(config: str, firmware: Path = FIRMWARE, idf: tuple[str, ...] = ("idf.py",)) -> list[str]:
+    """The idf.py line that builds one config (run it with ESP-IDF exported, cwd = firmware/);
+    `idf`: how to run idf.py (the harness's build names the IDF venv's python and the script)."""
     d = build_dir(config, firmware)
-    return ["idf.py", "-C", str(firmware), "-B", str(d),
+    return [*idf, "-C", str(firmware), "-B", str(d),
             "-D", f"SDKCONFIG={d / 'sdkconfig'}",
             "-D", f"SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.{config}",
             "-D", f"IDF_TARGET={TARGET}", "build"]
@@ -174,6 +182,204 @@ def unavailable(config: str, firmware: Path = FIRMWARE, port: str | None = None,
     return None
 
 
+# --- the target: idf.py build, Espressif's QEMU ----------------------------------------------------
+# Where ci/setup.sh installs a prebuilt ESP-IDF + Espressif QEMU bundle when one is beside the
+# repository; any script that exports ESP-IDF works (TINYLLM_IDF_EXPORT, or $IDF_PATH/export.sh).
+DEFAULT_IDF_EXPORT = Path.home() / ".cache" / "tinyllm-espressif" / "env.sh"
+IDF_EXPORT_ENV = "TINYLLM_IDF_EXPORT"
+
+
+@functools.lru_cache(maxsize=1)
+def idf_environment() -> dict[str, str] | None:
+    """The environment ESP-IDF's tools run in: this one if ESP-IDF is exported (idf.py on PATH),
+    else what sourcing $TINYLLM_IDF_EXPORT, $IDF_PATH/export.sh or the bundle's env.sh gives."""
+    env = dict(os.environ)
+    if env.get("IDF_PATH") and shutil.which("idf.py", path=env.get("PATH")):
+        return env
+    candidates = [env.get(IDF_EXPORT_ENV), env.get("IDF_PATH") and str(Path(env["IDF_PATH"]) / "export.sh"),
+                  str(DEFAULT_IDF_EXPORT)]
+    script = next((c for c in candidates if c and Path(c).is_file()), None)
+    if script is None:
+        return None
+    # a harness venv first on PATH would shadow the IDF venv's python: drop VIRTUAL_ENV's bin
+    result = subprocess.run(["bash", "-c", '. "$1" >/dev/null 2>&1 && env -0', "idf-env", script],
+                            capture_output=True, env=env, timeout=120)
+    if result.returncode != 0:
+        return None
+    exported = dict(item.split("=", 1) for item in result.stdout.decode().split("\0") if "=" in item)
+    return exported if exported.get("IDF_PATH") else None
+
+
+@functools.lru_cache(maxsize=1)
+def _esp32_unavailable() -> str | None:
+    """Why the esp32 target cannot run here, or None; probed once per process (every test asks)."""
+    env = idf_environment()
+    if env is None:
+        return ("ESP-IDF not found: export it (. $IDF_PATH/export.sh), or set TINYLLM_IDF_EXPORT to a script that "
+                "does (ci/setup.sh installs one where a prebuilt bundle is present)")
+    qemu = shutil.which("qemu-system-xtensa", path=env.get("PATH"))
+    if qemu is None:
+        return "qemu-system-xtensa not found: install Espressif's QEMU (idf_tools.py install qemu-xtensa)"
+    if not qemu_has_esp32(qemu, run=functools.partial(subprocess.run, env=env)):
+        return f"{qemu} has no esp32 machine (Debian's QEMU lacks it): install Espressif's QEMU"
+    version = subprocess.run([sys.executable, "-m", "esptool", "version"], capture_output=True, text=True).stdout
+    major = re.search(r"^(\d+)\.", version.strip().splitlines()[-1]) if version.strip() else None
+    if major is None or int(major.group(1)) < 5:
+        return "esptool >= 5 not installed in the harness's Python (pip install -e '.[esp32]')"
+    return None
+
+
+def _sources() -> list[Path]:
+    """What an esp32 build depends on: the app, the core, the project files."""
+    files = [*(FIRMWARE / "main").rglob("*"), *(FIRMWARE / "components").rglob("*"), FIRMWARE / "CMakeLists.txt"]
+    return [f for f in files if f.is_file()]
+
+
+@dataclass(frozen=True)
+class Esp32QemuTarget:
+    """The ESP-IDF app in Espressif's QEMU: `-machine esp32 -m 4M`, the card on the SD/MMC host."""
+
+    name: str = "esp32"
+    sanitize: bool = False
+    config: str = "qemu"  # firmware/sdkconfig.ci.<config>
+    # -icount shift=3: every instruction advances virtual time by 8 ns, so esp_timer and CCOUNT
+    # (240 MHz) count executed instructions, identically on every run; sleep=off: idle time is
+    # skipped, never taken from the host clock.
+    icount_shift: int = 3
+    cpu_mhz: int = 240  # CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ (sdkconfig.defaults)
+
+    @property
+    def build_dir(self) -> Path:
+        """firmware/build_esp32_<config>: the idf-build-apps / pytest-embedded naming."""
+        return build_dir(self.config)
+
+    @property
+    def flash_image(self) -> Path:
+        return self.build_dir / "flash_image.bin"
+
+    def qemu_binary(self) -> str | None:
+        env = idf_environment()
+        return shutil.which("qemu-system-xtensa", path=(env or os.environ).get("PATH"))
+
+    def unavailable(self) -> str | None:
+        return _esp32_unavailable()
+
+    def _stale(self) -> bool:
+        if not is_built(self.config):
+            return True
+        built = (self.build_dir / f"{APP_NAME}.bin").stat().st_mtime
+        return any(f.stat().st_mtime > built for f in _sources() + self._sdkconfig_files())
+
+    def _sdkconfig_files(self) -> list[Path]:
+        return [FIRMWARE / "sdkconfig.defaults", FIRMWARE / f"sdkconfig.ci.{self.config}"]
+
+    def build_command(self) -> list[str]:
+        env = idf_environment() or {}
+        idf = ((str(Path(env["IDF_PYTHON_ENV_PATH"]) / "bin" / "python"), str(Path(env["IDF_PATH"]) / "tools" / "idf.py"))
+               if env.get("IDF_PYTHON_ENV_PATH") else ("idf.py",))
+        return build_command(self.config, idf=idf)
+
+    def build(self) -> Path:
+        """`idf.py build` when the app is missing or older than its sources and sdkconfig files
+        (log: build/firmware/esp32-<config>/build.log), then the 4 MB flash image QEMU boots."""
+        log = BUILD / "firmware" / f"esp32-{self.config}" / "build.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if self._stale():
+            env = idf_environment()
+            if env is None:
+                raise HarnessError(f"esp32 build: {self.unavailable()}")
+            sdkconfig = self.build_dir / "sdkconfig"
+            if sdkconfig.is_file() and any(f.stat().st_mtime > sdkconfig.stat().st_mtime for f in self._sdkconfig_files()):
+                sdkconfig.unlink()  # regenerate from the changed defaults (idf.py keeps an existing sdkconfig)
+            start = time.monotonic()
+            print(f"esp32: building the ESP-IDF app (idf.py, config {self.config}); log {log}", file=sys.stderr, flush=True)
+            with open(log, "w") as fp:
+                result = subprocess.run(self.build_command(), stdout=fp, stderr=subprocess.STDOUT, env=env)
+            if result.returncode != 0:
+                tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
+                raise HarnessError(f"esp32 build failed (idf.py exit {result.returncode}); full log {log}:\n{tail}")
+            print(f"esp32: built in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+        app = self.build_dir / f"{APP_NAME}.bin"
+        if not self.flash_image.is_file() or self.flash_image.stat().st_mtime < app.stat().st_mtime:
+            self._merge_flash_image()
+        return self.flash_image
+
+    def _merge_flash_image(self) -> None:
+        import json
+
+        args = json.loads((self.build_dir / "flasher_args.json").read_text())
+        settings = args["flash_settings"]
+        parts = [x for offset, file in sorted(args["flash_files"].items(), key=lambda kv: int(kv[0], 16))
+                 for x in (offset, str(self.build_dir / file))]
+        tmp = self.flash_image.with_suffix(".tmp")
+        argv = [sys.executable, "-m", "esptool", "--chip", "esp32", "merge-bin", "--fill-flash-size",
+                settings["flash_size"], "-o", str(tmp), "--flash-mode", settings["flash_mode"], "--flash-size",
+                settings["flash_size"], "--flash-freq", settings["flash_freq"], *parts]
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise HarnessError(f"esptool merge-bin failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+        tmp.replace(self.flash_image)
+
+    def prepare_card(self, image: Path, work: Path) -> Path:
+        return Path(image)  # QEMU's SD model reads the image itself
+
+    def instructions(self, cycles: float) -> float | None:
+        """Executed instructions from CCOUNT cycles: under -icount shift=N one instruction is
+        2^N ns of virtual time, and CCOUNT runs at cpu_mhz of that time."""
+        return cycles * 1000.0 / (self.cpu_mhz * (1 << self.icount_shift))
+
+    def qemu_args(self, card: Path) -> list[str]:
+        # snapshot: the image is opened read-only (writes would go to a temporary overlay),
+        # so one image serves several QEMUs and stays byte-identical
+        return qemu_args(card, icount_shift=self.icount_shift, snapshot=True)
+
+    def argv(self, binary: Path, card: Path, precision: str, prompts: str = "none",
+             extra: tuple[str, ...] = (), sd_trace: Path | None = None) -> list[str]:
+        """QEMU's command line. The precision and options are not arguments here: see boot_commands.
+        The card's prompts.txt always runs at boot (the Dut reads its results). `sd_trace`: a file
+        where QEMU's SD card model logs every command it receives (`-trace sdcard_normal_command`)."""
+        qemu = self.qemu_binary() or "qemu-system-xtensa"
+        trace = ["-trace", "sdcard_normal_command", "-D", str(sd_trace)] if sd_trace else []
+        return [qemu, "-nographic", "-machine", "esp32", "-drive", f"file={binary},if=mtd,format=raw",
+                *self.qemu_args(card), *trace]
+
+    def boot_commands(self, precision: str, extra: tuple[str, ...] = ()) -> list[str]:
+        """Console lines that give the firmware what the process targets take as options."""
+        return load_command(precision, extra, default_precision="float32")
+
+    def runs_card_prompts(self, prompts: str) -> bool:
+        return True  # no argument can turn the card's prompts.txt off: the Dut reads its results
+
+    def sd_trace_path(self, log_path: Path) -> Path | None:
+        return log_path.with_suffix(".sd-trace.log")  # QEMU's SD model counts what the card sees
+
+    def static_ram(self, binary: Path) -> dict[str, int] | None:
+        return None  # ESP-IDF's heap: the app reports what it has (TINYLLM_INFO, the boot log)
+
+
+# the process targets' options and the `load` command's (docs/contracts.md §3)
+_LOAD_OPTIONS = {"--context": "context", "--chunk-rows": "chunk", "--arena-bytes": "arena", "--lm-head": "lm_head",
+                 "--max-candidates": "candidates"}
+
+
+def load_command(precision: str, extra: tuple[str, ...], default_precision: str) -> list[str]:
+    """`load <precision> [options]` for what differs from the firmware's boot defaults, or nothing."""
+    words, i = [], 0
+    while i < len(extra):
+        if extra[i] == "--no-resident":
+            words.append("resident=0")
+            i += 1
+        elif extra[i] in _LOAD_OPTIONS and i + 1 < len(extra):
+            words.append(f"{_LOAD_OPTIONS[extra[i]]}={extra[i + 1]}")
+            i += 2
+        else:
+            raise HarnessError(f"option {extra[i]!r} has no console equivalent (load float32|int8 "
+                               "[context=N] [chunk=N] [resident=0|1] [arena=N] [lm_head=M] [candidates=N])")
+    if precision == default_precision and not words:
+        return []
+    return [" ".join(["load", precision, *words])]
+
+
 # --- board checks ------------------------------------------------------------------------------
 def expected_card_id(weights_dir: Path) -> str:
     """The card id the firmware prints for a weight set: CRC-32 of its model_config.json, lowercase hex."""
@@ -225,44 +431,6 @@ def write_image_with_mux(command: str, image: Path, run: Runner = subprocess.run
                            f"{(result.stdout or '')[-2000:]}{(result.stderr or '')[-2000:]}")
 
 
-# --- talking to a pytest-embedded Dut --------------------------------------------------------------
-def read_until_ready(dut: Any, timeout: float) -> protocol.Transcript:
-    """What the firmware printed up to the next TINYLLM_READY (or TINYLLM_EXIT), parsed."""
-    from harness.targets.dut import READY_OR_EXIT
-
-    before = dut.expect(READY_OR_EXIT, timeout=timeout, return_what_before_match=True)
-    match = dut.pexpect_proc.match
-    text = (before.decode(errors="replace") if isinstance(before, bytes) else str(before)) + match.group(0).decode()
-    return protocol.parse(text)
-
-
-def command(dut: Any, line: str, timeout: float) -> protocol.Transcript:
-    dut.write(line)  # pytest-embedded appends the newline to a str
-    return read_until_ready(dut, timeout)
-
-
-# --- report and command line -----------------------------------------------------------------------
-REQUIRED_ENV = "TINYLLM_ESP32_REQUIRED"  # CI sets it: a skip of the end-to-end cases becomes a failure
-
-
-def perf_report(perf_dir: Path) -> str:
-    """Markdown table of the perf-*.json records the end-to-end cases wrote."""
-    import json
-
-    rows = ["| environment | model | precision | tokens/s | cycles/token | board budget |",
-            "| --- | --- | --- | --- | --- | --- |"]
-    for path in sorted(Path(perf_dir).glob("perf-*.json")):
-        rec = json.loads(path.read_text())
-        budget = (f">= {MIN_BOARD_TOKENS_PER_S[rec['precision']]} tok/s"
-                  if rec["environment"] == "board" and rec["model"] == "tiny-llm" else "-")
-        rows.append(f"| {rec['environment']} | {rec['model']} | {rec['precision']} | {rec['tokens_per_s']:.4g} | "
-                    f"{rec['cycles_per_token']:.4g} | {budget} |")
-    if len(rows) == 2:
-        rows.append("| (no esp32 runs recorded) | | | | | |")
-    note = ("QEMU timing is not cycle-accurate: its figures show that the run completed, not the board's speed.")
-    return "# esp32 target\n\n" + "\n".join(rows) + "\n\n" + note + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
     """python -m harness.targets.esp32 {build-command CONFIG | qemu-args IMAGE | report PERF_DIR OUT}"""
     import argparse
@@ -284,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "qemu-args":
             print(qemu_extra_args(args.image, args.icount))
         else:
+            from harness.report.esp32 import perf_report
+
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(perf_report(args.perf_dir))
             print(f"wrote {args.out}")

@@ -1,0 +1,24 @@
+"""The esp32 pytest-embedded runs' table (tests/test_esp32.py writes one perf-*.json per case)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.targets.esp32 import MIN_BOARD_TOKENS_PER_S
+
+
+def perf_report(perf_dir: Path) -> str:
+    """Markdown table of the perf-*.json records the end-to-end cases wrote."""
+    rows = ["| environment | model | precision | tokens/s | cycles/token | board budget |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for path in sorted(Path(perf_dir).glob("perf-*.json")):
+        rec = json.loads(path.read_text())
+        budget = (f">= {MIN_BOARD_TOKENS_PER_S[rec['precision']]} tok/s"
+                  if rec["environment"] == "board" and rec["model"] == "tiny-llm" else "-")
+        rows.append(f"| {rec['environment']} | {rec['model']} | {rec['precision']} | {rec['tokens_per_s']:.4g} | "
+                    f"{rec['cycles_per_token']:.4g} | {budget} |")
+    if len(rows) == 2:
+        rows.append("| (no esp32 runs recorded) | | | | | |")
+    note = ("QEMU timing is not cycle-accurate: its figures show that the run completed, not the board's speed.")
+    return "# esp32 target\n\n" + "\n".join(rows) + "\n\n" + note + "\n"
