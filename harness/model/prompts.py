@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from harness import FIXTURES
 from harness.errors import HarnessError
-from harness.model.spec import ModelSpec
+from harness.model.spec import ModelSpec, fixture_names, read_fixture
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ def validate_prompt(prompt: Prompt, spec: ModelSpec, context: int | None = None)
 
 
 def available_prompt_sets() -> list[str]:
-    return sorted(p.stem for p in (FIXTURES / "prompts").glob("*.json"))
+    return fixture_names("prompts")
 
 
 def load_prompt_set(name_or_path: str | Path, spec: ModelSpec) -> list[Prompt]:
@@ -59,18 +57,7 @@ def load_prompt_set(name_or_path: str | Path, spec: ModelSpec) -> list[Prompt]:
     prompt that still leaves room for `n` new tokens) with a `seed` for random ids drawn from
     the model's vocabulary, so one set serves models with different vocabularies.
     """
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = FIXTURES / "prompts" / f"{name_or_path}.json"
-    if not path.is_file():
-        raise HarnessError(
-            f"unknown prompt set {str(name_or_path)!r}: no file {path} "
-            f"(fixtures: {', '.join(available_prompt_sets())})"
-        )
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
+    path, doc = read_fixture(name_or_path, "prompts", "prompt set")
     if not isinstance(doc, dict) or not isinstance(doc.get("prompts"), list):
         raise HarnessError(f"{path}: expected an object with a \"prompts\" list")
     prompts = []

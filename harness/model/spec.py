@@ -152,22 +152,33 @@ def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1)
     )
 
 
+def fixture_names(folder: str) -> list[str]:
+    """The fixtures of one kind: the stems of fixtures/<folder>/*.json."""
+    return sorted(p.stem for p in (FIXTURES / folder).glob("*.json"))
+
+
+def read_fixture(name_or_path: str | Path, folder: str, what: str) -> tuple[Path, Any]:
+    """A fixture by name (fixtures/<folder>/<name>.json) or a JSON file by path: its path and
+    its parsed document; `what` names the kind in errors ("model", "prompt set")."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = FIXTURES / folder / f"{name_or_path}.json"
+    if not path.is_file():
+        raise HarnessError(
+            f"unknown {what} {str(name_or_path)!r}: no file {path} (fixtures: {', '.join(fixture_names(folder))})"
+        )
+    try:
+        return path, json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
+
+
 def available_models() -> list[str]:
-    return sorted(p.stem for p in (FIXTURES / "models").glob("*.json"))
+    return fixture_names("models")
 
 
 def load_spec(name_or_path: str | Path) -> ModelSpec:
     """Load a fixture model by name (`tiny-llm`, `micro`) or from a JSON file path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = FIXTURES / "models" / f"{name_or_path}.json"
-    if not path.is_file():
-        raise HarnessError(
-            f"unknown model {str(name_or_path)!r}: no file {path} (fixtures: {', '.join(available_models())})"
-        )
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
+    path, doc = read_fixture(name_or_path, "models", "model")
     seed = int(doc.get("synthetic", {}).get("seed", 1))
     return spec_from_hf_config(doc["config"], doc.get("name", path.stem), synthetic_seed=seed)

@@ -1,21 +1,15 @@
-"""Steps 4 and 5, build and boot: how each target builds the firmware and starts it.
+"""Steps 4 and 5, build and boot: every target builds the firmware and starts it the same way.
 
-linux: the portable core + the POSIX port, built with the host compiler (CMake); it reads the
-weight files that mtools extracted from the FAT image.
+A target (the `Target` protocol below) builds its firmware, prepares the card as the firmware
+reads it, gives the process to start (argv) and the console lines a device needs instead of
+arguments, and says what it can count (SD commands, executed instructions, static RAM). The
+main job, the tests and the reports use only this, booting every target under the same Dut
+(dut.py: pytest-embedded's Dut with the console protocol mixed in):
 
-xtensa-sim: the same core cross-compiled with Debian's gcc-xtensa-lx106 + picolibc and booted
-bare metal in Debian's `qemu-system-xtensa -M sim -cpu lx106`; console, files and exit go
-through semihosting. pytest-embedded's `qemu` service is not used for it: that service always
-appends `-drive file=...,if=mtd` (an ESP flash image), which the sim machine rejects, and it
-has no notion of a semihosted ELF. The target starts QEMU itself and the process runs under
-the same pytest-embedded `Dut` as the linux binary (harness/targets/dut.py).
-
-esp32: the ESP-IDF app (firmware/main) built with `idf.py` and booted in Espressif's QEMU
-(`-machine esp32`, 4 MB PSRAM, the FAT image on the SD/MMC host, `-icount` for deterministic
-instruction counts), its UART on QEMU's stdio under the same Dut. One build serves both
-precisions: the app boots the float32 set and the console command `load int8` switches.
-(tests/test_esp32.py runs the same app through pytest-embedded's own idf,qemu services, and on
-a board through esp,idf.)
+- linux, xtensa-sim (host.py): the firmware as a local process, the card as a folder;
+- esp32 (esp32.py): the ESP-IDF app built with `idf.py` in Espressif's QEMU, the FAT image on
+  its SD/MMC host; one build serves both precisions (`load int8` switches). tests/test_esp32.py
+  also runs the same app through pytest-embedded's own idf,qemu services, and on a board.
 """
 
 from __future__ import annotations
