@@ -179,7 +179,7 @@ def run_bench(model: str, out: Path, parts: tuple[str, ...] = ("host", "board"),
     import json
 
     from harness.card.fatimage import build_image
-    from harness.pipeline import export_card
+    from harness.card.stage import export_card
 
     out.mkdir(parents=True, exist_ok=True)
     export_card(model, out / "card", "smoke", PRECISIONS)

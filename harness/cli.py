@@ -46,9 +46,9 @@ def _size(text: str) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
-    from harness import pipeline
+    from harness.card.stage import export_card
 
-    return pipeline.export_card(args.model, args.out, args.prompts, args.precision, hf_folder=args.hf_folder)
+    return export_card(args.model, args.out, args.prompts, args.precision, hf_folder=args.hf_folder)
 
 
 def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,9 +60,9 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_reference(args: argparse.Namespace) -> dict[str, Any]:
-    from harness import pipeline
+    from harness.oracle.card_oracle import reference_json
 
-    doc = pipeline.reference_json(args.card, args.prompts, int8=args.int8)
+    doc = reference_json(args.card, args.prompts, int8=args.int8)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     return {"out": str(args.out), **doc["summary"]}

@@ -1,4 +1,7 @@
-"""The steps the CLI and the tests share: export a card, compute references."""
+"""The main job, `tinyllm-harness e2e`: export -> image -> build -> boot -> compare -> report on one target.
+
+Each step is its package's (harness/card, targets, oracle, report); this module runs them in
+order, times them and writes perf.json and report.md."""
 
 from __future__ import annotations
 
@@ -9,90 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 from tqdm import tqdm
 
-from harness.card import quant
-from harness.card.export import SET_DIRS, file_tensors
 from harness.card.fatimage import build_image
-from harness.card.stage import stage_model
-from harness.card.weights import load_weight_set
+from harness.card.stage import export_card
 from harness.errors import HarnessError
 from harness.model.prompts import Prompt, load_prompt_set
 from harness.oracle import budgets
 from harness.oracle.card_oracle import CardOracle
 from harness.oracle.compare import LogitComparison, logit_comparison, logit_verdict, per_token
-from harness.oracle.emulate import NumpyLlama
-from harness.oracle.reference import PromptResult, Reference, decode_tokens_per_s, min_margin
+from harness.oracle.reference import PromptResult, decode_tokens_per_s, min_margin
 from harness.report import board
 from harness.report.markdown import write_report
 from harness.targets import Target, get_target
 from harness.targets.dut import TinyLLMDut, start_firmware
 
 T = TypeVar("T")
-
-
-def export_card(model: str, out: Path, prompt_set: str, precisions: tuple[str, ...],
-                hf_folder: Path | None = None) -> dict[str, Any]:
-    start = time.perf_counter()
-    staged = stage_model(model, out, prompt_set, precisions, hf_folder=hf_folder)
-    spec, state, written = staged.spec, staged.state, staged.sets
-    report: dict[str, Any] = {
-        "model": spec.name,
-        "params": spec.n_params(),
-        "sets": {p: str(d) for p, d in written.items()},
-        "bytes": {p: sum(f.stat().st_size for f in d.iterdir()) for p, d in written.items()},
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    if "int8" in precisions:
-        report["int8_weight_error"] = int8_error_report(file_tensors(spec, state))
-    return report
-
-
-def int8_error_report(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Weight quantization error per tensor and worst case (round-to-nearest: <= half a step)."""
-    per = {stem: quant.quantization_error(arr) for stem, arr in tensors.items() if "norm" not in stem}
-    return {
-        "worst_nmse": max(v["nmse"] for v in per.values()),
-        "worst_abs_over_half_step": max(v["max_abs_over_half_step"] for v in per.values()),
-        "per_tensor": per,
-    }
-
-
-def reference_json(card: Path, prompt_set: str, int8: bool = False) -> dict[str, Any]:
-    """HF reference (and optionally the int8 emulation) over a prompt set, as a JSON document."""
-    weights = load_weight_set(card / SET_DIRS["float32"])
-    start = time.perf_counter()
-    ref = Reference(weights)
-    load_seconds = time.perf_counter() - start
-    prompts = load_prompt_set(prompt_set, weights.spec)
-    results = [ref.run(p) for p in prompts]
-    doc: dict[str, Any] = {"model": weights.spec.name, "prompt_set": prompt_set, "card_id": weights.card_id(),
-                           "float32": [r.to_json() for r in results]}
-    summary: dict[str, Any] = {
-        "prompts": len(prompts),
-        "tokens": sum(len(r.tokens) for r in results),
-        "min_margin": min_margin(results),
-        "reference_decode_tokens_per_s": decode_tokens_per_s(results),
-        "model_load_s": round(load_seconds, 3),
-    }
-    if int8:
-        q_weights = load_weight_set(card / SET_DIRS["int8"])
-        emu = NumpyLlama(q_weights)
-        int8_docs, agree, total = [], 0, 0
-        for r in results:
-            tokens, logits = emu.run(list(r.prompt.ids), r.prompt.n_new, teacher_forced=False)
-            # top-1 agreement with float32 under teacher forcing: feed the float32 sequence
-            _, tf_logits = emu.run(list(r.prompt.ids) + r.tokens[:-1] if r.tokens else list(r.prompt.ids), 1)
-            rows = min(len(tf_logits), len(r.logits))
-            agree += int(np.sum(np.argmax(tf_logits[:rows], -1) == np.argmax(r.logits[:rows], -1)))
-            total += rows
-            int8_docs.append({"name": r.prompt.name, "tokens": tokens, "tokens_equal_float32": tokens == r.tokens})
-        doc["int8"] = int8_docs
-        summary["int8_top1_agreement_teacher_forced"] = agree / total if total else None
-        summary["int8_sequences_equal_float32"] = sum(d["tokens_equal_float32"] for d in int8_docs)
-    doc["summary"] = summary
-    return doc
 
 
 # --- the main job: export -> image -> build -> run -> compare -> report -----------------------

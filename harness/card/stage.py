@@ -5,11 +5,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.card.export import export_sets, load_hf_folder
+import numpy as np
+
+from harness.card import quant
+from harness.card.export import export_sets, file_tensors, load_hf_folder
 from harness.errors import HarnessError
 from harness.model.prompts import Prompt, load_prompt_set, prompts_file_text
 from harness.model.spec import ModelSpec, load_spec
@@ -76,3 +80,30 @@ def extract_image(image: Path, dest: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def export_card(model: str, out: Path, prompt_set: str, precisions: tuple[str, ...],
+                hf_folder: Path | None = None) -> dict[str, Any]:
+    start = time.perf_counter()
+    staged = stage_model(model, out, prompt_set, precisions, hf_folder=hf_folder)
+    spec, state, written = staged.spec, staged.state, staged.sets
+    report: dict[str, Any] = {
+        "model": spec.name,
+        "params": spec.n_params(),
+        "sets": {p: str(d) for p, d in written.items()},
+        "bytes": {p: sum(f.stat().st_size for f in d.iterdir()) for p, d in written.items()},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    if "int8" in precisions:
+        report["int8_weight_error"] = int8_error_report(file_tensors(spec, state))
+    return report
+
+
+def int8_error_report(tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Weight quantization error per tensor and worst case (round-to-nearest: <= half a step)."""
+    per = {stem: quant.quantization_error(arr) for stem, arr in tensors.items() if "norm" not in stem}
+    return {
+        "worst_nmse": max(v["nmse"] for v in per.values()),
+        "worst_abs_over_half_step": max(v["max_abs_over_half_step"] for v in per.values()),
+        "per_tensor": per,
+    }

@@ -3,16 +3,18 @@ reference and the int8 emulation, both from the weight files on the card (as the
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness.card.export import SET_DIRS
 from harness.card.weights import WeightSet, load_weight_set
-from harness.model.prompts import Prompt
+from harness.model.prompts import Prompt, load_prompt_set
 from harness.model.spec import ModelSpec
 from harness.oracle.emulate import NumpyLlama
-from harness.oracle.reference import PromptResult, Reference
+from harness.oracle.reference import PromptResult, Reference, decode_tokens_per_s, min_margin
 
 
 class CardOracle:
@@ -53,3 +55,39 @@ class CardOracle:
                 self._emulation = NumpyLlama(load_weight_set(self.card_dir / SET_DIRS["int8"]))
             self._int8[prompt] = self._emulation.run(list(prompt.ids), prompt.n_new, teacher_forced=True)
         return self._int8[prompt]
+
+
+def reference_json(card: Path, prompt_set: str, int8: bool = False) -> dict[str, Any]:
+    """HF reference (and optionally the int8 emulation) over a prompt set, as a JSON document."""
+    weights = load_weight_set(card / SET_DIRS["float32"])
+    start = time.perf_counter()
+    ref = Reference(weights)
+    load_seconds = time.perf_counter() - start
+    prompts = load_prompt_set(prompt_set, weights.spec)
+    results = [ref.run(p) for p in prompts]
+    doc: dict[str, Any] = {"model": weights.spec.name, "prompt_set": prompt_set, "card_id": weights.card_id(),
+                           "float32": [r.to_json() for r in results]}
+    summary: dict[str, Any] = {
+        "prompts": len(prompts),
+        "tokens": sum(len(r.tokens) for r in results),
+        "min_margin": min_margin(results),
+        "reference_decode_tokens_per_s": decode_tokens_per_s(results),
+        "model_load_s": round(load_seconds, 3),
+    }
+    if int8:
+        q_weights = load_weight_set(card / SET_DIRS["int8"])
+        emu = NumpyLlama(q_weights)
+        int8_docs, agree, total = [], 0, 0
+        for r in results:
+            tokens, logits = emu.run(list(r.prompt.ids), r.prompt.n_new, teacher_forced=False)
+            # top-1 agreement with float32 under teacher forcing: feed the float32 sequence
+            _, tf_logits = emu.run(list(r.prompt.ids) + r.tokens[:-1] if r.tokens else list(r.prompt.ids), 1)
+            rows = min(len(tf_logits), len(r.logits))
+            agree += int(np.sum(np.argmax(tf_logits[:rows], -1) == np.argmax(r.logits[:rows], -1)))
+            total += rows
+            int8_docs.append({"name": r.prompt.name, "tokens": tokens, "tokens_equal_float32": tokens == r.tokens})
+        doc["int8"] = int8_docs
+        summary["int8_top1_agreement_teacher_forced"] = agree / total if total else None
+        summary["int8_sequences_equal_float32"] = sum(d["tokens_equal_float32"] for d in int8_docs)
+    doc["summary"] = summary
+    return doc

@@ -250,11 +250,17 @@ static char *next_word(char **cursor)
     return word;
 }
 
-/* gen <id> [<id> ...] [n=<N>] [k=<K>] [tf=1] [full=1]; `args` is the rest of the line after "gen". */
-static int cmd_gen(tl_engine *e, char *args)
+/* A gen line (docs/contracts.md §3), parsed and checked against the loaded set. */
+typedef struct tl_gen {
+    int n_prompt; /* its ids are e->tokens[0 .. n_prompt) */
+    int n_new, k, tf, full;
+} tl_gen;
+
+/* Parses `gen <id> [<id> ...] [n=<N>] [k=<K>] [tf=1] [full=1]` (`args`: the line after "gen")
+ * into *g and the prompt into e->tokens; any bad word or a request past the context fails. */
+static int gen_parse(tl_engine *e, char *args, tl_gen *g)
 {
     tl_model *m = &e->model;
-    const tl_port *port = e->port;
     static const char *const names[] = {"n", "k", "tf", "full"};
     long values[] = {TL_DEFAULT_N, TL_DEFAULT_K, 0, 0};
     unsigned seen = 0;
@@ -302,26 +308,32 @@ static int cmd_gen(tl_engine *e, char *args)
         return tl_fail(&e->err, TL_E_PROMPT,
                        "gen: prompt length %d + n %ld - 1 = %ld exceeds the context of %d positions", n_prompt, n_new,
                        (long)n_prompt + n_new - 1, m->context);
+    g->n_prompt = n_prompt;
+    g->n_new = (int)n_new; /* fits: n_prompt + n_new - 1 <= context */
+    g->k = (int)k;
+    g->tf = (int)tf;
+    g->full = (int)full;
+    return TL_OK;
+}
 
-    /* One forward pass per position 0 .. n_prompt + n_new - 2: the last
-     * generated token is never fed back. */
-    int n_steps = n_prompt + (int)n_new - 1;
-    tl_log(port, TAG_INFER, "Starting inference with prompt length: %d", n_prompt);
-    if (port->settle) port->settle(port->ctx);
-    uint64_t t0 = port->time_us(port->ctx), c0 = port->cycles(port->ctx);
-    uint64_t b0 = m->bytes_read, r0 = m->read_calls;
-    uint64_t d0 = port->disk_reads ? port->disk_reads(port->ctx) : 0;
+/* The forward passes of a checked gen, one per position 0 .. n_prompt + n_new - 2 (the last
+ * generated token is never fed back): greedy tokens into e->tokens, what each step cost and its
+ * top-k into e->steps (printed only afterwards: console time stays out of the step times). */
+static int gen_decode(tl_engine *e, const tl_gen *g, int n_steps)
+{
+    tl_model *m = &e->model;
+    const tl_port *port = e->port;
     tl_topk top;
     for (int pos = 0; pos < n_steps; pos++) {
         tl_step *s = &e->steps[pos];
         uint64_t ts = port->time_us(port->ctx), cs = port->cycles(port->ctx);
         uint64_t bs = m->bytes_read, rs = m->read_calls;
-        int generating = pos >= n_prompt - 1;
-        int want_logits = tf || generating;
-        top.k = (int)k;
+        int generating = pos >= g->n_prompt - 1;
+        int want_logits = g->tf || generating;
+        top.k = g->k;
         top.n = 0;
         s->token = e->tokens[pos];
-        if (tl_model_forward(m, e->tokens[pos], pos, want_logits ? &top : NULL, (int)full)) return e->err.code;
+        if (tl_model_forward(m, e->tokens[pos], pos, want_logits ? &top : NULL, g->full)) return e->err.code;
         if (generating) e->tokens[pos + 1] = top.id[0]; /* greedy: argmax, ties to the lowest id */
         s->us = port->time_us(port->ctx) - ts;
         s->cycles = port->cycles(port->ctx) - cs;
@@ -335,19 +347,37 @@ static int cmd_gen(tl_engine *e, char *args)
             s->top_logit[i] = top.logit[i];
         }
     }
+    return TL_OK;
+}
+
+/* gen: parse, decode, then print the tokens and the TINYLLM_RESULT line. */
+static int cmd_gen(tl_engine *e, char *args)
+{
+    tl_model *m = &e->model;
+    const tl_port *port = e->port;
+    tl_gen g = {0, 0, 0, 0, 0};
+    if (gen_parse(e, args, &g)) return e->err.code;
+    int n_prompt = g.n_prompt, n_new = g.n_new;
+    int n_steps = n_prompt + n_new - 1;
+    tl_log(port, TAG_INFER, "Starting inference with prompt length: %d", n_prompt);
+    if (port->settle) port->settle(port->ctx);
+    uint64_t t0 = port->time_us(port->ctx), c0 = port->cycles(port->ctx);
+    uint64_t b0 = m->bytes_read, r0 = m->read_calls;
+    uint64_t d0 = port->disk_reads ? port->disk_reads(port->ctx) : 0;
+    if (gen_decode(e, &g, n_steps)) return e->err.code;
     uint64_t us = port->time_us(port->ctx) - t0, cycles = port->cycles(port->ctx) - c0;
 
-    tl_log(port, TAG_INFER, "Generated %ld tokens", n_new);
+    tl_log(port, TAG_INFER, "Generated %d tokens", n_new);
     tl_writer *w = &e->out;
     tl_w_puts(w, "Generated tokens:");
-    for (int i = 0; i < (int)n_new; i++) tl_w_printf(w, " %ld", (long)e->tokens[n_prompt + i]);
+    for (int i = 0; i < n_new; i++) tl_w_printf(w, " %ld", (long)e->tokens[n_prompt + i]);
     tl_w_endline(w);
     unsigned long ms = (unsigned long)(us / 1000u);
     double tps = us ? (double)n_new * 1e6 / (double)us : 0.0;
-    tl_log(port, TAG_INFER, "Inference completed: %ld tokens in %lu ms (%.2f tokens/sec)", n_new, ms, tps);
+    tl_log(port, TAG_INFER, "Inference completed: %d tokens in %lu ms (%.2f tokens/sec)", n_new, ms, tps);
     long long disk_reads = port->disk_reads ? (long long)(port->disk_reads(port->ctx) - d0) : -1;
-    print_result(e, n_prompt, (int)n_new, n_steps, (int)k, (int)full, us, cycles, m->bytes_read - b0,
-                 m->read_calls - r0, disk_reads);
+    print_result(e, n_prompt, n_new, n_steps, g.k, g.full, us, cycles, m->bytes_read - b0, m->read_calls - r0,
+                 disk_reads);
     return TL_OK;
 }
 
