@@ -3,9 +3,9 @@
 # run; others are skipped with their reason) with JUnit XML reports under build/reports/.
 #
 # Two lanes side by side, one per core, each a chain of steps balanced to end together:
-#  lane 1: the esp32 end-to-end and pruned-lm_head cases (the ESP-IDF app in one single-threaded
+#  lane 1: the esp32 end-to-end cases (the ESP-IDF app in one single-threaded
 #          Espressif QEMU), then libFuzzer on the core (ci/fuzz.sh, 60 s per target);
-#  lane 2: everything else (harness tests, linux, xtensa-sim), then the esp32 error cases (a
+#  lane 2: everything else (harness tests, linux, xtensa-sim), then the esp32 pruned-lm_head and error cases (a
 #          second esp32 pytest process, in its own test-runs folder).
 # Then, where the esp32 target runs here, the app once more through pytest-embedded's own
 # `--embedded-services idf,qemu` (tests/test_esp32.py, micro), as a pytest-embedded user runs it.
@@ -22,8 +22,8 @@ mkdir -p build/reports
 checked() { local rc=$1 what=$2; if [ "$rc" = 5 ]; then echo "ci/test.sh: $what: no tests were collected" >&2; return 1; fi; return "$rc"; }
 
 status=0
-ESP32_LANE1=(tests/test_e2e.py tests/test_pruned_lm_head.py)
-ESP32_LANE2=(tests/test_firmware_errors.py tests/test_error_catalog.py)
+ESP32_LANE1=(tests/test_e2e.py)
+ESP32_LANE2=(tests/test_pruned_lm_head.py tests/test_firmware_errors.py tests/test_error_catalog.py)
 lane1() {
   local rc=0
   TINYLLM_TEST_RUNS=test-runs-esp32 "$PY" -m pytest "${ESP32_LANE1[@]}" --target esp32 \
@@ -40,7 +40,7 @@ lane1_pid=$!
 rc=0; "$PY" -m pytest --target linux,xtensa-sim --deselect tests/test_esp32.py::test_esp32_end_to_end \
   --junitxml=build/reports/junit.xml "$@" || rc=$?
 checked "$rc" "linux, xtensa-sim and harness tests" || status=1
-echo "---- esp32 error cases (second esp32 process) ----"
+echo "---- esp32 pruned lm_head and error cases (second esp32 process) ----"
 rc=0; TINYLLM_TEST_RUNS=test-runs-esp32-errors "$PY" -m pytest "${ESP32_LANE2[@]}" --target esp32 \
   --junitxml=build/reports/junit-esp32-errors.xml "$@" || rc=$?
 checked "$rc" "esp32 error cases" || status=1
