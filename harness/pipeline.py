@@ -92,6 +92,8 @@ def _run_precision(dut: TinyLLMDut, target: Target, oracle: CardOracle, precisio
         "reads_per_token": max(f["reads_per_token"] for f in figures),
         "cycles_per_token": cycles, "instructions_per_token": _instructions(target, cycles),
         "peak_arena": max(f["peak_arena"] for f in figures),
+        **({"internal_ram_peak": max(f["internal_ram_peak"] for f in figures),
+            "internal_ram_size": figures[0]["internal_ram_size"]} if "internal_ram_peak" in figures[0] else {}),
         "arena_budget": info.get("arena_budget"), "resident_bytes": info.get("resident_bytes"),
         # float32: "pruned" (the int8 proxy picks the float32 rows to read) or "full"
         "lm_head": info.get("lm_head", "full") if precision == "float32" else "int8",

@@ -46,3 +46,14 @@ def test_a_firmware_that_reads_ahead_is_modelled_overlapped():
     in_turn = model_token(6e6, 400, 8e7, 3e6, chunks_in_psram=False)
     assert ahead["tokens_per_s"] == ahead["tokens_per_s_overlapped"] > in_turn["tokens_per_s"]
     assert in_turn["tokens_per_s"] == in_turn["tokens_per_s_sequential"]
+
+
+def test_the_internal_ram_budget_fails_above_it_and_without_the_figure():
+    from harness import budgets
+    limit = budgets.load_budgets()["models"]["tiny-llm"]["int8"]["internal_ram_peak"]["esp32"]
+    figures = {"bytes_per_token": 0.0, "reads_per_token": 0.0, "peak_arena": 0, "cycles_per_token": 0.0}
+    assert any("no internal_ram_peak" in p for p in budgets.check(figures, "tiny-llm", "int8", "esp32"))
+    assert budgets.check({**figures, "internal_ram_peak": limit}, "tiny-llm", "int8", "esp32") == []
+    over = budgets.check({**figures, "internal_ram_peak": limit + 1}, "tiny-llm", "int8", "esp32")
+    assert over == [f"tiny-llm/int8 on esp32: internal_ram_peak {limit + 1} > {limit}"]
+    assert budgets.check(figures, "tiny-llm", "int8", "linux") == []  # a port without the figure has no budget

@@ -101,6 +101,16 @@ static int64_t esp_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, siz
 
 static uint64_t esp_disk_reads(void *ctx) { return ((esp32_port *)ctx)->disk_reads; }
 
+/* The byte-addressable internal-RAM heap (DRAM): its low-water mark since boot, as
+ * bytes in use at that moment. */
+static void esp_internal_ram(void *ctx, uint64_t *peak_used, uint64_t *size)
+{
+    (void)ctx;
+    size_t total = heap_caps_get_total_size(MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT);
+    *size = total;
+    *peak_used = total - heap_caps_get_minimum_free_size(MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT);
+}
+
 /* ---- read-ahead: the core hands lm_head's next chunk to this task ---------- */
 
 /* Above the main task (priority 1): on one core it runs as soon as a read is
@@ -223,6 +233,7 @@ int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bou
     port->read_at = esp_read_at;
     port->close = esp_close;
     port->disk_reads = esp_disk_reads;
+    port->internal_ram = esp_internal_ram;
     port->time_us = esp_time_us;
     port->cycles = esp_cycles;
     port->write = esp_write;

@@ -28,6 +28,11 @@ def check(figures: dict[str, float], model: str, precision: str, target: str | N
                         f"{budget['max_candidates_per_token']}")
     if figures.get("fallback_steps", 0):
         problems.append(f"{model}/{precision}: {figures['fallback_steps']} steps fell back to the full lm_head stream")
+    ram = budget.get("internal_ram_peak", {}).get(target or "", None)
+    if ram is not None and "internal_ram_peak" not in figures:
+        problems.append(f"{model}/{precision} on {target}: the result has no internal_ram_peak to check")
+    elif ram is not None and figures["internal_ram_peak"] > ram:
+        problems.append(f"{model}/{precision} on {target}: internal_ram_peak {figures['internal_ram_peak']} > {ram}")
     cycles = budget.get("cycles_per_token", {}).get(target or "", None)
     if cycles is not None and figures["cycles_per_token"] > cycles:
         problems.append(f"{model}/{precision} on {target}: cycles_per_token {figures['cycles_per_token']:.0f} > {cycles}")

@@ -119,6 +119,9 @@ def per_token(result: dict[str, Any]) -> dict[str, float]:
         "cycles_per_prompt_step": (sum(s["cycles"] for s in prompt) / len(prompt)) if (prompt := [
             s for s in result["steps"] if "top" not in s]) else 0.0,
         "peak_arena": result["peak_arena"],
+        # the port's own RAM beside the arena, where it reports it (the ESP32 app: internal RAM)
+        **({"internal_ram_peak": result["internal_ram_peak"], "internal_ram_size": result["internal_ram_size"]}
+           if "internal_ram_peak" in result else {}),
         # pruned float32 lm_head: float32 rows read per step beside the proxy stream (0 in full)
         "candidates_per_token": mean("candidates") if all("candidates" in s for s in decode) else 0.0,
         "max_candidates": max((s.get("candidates", 0) for s in decode), default=0),

@@ -102,6 +102,11 @@ def write_report(record: dict[str, Any], out: Path) -> Path:
         lines += ["", "Peak RAM (arena peak + image, heap and stack): " + ", ".join(
             f"{p} {e['peak_ram'] / 1024:.0f} KiB" for p, e in record["precisions"].items()) +
             f" (image, heap and stack: {static / 1024:.0f} KiB)"]
+    ram = {p: e for p, e in record["precisions"].items() if "internal_ram_peak" in e}
+    if ram:
+        lines += ["", "Internal RAM (the port's heap beside the PSRAM arena: chunk buffers, FatFs, tasks), most in use "
+                  "since boot: " + ", ".join(f"{p} {e['internal_ram_peak'] / 1024:.0f} KiB of "
+                                             f"{e['internal_ram_size'] / 1024:.0f} KiB" for p, e in ram.items())]
     f32 = record["precisions"].get("float32")
     if f32 and f32.get("lm_head") == "pruned":
         lines += ["", f"float32 lm_head pruned through its int8 proxy: {f32['candidates_per_token']:.1f} float32 rows "
@@ -190,6 +195,8 @@ def write_comparison(records: list[dict[str, Any]], out: Path) -> Path:
         ("float32 lm_head / candidate rows per token", lambda e: e.get("lm_head", "-") if e.get("lm_head") != "pruned"
          else f"pruned / {e['candidates_per_token']:.1f}"),
         ("peak arena KiB", lambda e: f"{e['peak_arena'] / 1024:.0f}"),
+        ("peak internal RAM KiB (ESP32 heap, of its size)", lambda e: "-" if "internal_ram_peak" not in e
+         else f"{e['internal_ram_peak'] / 1024:.0f} of {e['internal_ram_size'] / 1024:.0f}"),
         ("modelled ESP32-CAM tokens/s (from QEMU's counts)",
          lambda e: format(e["board_model"]["tokens_per_s"], ".2f") if "board_model" in e else "-"),
         ("tokens/s (the target's own clock)", lambda e: f"{e['tokens_per_s']:.3g}"),

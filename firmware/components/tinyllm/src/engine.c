@@ -209,8 +209,15 @@ static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int
                 (unsigned long long)cycles);
     tl_w_printf(w, "\"bytes_read\":%llu,\"read_calls\":%llu,", (unsigned long long)bytes, (unsigned long long)reads);
     if (disk_reads >= 0) tl_w_printf(w, "\"disk_reads\":%lld,", disk_reads);
-    tl_w_printf(w, "\"peak_arena\":%lu,\"arena_budget\":%lu,\"steps\":[", (unsigned long)e->arena.peak,
+    tl_w_printf(w, "\"peak_arena\":%lu,\"arena_budget\":%lu,", (unsigned long)e->arena.peak,
                 (unsigned long)e->arena.size);
+    if (e->port->internal_ram) {
+        uint64_t peak = 0, size = 0;
+        e->port->internal_ram(e->port->ctx, &peak, &size);
+        tl_w_printf(w, "\"internal_ram_peak\":%llu,\"internal_ram_size\":%llu,", (unsigned long long)peak,
+                    (unsigned long long)size);
+    }
+    tl_w_puts(w, "\"steps\":[");
     for (int p = 0; p < n_steps; p++) {
         const tl_step *s = &e->steps[p];
         tl_w_printf(w, "%s{\"pos\":%d,\"token\":%ld,\"us\":%llu,\"cycles\":%llu,\"bytes\":%llu,\"reads\":%llu", p ? "," : "",

@@ -59,6 +59,47 @@ float tl_dot_i8_f32(const int8_t *q, const float *x, int n)
     return acc;
 }
 
+/* a + b * c in one rounding where the core has a fused multiply-add (the ESP32's
+ * madd.s): the proxy's bound allows any order, with or without FMA (contracts §2). */
+#ifdef __FP_FAST_FMAF
+#define TL_MADD(a, b, c) fmaf((b), (c), (a))
+#else
+#define TL_MADD(a, b, c) ((a) + (b) * (c))
+#endif
+
+/* One column j of four rows: each x[j] is loaded once for the four products. */
+#define TL_PROXY_COL(j)                                                                                      \
+    do {                                                                                                     \
+        float xj = x[j];                                                                                     \
+        s0 = TL_MADD(s0, i8_to_float[q0[j]], xj);                                                            \
+        s1 = TL_MADD(s1, i8_to_float[q1[j]], xj);                                                            \
+        s2 = TL_MADD(s2, i8_to_float[q2[j]], xj);                                                            \
+        s3 = TL_MADD(s3, i8_to_float[q3[j]], xj);                                                            \
+    } while (0)
+
+void tl_proxy_dots(float *d, const int8_t *q, size_t stride, const float *x, int n, int rows)
+{
+    int i = 0;
+    for (; i + 4 <= rows; i += 4) {
+        const uint8_t *q0 = (const uint8_t *)q + (size_t)i * stride, *q1 = q0 + stride, *q2 = q1 + stride,
+                      *q3 = q2 + stride;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        int j = 0;
+        for (; j + 4 <= n; j += 4) { /* byte loads: the records are 5 + H bytes, any alignment */
+            TL_PROXY_COL(j);
+            TL_PROXY_COL(j + 1);
+            TL_PROXY_COL(j + 2);
+            TL_PROXY_COL(j + 3);
+        }
+        for (; j < n; j++) TL_PROXY_COL(j);
+        d[i] = s0;
+        d[i + 1] = s1;
+        d[i + 2] = s2;
+        d[i + 3] = s3;
+    }
+    for (; i < rows; i++) d[i] = tl_dot_i8_f32(q + (size_t)i * stride, x, n);
+}
+
 float tl_quantize_act(int8_t *qx, const float *x, int n)
 {
     float xmax = 0.0f;

@@ -5,6 +5,7 @@
 #ifndef TINYLLM_KERNELS_H
 #define TINYLLM_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* y[r] = sum_j W[r][j] * x[j], accumulated in float in order j = 0..cols-1. */
@@ -12,6 +13,11 @@ void tl_matvec_f32(float *y, const float *W, const float *x, int rows, int cols)
 
 /* sum_j (float)q[j] * x[j], accumulated in float in order j = 0..n-1 (the lm_head proxy). */
 float tl_dot_i8_f32(const int8_t *q, const float *x, int n);
+
+/* d[i] = sum_j (float)q[i * stride + j] * x[j] for `rows` rows `stride` bytes apart (the
+ * lm_head proxy records): four rows per pass, any summation order, fused multiply-add
+ * where the core has one, so the bits may differ by target (the proxy's bound allows it). */
+void tl_proxy_dots(float *d, const int8_t *q, size_t stride, const float *x, int n, int rows);
 
 /* Quantizes x to int8 with one scale (returned): qx = clamp(rint(x / sx), -127, 127). */
 float tl_quantize_act(int8_t *qx, const float *x, int n);

@@ -477,11 +477,13 @@ static int lm_head_pruned(tl_model *m, const float *xn, tl_topk *top, int *fallb
         if (n1 && nxt != cur) read_start(m, p->fh, p->name, off1, buf[nxt] + rec, n1);
         const uint8_t *data = buf[cur] + rec - carry;
         size_t have = carry + n, used = 0;
-        for (; have - used >= rec; used += rec, r++) {
+        int whole = (int)(have / rec); /* the block's complete records: their dot products first, */
+        tl_proxy_dots(m->upper + r, (const int8_t *)(data + TL_PROXY_HEADER_BYTES), rec, xn, H, whole);
+        for (; have - used >= rec; used += rec, r++) { /* then each one's bounds, in place */
             const uint8_t *record = data + used;
             float scale;
             memcpy(&scale, record, 4);
-            float proxy = scale * tl_dot_i8_f32((const int8_t *)(record + TL_PROXY_HEADER_BYTES), xn, H);
+            float proxy = scale * m->upper[r];
             float s = fabsf(scale);
             if (s < 0x1p-100f) return read_drain(m, TL_OK); /* the error term could underflow: stream in full */
             float error = (float)record[4] * s * b.error_unit; /* >= ||w_r - scale q_r||, see above */

@@ -46,6 +46,11 @@ typedef struct tl_port {
      * so far (the ESP32 app: read() calls into FatFs, each at most one SD
      * transfer). Reported per `gen` as "disk_reads" beside the core's read calls. */
     uint64_t (*disk_reads)(void *ctx);
+    /* Optional (NULL: none): the port's own memory beside the arena (the ESP32
+     * app: its internal-RAM heap, where the chunk buffers, FatFs and the tasks
+     * live): the most of it ever in use since boot, and its size, in bytes.
+     * Reported per `gen` as "internal_ram_peak" / "internal_ram_size". */
+    void (*internal_ram)(void *ctx, uint64_t *peak_used, uint64_t *size);
 
     /* Clocks: microseconds and cycles since some fixed start (boot). */
     uint64_t (*time_us)(void *ctx);
