@@ -49,7 +49,7 @@ def test_a_firmware_that_reads_ahead_is_modelled_overlapped():
 
 
 def test_the_internal_ram_budget_fails_above_it_and_without_the_figure():
-    from harness import budgets
+    from harness.oracle import budgets
     limit = budgets.load_budgets()["models"]["tiny-llm"]["int8"]["internal_ram_peak"]["esp32"]
     figures = {"bytes_per_token": 0.0, "reads_per_token": 0.0, "peak_arena": 0, "cycles_per_token": 0.0}
     assert any("no internal_ram_peak" in p for p in budgets.check(figures, "tiny-llm", "int8", "esp32"))
