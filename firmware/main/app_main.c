@@ -9,6 +9,7 @@
  * reboot loop); it also halts after "quit".
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -37,11 +38,6 @@ static esp32_port s_ctx;
 static tl_port s_port;
 static char s_line[TL_LINE_BYTES]; /* a console command: "gen" + up to a whole context of ids */
 
-static void put_line(const char *s)
-{
-    s_port.write(s_port.ctx, s, strlen(s));
-}
-
 /* Start-up failure: one error line, the exit line, then stay halted. */
 static void halt(int code)
 {
@@ -49,11 +45,16 @@ static void halt(int code)
     for (;;) vTaskDelay(pdMS_TO_TICKS(10000));
 }
 
-static void fatal(const char *code, const char *msg)
+/* A start-up failure (code TL_E_*): the core's error line, then halt. */
+static void fatal(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fatal(int code, const char *fmt, ...)
 {
-    char line[300];
-    snprintf(line, sizeof line, "TINYLLM_ERROR %s %s\n", code, msg);
-    put_line(line);
+    char msg[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tl_port_error(&s_port, code, "%s", msg);
     halt(2);
 }
 
@@ -80,17 +81,12 @@ static sdmmc_card_t *mount_card(void)
     tl_log(&s_port, TAG, "Mounting SD card at %s (SDMMC slot 1, %d-bit, %d kHz)", MOUNT_POINT,
            CONFIG_TINYLLM_SD_BUS_WIDTH, CONFIG_TINYLLM_SD_FREQ_KHZ);
     esp_err_t err = esp_vfs_fat_sdmmc_mount(MOUNT_POINT, &host, &slot, &mount, &card);
-    if (err != ESP_OK) {
-        char msg[200];
-        if (err == ESP_FAIL)
-            snprintf(msg, sizeof msg,
-                     "SD card found but no FAT filesystem could be mounted at %s (write the image from "
-                     "`tinyllm-harness image` to the card)", MOUNT_POINT);
-        else
-            snprintf(msg, sizeof msg, "SD card init failed at %s: %s (0x%x); check the card is inserted", MOUNT_POINT,
-                     esp_err_to_name(err), (unsigned)err);
-        fatal("E_IO", msg);
-    }
+    if (err == ESP_FAIL)
+        fatal(TL_E_IO, "SD card found but no FAT filesystem could be mounted at %s (write the image from "
+              "`tinyllm-harness image` to the card)", MOUNT_POINT);
+    if (err != ESP_OK)
+        fatal(TL_E_IO, "SD card init failed at %s: %s (0x%x); check the card is inserted", MOUNT_POINT,
+              esp_err_to_name(err), (unsigned)err);
     tl_log(&s_port, TAG, "SD card mounted successfully");
     sdmmc_card_print_info(stdout, card);
     fflush(stdout);
@@ -107,13 +103,9 @@ static void *alloc_arena(size_t *got)
     size_t avail = largest > reserve ? largest - reserve : 0;
     size_t size = want < avail ? want : avail;
     void *arena = size ? heap_caps_malloc(size, caps) : NULL;
-    if (!arena) {
-        char msg[200];
-        snprintf(msg, sizeof msg,
-                 "cannot allocate the arena in PSRAM: wanted %u bytes, largest free PSRAM block %u bytes "
-                 "(is PSRAM present? QEMU needs -m 4M)", (unsigned)want, (unsigned)largest);
-        fatal("E_OOM", msg);
-    }
+    if (!arena)
+        fatal(TL_E_OOM, "cannot allocate the arena in PSRAM: wanted %u bytes, largest free PSRAM block %u bytes "
+              "(is PSRAM present? QEMU needs -m 4M)", (unsigned)want, (unsigned)largest);
     if (size < want)
         tl_log(&s_port, TAG, "Arena shrunk to %u bytes (wanted %u, largest free PSRAM block %u)", (unsigned)size,
                (unsigned)want, (unsigned)largest);
@@ -131,11 +123,7 @@ static void console_init(void)
     fsync(fileno(stdout)); /* let pending output leave before the driver takes over */
     if (!uart_is_driver_installed(uart)) {
         esp_err_t err = uart_driver_install(uart, 2 * 1024, 0, 0, NULL, 0);
-        if (err != ESP_OK) {
-            char msg[120];
-            snprintf(msg, sizeof msg, "console UART%d driver: %s", uart, esp_err_to_name(err));
-            fatal("E_IO", msg);
-        }
+        if (err != ESP_OK) fatal(TL_E_IO, "console UART%d driver: %s", uart, esp_err_to_name(err));
     }
     uart_vfs_dev_use_driver(uart);
 #endif
@@ -173,13 +161,10 @@ void app_main(void)
         tl_log(&s_port, TAG, "No %d KiB chunk buffer in internal RAM (largest free block %u bytes): chunks go to PSRAM",
                CONFIG_TINYLLM_CHUNK_BUFFER_KB,
                (unsigned)heap_caps_get_largest_free_block(MALLOC_CAP_DMA | MALLOC_CAP_INTERNAL));
-    if (bounce_failed) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "cannot allocate the %d KiB SD read buffer in internal DMA-capable RAM (largest free "
-                 "block %u bytes): lower TINYLLM_SD_BUFFER_KB", CONFIG_TINYLLM_SD_BUFFER_KB,
-                 (unsigned)heap_caps_get_largest_free_block(MALLOC_CAP_DMA | MALLOC_CAP_INTERNAL));
-        fatal("E_OOM", msg);
-    }
+    if (bounce_failed)
+        fatal(TL_E_OOM, "cannot allocate the %d KiB SD read buffer in internal DMA-capable RAM (largest free "
+              "block %u bytes): lower TINYLLM_SD_BUFFER_KB", CONFIG_TINYLLM_SD_BUFFER_KB,
+              (unsigned)heap_caps_get_largest_free_block(MALLOC_CAP_DMA | MALLOC_CAP_INTERNAL));
     tl_log(&s_port, TAG, "Free heap: %u bytes (PSRAM free %u bytes)", (unsigned)esp_get_free_heap_size(),
            (unsigned)heap_caps_get_free_size(MALLOC_CAP_SPIRAM));
 
