@@ -59,11 +59,11 @@ PY=$(bash "$here/ci/python.sh")
 # takes the CPU build instead where that index is reachable.
 torch_index=()
 [ -n "${TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$TORCH_INDEX_URL")
-$PY -m pip install -q --disable-pip-version-check "${torch_index[@]}" "torch==2.13.0"
-$PY -m pip install -q --disable-pip-version-check "setuptools<81"
+$PY -m pip install -q --no-compile --disable-pip-version-check "${torch_index[@]}" "torch==2.13.0"
+$PY -m pip install -q --no-compile --disable-pip-version-check "setuptools<81"
 # [esp32]: pytest-embedded's idf + qemu services and esptool >= 5 (pytest-embedded 2.x merges
 # the flash image with `esptool merge-bin`; ESP-IDF's own Python keeps esptool 4.x for idf.py).
-$PY -m pip install -q --disable-pip-version-check -e "$here[dev,esp32]"
+$PY -m pip install -q --no-compile --disable-pip-version-check -e "$here[dev,esp32]"
 
 # The esp32 target needs ESP-IDF, its xtensa-esp32 toolchain and Espressif's QEMU. A user's own
 # ESP-IDF (IDF_PATH exported, as in the espressif/idf container) is used as it is. Otherwise, where

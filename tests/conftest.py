@@ -159,7 +159,7 @@ class Firmwares:
         seen = target.prepare_card(image.path, card.parent / "target")
         cmd = target.argv(self.binary(name), seen, precision, "none", tuple(extra))
         return TinyLLMDut(cmd, card.parent / "firmware.log", target=name, app_path=card.parent,
-                          boot_commands=target.boot_commands(precision, tuple(extra)))
+                          boot_commands=target.boot_commands(precision, tuple(extra)), halts=target.halts_after_exit)
 
     def run(self, name: str, model: str, precision: str, prompt, k: int = 2):
         """One greedy generation on the session's firmware, memoized: the firmware is

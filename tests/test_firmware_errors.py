@@ -378,7 +378,8 @@ def test_a_board_without_card_filesystem_or_psram_says_so_once_and_halts(firmwar
         argv = _without(argv, "-drive", "if=sd")
     elif fault == "no PSRAM":
         argv = _without(argv, "-m", "M")
-    dut = TinyLLMDut(argv, tmp_path / "firmware.log", target=target_name, app_path=tmp_path, boot_timeout=120)
+    dut = TinyLLMDut(argv, tmp_path / "firmware.log", target=target_name, app_path=tmp_path, boot_timeout=120,
+                     halts=target.halts_after_exit)
     request.node.user_properties.append(("firmware_log", dut.logfile))
     try:
         assert [(e.code, needle in e.message) for e in dut.boot.errors] == [(code, True)], dut.boot.errors

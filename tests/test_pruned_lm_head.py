@@ -86,6 +86,12 @@ def test_pruned_lm_head_equals_the_full_stream(firmwares, request, record_proper
     full float32 stream; per-step candidates, bytes and reads recorded. On an emulated target
     the prompts are taken in order while both runs fit the case's time, at least one (for
     tiny-llm: its shortest prompt, 5 new tokens); linux runs them all."""
+    if target_name == "esp32" and prompt_set == "edge":
+        # esp32 compares the smoke set's shortest prompt at every position, and the tie, exact-row
+        # and fallback cases below; the edge set's (1 more min of QEMU, the full stream at ~5 s
+        # per token) runs on linux and xtensa-sim, which share the kernels except the ESP32's FMA
+        pytest.skip("esp32: the edge set's pruned-vs-full comparison runs on linux and xtensa-sim (suite time); "
+                    "the smoke set's runs here")
     card = firmwares.cards[model]
     prompts, left_out = _affordable(load_prompt_set(prompt_set, card.spec), model, target_name)
     record_property("compared", [p.name for p in prompts])

@@ -31,6 +31,8 @@ class Target(Protocol):
 
     name: str
     sanitize: bool
+    # a device stays halted after its TINYLLM_EXIT line (the esp32 app); a process ends by itself
+    halts_after_exit: bool
 
     def unavailable(self) -> str | None:
         """Why this target cannot run here (a skip reason), or None."""

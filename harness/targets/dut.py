@@ -98,13 +98,14 @@ class TinyLLMDut(ConsoleProtocol, Dut):
     def __init__(self, cmd: Sequence[str], log_path: Path, target: str, app_path: Path,
                  test_case_name: str = "tinyllm", boot_timeout: float = 60.0, prompt_file_lines: int = 0,
                  prompt_line_timeout: float = 600.0, boot_commands: Sequence[str] = (),
-                 sd_trace: Path | None = None) -> None:
+                 sd_trace: Path | None = None, halts: bool = False) -> None:
         """Starts `cmd` and reads its start-up (up to TINYLLM_READY) into `boot`; then the results
         of the card's prompt file, when it runs (`prompt_file_lines` commands), into `boot_runs`;
         then sends `boot_commands` (e.g. `load int8` on the esp32) and, if one of them printed
         TINYLLM_INFO, makes that transcript `boot`."""
         self.cmd = list(map(str, cmd))
         self.target = target
+        self.halts = halts  # a device that halts after TINYLLM_EXIT (its emulator is then stopped at once)
         self.started = time.monotonic()
         self.sd_trace = sd_trace
         self._sd_offset = 0  # bytes of sd_trace already counted
@@ -170,7 +171,9 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         if self.pexpect_proc.proc.returncode is not None and self.pexpect_proc.log_closed:
             return  # already closed
         try:
-            if self.alive and self._exit_line is not None:  # stopped already (a halted device)
+            if self.alive and self._exit_line is not None and self.halts:  # a halted device
+                self.pexpect_proc.proc.terminate()
+            elif self.alive and self._exit_line is not None:  # stopped already: let the process end
                 try:
                     self.pexpect_proc.expect(pexpect.EOF, timeout=5)
                 except pexpect.TIMEOUT:
@@ -180,10 +183,13 @@ class TinyLLMDut(ConsoleProtocol, Dut):
                 try:
                     if self.pexpect_proc.expect([pexpect.EOF, EXIT_LINE], timeout=10) == 1:
                         self._exit_line = int(self.pexpect_proc.match.group(1))
-                        try:  # a process ends by itself (sanitizer reports come after the line)
-                            self.pexpect_proc.expect(pexpect.EOF, timeout=5)
-                        except pexpect.TIMEOUT:  # a device halts: stop its emulator
+                        if self.halts:  # a device halts: stop its emulator
                             self.pexpect_proc.proc.terminate()
+                        else:
+                            try:  # a process ends by itself (sanitizer reports come after the line)
+                                self.pexpect_proc.expect(pexpect.EOF, timeout=5)
+                            except pexpect.TIMEOUT:
+                                self.pexpect_proc.proc.terminate()
                 except pexpect.TIMEOUT:
                     self.pexpect_proc.kill(9)
             self.pexpect_proc.wait()
@@ -209,7 +215,8 @@ def start_firmware(target: Target, binary: Path, card: Path, precision: str, log
     cmd = target.argv(binary, card, precision, prompts, extra, sd_trace=sd_trace)
     dut = TinyLLMDut(cmd, log_path, target=target.name, app_path=binary.parent, boot_timeout=120.0,
                      prompt_file_lines=len(runs), prompt_line_timeout=line_timeout,
-                     boot_commands=target.boot_commands(precision, extra), sd_trace=sd_trace)
+                     boot_commands=target.boot_commands(precision, extra), sd_trace=sd_trace,
+                     halts=target.halts_after_exit)
     dut.precision = precision
     dut.card_prompts = runs
     return dut

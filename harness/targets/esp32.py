@@ -241,6 +241,7 @@ class Esp32QemuTarget:
 
     name: str = "esp32"
     sanitize: bool = False
+    halts_after_exit = True  # the app halts after TINYLLM_EXIT: QEMU runs on until stopped
     config: str = "qemu"  # firmware/sdkconfig.ci.<config>
     # -icount shift=3: every instruction advances virtual time by 8 ns, so esp_timer and CCOUNT
     # (240 MHz) count executed instructions, identically on every run; sleep=off: idle time is

@@ -55,6 +55,7 @@ def _card_from_image(image: Path, work: Path) -> Path:
 class LinuxTarget:
     name: str = "linux"
     sanitize: bool = False
+    halts_after_exit = False  # not a field: the same for every instance
 
     @property
     def build_dir(self) -> Path:
@@ -106,6 +107,7 @@ class XtensaSimTarget:
 
     name: str = "xtensa-sim"
     sanitize: bool = False  # no sanitizers on bare metal
+    halts_after_exit = False  # semihosting ends QEMU with the firmware's exit code
     ram: str = "4608K"
     # -icount shift=0: 1 ns of virtual time per instruction; sleep=off: virtual time never
     # follows the host clock, so CCOUNT (and every cycle figure) is the same on every run.
