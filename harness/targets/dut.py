@@ -171,30 +171,30 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         if self.pexpect_proc.proc.returncode is not None and self.pexpect_proc.log_closed:
             return  # already closed
         try:
-            if self.alive and self._exit_line is not None and self.halts:  # a halted device
-                self.pexpect_proc.proc.terminate()
-            elif self.alive and self._exit_line is not None:  # stopped already: let the process end
-                try:
-                    self.pexpect_proc.expect(pexpect.EOF, timeout=5)
-                except pexpect.TIMEOUT:
-                    self.pexpect_proc.proc.terminate()
+            if self.alive and self._exit_line is not None:  # stopped already
+                self._end_after_exit_line()
             elif self.alive:
                 self.pexpect_proc.sendline("quit")
                 try:
                     if self.pexpect_proc.expect([pexpect.EOF, EXIT_LINE], timeout=10) == 1:
                         self._exit_line = int(self.pexpect_proc.match.group(1))
-                        if self.halts:  # a device halts: stop its emulator
-                            self.pexpect_proc.proc.terminate()
-                        else:
-                            try:  # a process ends by itself (sanitizer reports come after the line)
-                                self.pexpect_proc.expect(pexpect.EOF, timeout=5)
-                            except pexpect.TIMEOUT:
-                                self.pexpect_proc.proc.terminate()
+                        self._end_after_exit_line()
                 except pexpect.TIMEOUT:
                     self.pexpect_proc.kill(9)
             self.pexpect_proc.wait()
         finally:
             self.pexpect_proc.close()
+
+    def _end_after_exit_line(self) -> None:
+        """After TINYLLM_EXIT: a halted device's emulator is stopped at once; a process gets 5 s to
+        end by itself (sanitizer reports come after the line), then is stopped."""
+        if not self.halts:
+            try:
+                self.pexpect_proc.expect(pexpect.EOF, timeout=5)
+                return
+            except pexpect.TIMEOUT:
+                pass
+        self.pexpect_proc.proc.terminate()
 
     @property
     def exit_code(self) -> int | None:
