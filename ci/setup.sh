@@ -13,6 +13,7 @@ APT_PACKAGES=(
   qemu-system-misc gcc-xtensa-lx106 picolibc-xtensa-lx106-elf   # xtensa-sim target ...
   gcc-12-source dpkg-dev                          # ... its soft-float routines; cJSON's source
   clang                                            # ci/fuzz.sh: libFuzzer targets of the core
+  shellcheck                                       # actionlint checks the workflows' shell steps with it
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

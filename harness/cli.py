@@ -1,4 +1,4 @@
-"""`tinyllm-harness`: export, image, reference, the end-to-end job, and bench.
+"""`tinyllm-harness`: export, image, reference, the end-to-end job, bench, and junit-merge.
 
 Every command prints what it wrote; input problems end with `error: <what is wrong>` and
 exit status 2, leaving no partial output behind.
@@ -152,6 +152,21 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
             **{part: part in record for part in ("host", "board")}, "board_skipped": record.get("board_skipped")}
 
 
+def cmd_junit_merge(args: argparse.Namespace) -> dict[str, Any]:
+    from harness.report.junit import merge_junit, summary_markdown
+
+    result = merge_junit(args.inputs, args.out)
+    markdown = summary_markdown(result)
+    if args.summary is not None:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(markdown)
+    sys.stderr.write(markdown)
+    total = result.total
+    return {"ok": result.ok, "out": str(args.out), "summary": str(args.summary) if args.summary else None,
+            "files": len(result.files), "tests": total.tests, "passed": total.passed, "failed": total.failed,
+            "errors": total.errors, "skipped": total.skipped}
+
+
 def _parts(text: str) -> str:
     names = [p.strip() for p in text.split(",") if p.strip()]
     if names == ["auto"]:
@@ -230,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device", type=Path, help="e.g. /dev/sdX (the whole card, not a partition)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_write_card)
+
+    p = sub.add_parser("junit-merge", help="merge JUnit XML files (e.g. the shards of ci/test.sh --shard I/N) into one, "
+                                           "with a Markdown summary; exit 1 when a test failed or errored")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                   help="JUnit XML files, or folders (every *.xml under them)")
+    p.add_argument("--out", type=Path, required=True, help="the merged JUnit XML file to write")
+    p.add_argument("--summary", type=Path, help="also write the Markdown summary (printed to stderr) to this file")
+    p.set_defaults(func=cmd_junit_merge)
     return parser
 
 

@@ -15,6 +15,8 @@ from harness.targets import esp32
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
+pytest_plugins = ("pytester",)  # tests/test_hangs.py runs an inner session with this conftest
+
 
 class Card:
     """A staged card folder for one model (both precisions, the smoke prompts as its prompts.txt)
@@ -101,6 +103,7 @@ class Firmwares:
         self.binaries: dict[tuple, Path] = {}
         self.card_dirs: dict[tuple, Path] = {}
         self.transcripts: dict[tuple, object] = {}
+        self.boots: dict[tuple, int] = {}  # boots per key so far (a replaced boot's log is kept)
 
     def target(self, name: str, sanitize: bool = False):
         import os
@@ -159,7 +162,8 @@ class Firmwares:
         seen = target.prepare_card(image.path, card.parent / "target")
         cmd = target.argv(self.binary(name), seen, precision, "none", tuple(extra))
         return TinyLLMDut(cmd, card.parent / "firmware.log", target=name, app_path=card.parent,
-                          boot_commands=target.boot_commands(precision, tuple(extra)), halts=target.halts_after_exit)
+                          boot_commands=target.boot_commands(precision, tuple(extra)), halts=target.halts_after_exit,
+                          pause_when_idle=target.spins_when_idle)
 
     def run(self, name: str, model: str, precision: str, prompt, k: int = 2):
         """One greedy generation on the session's firmware, memoized: the firmware is
@@ -178,11 +182,19 @@ class Firmwares:
 
     def get(self, name: str, model: str, precision: str, sanitize: bool = False):
         """The session's firmware for (target, model, precision). A device keeps one boot per model
-        and switches the weight set with `load` (its boot runs the card's prompt file once)."""
+        and switches the weight set with `load` (its boot runs the card's prompt file once). A boot
+        that a timeout or a desynchronised console ended (TinyLLMDut.usable) is replaced by a
+        fresh one here: a hang costs the case that met it, not every case after it."""
         device = self.target(name, sanitize).runs_card_prompts("none")  # takes no command-line options
         key = (name, model, "any" if device else precision, sanitize)
-        if key not in self.duts:
-            dut = self.start(name, model, "float32" if device else precision, sanitize)
+        old = self.duts.get(key)
+        if old is None or not old.usable:
+            boots = self.boots.get(key, 0)
+            self.boots[key] = boots + 1
+            if old is not None:
+                old.close()
+            dut = self.start(name, model, "float32" if device else precision, sanitize,
+                             log_name=f"{model}-{'any' if device else precision}" + (f"-boot{boots + 1}" if boots else ""))
             for prompt, transcript in zip(dut.card_prompts, dut.boot_runs, strict=True):
                 self.transcripts.setdefault((name, model, "float32", prompt, 2), transcript)
             self.duts[key] = dut

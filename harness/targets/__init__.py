@@ -33,6 +33,9 @@ class Target(Protocol):
     sanitize: bool
     # a device stays halted after its TINYLLM_EXIT line (the esp32 app); a process ends by itself
     halts_after_exit: bool
+    # its emulator burns a host core while the firmware waits for a console line (the Dut pauses
+    # it between commands: harness/targets/dut.py)
+    spins_when_idle: bool
 
     def unavailable(self) -> str | None:
         """Why this target cannot run here (a skip reason), or None."""

@@ -11,7 +11,9 @@ log file) and pytest-embedded's own IdfDut in tests/test_esp32.py (`ConsoleProto
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,9 @@ from pytest_embedded.app import App
 from pytest_embedded.dut import Dut
 
 from harness.model.prompts import Prompt
+from harness.oracle.budgets import reference_seconds
 from harness.targets import protocol
+from harness.targets.pace import pace_of
 
 if TYPE_CHECKING:
     from harness.targets import Target
@@ -32,6 +36,17 @@ READY_OR_EXIT = re.compile(rb"TINYLLM_READY\r?\n|TINYLLM_EXIT (-?\d+)\r?\n")
 EXIT_LINE = re.compile(rb"TINYLLM_EXIT (-?\d+)\r?\n")
 # a QEMU `-trace sdcard_normal_command` record: "sdcard_normal_command SD  READ_MULTIPLE_BLOCK/ CMD18 arg ..."
 SD_COMMAND = re.compile(rb"sdcard_normal_command .*?/ (CMD\d+) ")
+TAIL_LINES = 15  # log lines a timeout or desync error quotes
+
+
+class CommandTimeout(pexpect.TIMEOUT):
+    """A command got no TINYLLM_READY in time. The boot that ran it is over (its firmware or
+    emulator was stopped); the next use of that firmware boots a fresh one."""
+
+
+class ConsoleDesync(protocol.ProtocolError):
+    """The console answered something other than the command just sent (an earlier command's
+    late answer, output nobody asked for). The boot is over, as after a timeout."""
 
 
 class FirmwareProcess(PopenSpawn):
@@ -93,12 +108,20 @@ class ConsoleProtocol:
 
 
 class TinyLLMDut(ConsoleProtocol, Dut):
-    """One running firmware instance (a local process: the firmware, or the emulator running it)."""
+    """One running firmware instance (a local process: the firmware, or the emulator running it).
+
+    A boot that timed out or lost track of the console is over (`ended` says why): its process
+    is stopped at once, so no later command can read an earlier one's answer, and its owner
+    (tests/conftest.py's Firmwares) boots a fresh one. Timeouts given to it are nominal, for the
+    reference machine; it scales them by the target's measured slowdown (pace.py). An emulator
+    that spins while its guest waits for input (`pause_when_idle`: the esp32 under -icount
+    sleep=off) is paused (SIGSTOP) between commands and resumed (SIGCONT) to take the next one,
+    so an idle boot costs no CPU."""
 
     def __init__(self, cmd: Sequence[str], log_path: Path, target: str, app_path: Path,
                  test_case_name: str = "tinyllm", boot_timeout: float = 60.0, prompt_file_lines: int = 0,
                  prompt_line_timeout: float = 600.0, boot_commands: Sequence[str] = (),
-                 sd_trace: Path | None = None, halts: bool = False) -> None:
+                 sd_trace: Path | None = None, halts: bool = False, pause_when_idle: bool = False) -> None:
         """Starts `cmd` and reads its start-up (up to TINYLLM_READY) into `boot`; then the results
         of the card's prompt file, when it runs (`prompt_file_lines` commands), into `boot_runs`;
         then sends `boot_commands` (e.g. `load int8` on the esp32) and, if one of them printed
@@ -106,6 +129,10 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         self.cmd = list(map(str, cmd))
         self.target = target
         self.halts = halts  # a device that halts after TINYLLM_EXIT (its emulator is then stopped at once)
+        self.pause_when_idle = pause_when_idle
+        self._paused = False
+        self.ended: str | None = None  # why this boot is over (a timeout, a desync), else None
+        self.pace = pace_of(target)
         self.started = time.monotonic()
         self.sd_trace = sd_trace
         self._sd_offset = 0  # bytes of sd_trace already counted
@@ -116,14 +143,16 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         super().__init__(pexpect_proc=proc, msg_queue=None, app=App(str(app_path)),  # type: ignore[arg-type]
                          pexpect_logfile=str(log_path), test_case_name=test_case_name)
         try:
-            self.boot = self.read_until_ready(boot_timeout)
+            self.boot = self._read("start-up", boot_timeout)
             if self.boot.info is not None:  # a failed start-up prints no INFO and runs no prompt file
-                for _ in range(prompt_file_lines):
-                    self.boot_runs.append(self.read_until_ready(prompt_line_timeout))
+                for i in range(prompt_file_lines):
+                    self.boot_runs.append(self._read(f"prompt-file line {i + 1}", prompt_line_timeout))
                 for line in boot_commands:
                     t = self.command(line, boot_timeout)
                     if t.info is not None or t.errors:
                         self.boot = t
+            if self._exit_line is None:  # a halted device is left running: it must show it stays halted
+                self._pause()
         except BaseException:
             self.close()  # never leave a firmware (or QEMU) running behind a failed boot
             raise
@@ -137,13 +166,91 @@ class TinyLLMDut(ConsoleProtocol, Dut):
     def alive(self) -> bool:
         return self.pexpect_proc.proc.poll() is None
 
+    @property
+    def usable(self) -> bool:
+        """Whether this boot can take another command (running, and not ended by a timeout or desync)."""
+        return self.ended is None and self.alive
+
     def command(self, line: str, timeout: float) -> protocol.Transcript:
+        """Sends one console line and reads its answer; `timeout` is nominal (see the class)."""
+        if self.ended is not None:
+            raise RuntimeError(f"this boot ended ({self.ended}); boot a fresh one. Log: {self.logfile}")
         if not self.alive:
             raise RuntimeError(f"firmware exited ({self.pexpect_proc.proc.returncode}); log: {self.logfile}")
+        self._resume()
+        self._check_quiet(line)
         self.sd_commands()  # what came before this command is not its own
-        t = super().command(line, timeout)
+        self.write(line)
+        t = self._read(f"command {line[:60]!r}", timeout)
+        self._check_answer(line, t)
         t.sd_commands = self.sd_commands()
+        if self._exit_line is None:
+            self._pause()
         return t
+
+    def _read(self, what: str, nominal_timeout: float) -> protocol.Transcript:
+        """Reads up to the next TINYLLM_READY/EXIT within the scaled timeout, and calibrates the
+        pace from the generation it reports. A timeout or a firmware that vanished ends the boot."""
+        timeout = self.pace.timeout(nominal_timeout)
+        start = time.monotonic()
+        try:
+            t = self.read_until_ready(timeout)
+        except pexpect.TIMEOUT:
+            raise CommandTimeout(self._end(
+                f"{what}: no TINYLLM_READY within {timeout:.0f} s (nominal {nominal_timeout:.0f} s x "
+                f"{self.pace.describe()})")) from None
+        except pexpect.EOF:
+            raise RuntimeError(self._end(f"{what}: the firmware ended without TINYLLM_READY or TINYLLM_EXIT")) from None
+        if len(t.results) == 1:
+            r = t.results[0]
+            self.pace.observe(reference_seconds(self.target, r.get("total_cycles", 0), r.get("bytes_read", 0)),
+                              time.monotonic() - start)
+        return t
+
+    def _check_quiet(self, line: str) -> None:
+        """Nothing may be waiting unread before a command: a TINYLLM_READY there is an answer
+        nobody asked for, and reading on would take it for this command's."""
+        try:
+            pending = self.pexpect_proc.read_nonblocking(1 << 20, timeout=0.01)
+        except pexpect.EOF:
+            pending = b""
+        waiting = (self.pexpect_proc.buffer or b"") + (pending or b"")
+        self.pexpect_proc.buffer = waiting
+        if READY_OR_EXIT.search(waiting):
+            raise ConsoleDesync(self._end(f"before {line[:60]!r}: the console already holds an answer nobody "
+                                          "was waiting for (an earlier command's, or unasked output)"))
+
+    def _check_answer(self, line: str, t: protocol.Transcript) -> None:
+        """A `gen`'s answer must be about its own prompt: else it is another command's."""
+        words = line.split()
+        if not words or words[0] != "gen" or not t.results:
+            return
+        ids = [int(w) for w in words[1:] if w.lstrip("-").isdigit()]
+        got = [r.get("prompt") for r in t.results]
+        if len(got) != 1 or got[0] != ids:
+            raise ConsoleDesync(self._end(f"{line[:60]!r} was answered with {len(got)} result(s) for prompt(s) "
+                                          f"{[str(p)[:60] for p in got]}: the console is out of step"))
+
+    def _end(self, why: str) -> str:
+        """Ends this boot after a timeout or desync: the process is killed (a stuck or out-of-step
+        firmware is worth nothing more). Returns the error message, with the log's tail."""
+        self.ended = why
+        self.close(kill=True)
+        tail = self.log_text().splitlines()[-TAIL_LINES:]
+        cut = [x if len(x) <= 200 else x[:200] + " ..." for x in tail]
+        return f"{why}; this boot was stopped. Log {self.logfile}, last lines:\n" + "\n".join(cut)
+
+    # --- idle emulators take no CPU -----------------------------------------------------------
+    def _pause(self) -> None:
+        if self.pause_when_idle and not self._paused and self.alive:
+            os.kill(self.pexpect_proc.proc.pid, signal.SIGSTOP)
+            self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self.alive:
+                os.kill(self.pexpect_proc.proc.pid, signal.SIGCONT)
 
     def sd_commands(self) -> dict[str, int] | None:
         """SD commands QEMU's card model logged since the last call, by name (None: not traced).
@@ -164,19 +271,26 @@ class TinyLLMDut(ConsoleProtocol, Dut):
     def log_text(self) -> str:
         return Path(self.logfile).read_text(errors="replace")
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         """`quit`, then wait for the process to end. A device (the esp32 in QEMU) halts after its
         TINYLLM_EXIT line instead of ending, so QEMU is then stopped; anything still running
-        after 10 s is killed."""
+        after 10 s is killed. `kill`: no `quit`, the process is killed at once."""
         if self.pexpect_proc.proc.returncode is not None and self.pexpect_proc.log_closed:
             return  # already closed
         try:
+            if kill:
+                if self.alive:
+                    self.pexpect_proc.kill(signal.SIGKILL)  # a stopped (paused) process dies of it too
+                self._paused = False
+                self.pexpect_proc.wait()
+                return
+            self._resume()
             if self.alive and self._exit_line is not None:  # stopped already
                 self._end_after_exit_line()
             elif self.alive:
                 self.pexpect_proc.sendline("quit")
                 try:
-                    if self.pexpect_proc.expect([pexpect.EOF, EXIT_LINE], timeout=10) == 1:
+                    if self.pexpect_proc.expect([pexpect.EOF, EXIT_LINE], timeout=self.pace.timeout(10)) == 1:
                         self._exit_line = int(self.pexpect_proc.match.group(1))
                         self._end_after_exit_line()
                 except pexpect.TIMEOUT:
@@ -190,7 +304,7 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         end by itself (sanitizer reports come after the line), then is stopped."""
         if not self.halts:
             try:
-                self.pexpect_proc.expect(pexpect.EOF, timeout=5)
+                self.pexpect_proc.expect(pexpect.EOF, timeout=self.pace.timeout(5))
                 return
             except pexpect.TIMEOUT:
                 pass
@@ -216,7 +330,7 @@ def start_firmware(target: Target, binary: Path, card: Path, precision: str, log
     dut = TinyLLMDut(cmd, log_path, target=target.name, app_path=binary.parent, boot_timeout=120.0,
                      prompt_file_lines=len(runs), prompt_line_timeout=line_timeout,
                      boot_commands=target.boot_commands(precision, extra), sd_trace=sd_trace,
-                     halts=target.halts_after_exit)
+                     halts=target.halts_after_exit, pause_when_idle=target.spins_when_idle)
     dut.precision = precision
     dut.card_prompts = runs
     return dut

@@ -56,6 +56,7 @@ class LinuxTarget:
     name: str = "linux"
     sanitize: bool = False
     halts_after_exit = False  # not a field: the same for every instance
+    spins_when_idle = False  # it blocks reading stdin
 
     @property
     def build_dir(self) -> Path:
@@ -108,6 +109,7 @@ class XtensaSimTarget:
     name: str = "xtensa-sim"
     sanitize: bool = False  # no sanitizers on bare metal
     halts_after_exit = False  # semihosting ends QEMU with the firmware's exit code
+    spins_when_idle = False  # a semihosting console read blocks QEMU's CPU thread: no CPU while idle
     ram: str = "4608K"
     # -icount shift=0: 1 ns of virtual time per instruction; sleep=off: virtual time never
     # follows the host clock, so CCOUNT (and every cycle figure) is the same on every run.
