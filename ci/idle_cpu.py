@@ -5,7 +5,6 @@ window in which the harness sends nothing. Usage: python ci/idle_cpu.py [--secon
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -14,11 +13,6 @@ from harness.card.fatimage import build_image
 from harness.card.stage import stage_model
 from harness.targets import get_target
 from harness.targets.dut import start_firmware
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def main() -> int:
@@ -38,10 +32,9 @@ def main() -> int:
         card = target.prepare_card(image.path, work / name)
         dut = start_firmware(target, target.build(), card, "float32", work / f"{name}.log", card_prompts=staged.prompts)
         try:
-            pid = dut.pexpect_proc.proc.pid
-            before = cpu_seconds(pid)
+            before = dut.cpu_seconds()
             time.sleep(args.seconds)
-            used = cpu_seconds(pid) - before
+            used = dut.cpu_seconds() - before
             print(f"{name}: {used:.2f} CPU s in {args.seconds:.0f} s idle ({100 * used / args.seconds:.1f}% of a core)")
         finally:
             dut.close()

@@ -4,10 +4,11 @@
 #
 # Two lanes side by side, one per core, each a chain of steps balanced to end together:
 #  lane 1: the esp32 end-to-end and pruned-lm_head cases (the ESP-IDF app in one single-threaded
-#          Espressif QEMU; they share its tiny-llm card and boots);
-#  lane 2: everything else (harness tests, linux, xtensa-sim), then the esp32 error cases (a
-#          second esp32 pytest process in its own test-runs folder: micro cards and short boots),
-#          then libFuzzer on the core (ci/fuzz.sh, 60 s per target).
+#          Espressif QEMU; they share its tiny-llm card and boots), then libFuzzer on the core
+#          (ci/fuzz.sh, 60 s per target);
+#  lane 2: everything else (harness tests, linux, xtensa-sim), then the esp32 error and hang
+#          cases (a second esp32 pytest process in its own test-runs folder: micro cards and
+#          short boots).
 # Then, where the esp32 target runs here, the app once more through pytest-embedded's own
 # `--embedded-services idf,qemu` (tests/test_esp32.py, micro), as a pytest-embedded user runs it.
 #
@@ -61,24 +62,10 @@ checked() {
   return "$rc"
 }
 
-status=0
-ESP32_LANE1=(tests/test_e2e.py tests/test_pruned_lm_head.py)
-ESP32_LANE2=(tests/test_firmware_errors.py tests/test_error_catalog.py)
-rm -f build/reports/esp32.rc
-( rc=0
-  TINYLLM_TEST_RUNS=test-runs-esp32 "$PY" -m pytest "${ESP32_LANE1[@]}" --target esp32 "${SPLIT_ESP32[@]}" \
-    --junitxml=build/reports/junit-esp32.xml "$@" > build/reports/pytest-esp32.log 2>&1 || rc=$?
-  echo "$rc" > build/reports/esp32.rc ) &
-lane1_pid=$!
-rc=0; "$PY" -m pytest --target linux,xtensa-sim --deselect tests/test_esp32.py::test_esp32_end_to_end "${SPLIT_HOST[@]}" \
-  --junitxml=build/reports/junit.xml "$@" || rc=$?
-checked "$rc" "linux, xtensa-sim and harness tests" || status=1
-echo "---- esp32 error cases (a second esp32 process) ----"
-rc=0; TINYLLM_TEST_RUNS=test-runs-esp32-errors "$PY" -m pytest "${ESP32_LANE2[@]}" --target esp32 "${SPLIT_ESP32_ERRORS[@]}" \
-  --junitxml=build/reports/junit-esp32-errors.xml "$@" || rc=$?
-checked "$rc" "esp32 error cases" || status=1
+# libFuzzer on the core (ci/fuzz.sh; FUZZ_SECONDS, default 60), this shard's targets; 1 on a finding
 FUZZ_TARGETS=(fuzz_config fuzz_commands fuzz_prompt_file)
-if [ "$#" = 0 ]; then  # libFuzzer on the core (ci/fuzz.sh; FUZZ_SECONDS, default 60), this shard's targets
+fuzz() {
+  local j rc failed=0
   for j in "${!FUZZ_TARGETS[@]}"; do
     [ $(( j % shards + 1 )) = "$shard" ] || continue
     echo "---- libFuzzer: ci/fuzz.sh --target ${FUZZ_TARGETS[$j]}, ${FUZZ_SECONDS:-60} s ----"
@@ -86,14 +73,36 @@ if [ "$#" = 0 ]; then  # libFuzzer on the core (ci/fuzz.sh; FUZZ_SECONDS, defaul
     case "$rc" in
       0) ;;
       3) echo "ci/test.sh: fuzzing skipped: no clang or no libFuzzer runtime here (ci/fuzz.sh said which)"; break ;;
-      *) echo "ci/test.sh: ci/fuzz.sh failed (exit $rc): a finding, or a build error (see above)" >&2; status=1 ;;
+      *) echo "ci/test.sh: ci/fuzz.sh failed (exit $rc): a finding, or a build error (see above)" >&2; failed=1 ;;
     esac
   done
-fi
+  return "$failed"
+}
+
+status=0
+ESP32_LANE1=(tests/test_e2e.py tests/test_pruned_lm_head.py)
+ESP32_LANE2=(tests/test_firmware_errors.py tests/test_error_catalog.py tests/test_hangs.py)
+rm -f build/reports/esp32.rc build/reports/fuzz.rc
+( rc=0
+  TINYLLM_TEST_RUNS=test-runs-esp32 "$PY" -m pytest "${ESP32_LANE1[@]}" --target esp32 "${SPLIT_ESP32[@]}" \
+    --junitxml=build/reports/junit-esp32.xml "$@" > build/reports/lane1.log 2>&1 || rc=$?
+  echo "$rc" > build/reports/esp32.rc
+  if [ "$#" = 0 ]; then rc=0; fuzz >> build/reports/lane1.log 2>&1 || rc=$?; echo "$rc" > build/reports/fuzz.rc; fi ) &
+lane1_pid=$!
+rc=0; "$PY" -m pytest --target linux,xtensa-sim --deselect tests/test_esp32.py::test_esp32_end_to_end "${SPLIT_HOST[@]}" \
+  --junitxml=build/reports/junit.xml "$@" || rc=$?
+checked "$rc" "linux, xtensa-sim and harness tests" || status=1
+echo "---- esp32 error cases and hangs (a second esp32 process) ----"
+rc=0; TINYLLM_TEST_RUNS=test-runs-esp32-errors "$PY" -m pytest "${ESP32_LANE2[@]}" --target esp32 "${SPLIT_ESP32_ERRORS[@]}" \
+  --junitxml=build/reports/junit-esp32-errors.xml "$@" || rc=$?
+checked "$rc" "esp32 error cases" || status=1
 wait "$lane1_pid" || true
-echo "---- esp32 end to end and pruned lm_head (build/reports/pytest-esp32.log) ----"
-cat build/reports/pytest-esp32.log
+echo "---- lane 1: esp32 end to end and pruned lm_head, then libFuzzer (build/reports/lane1.log) ----"
+cat build/reports/lane1.log
 checked "$(cat build/reports/esp32.rc 2>/dev/null || echo 1)" "esp32" || status=1
+if [ "$#" = 0 ] && [ "$(cat build/reports/fuzz.rc 2>/dev/null || echo 1)" != 0 ]; then
+  echo "ci/test.sh: libFuzzer failed (see lane 1's log above)" >&2; status=1
+fi
 
 qemu=$("$PY" -c 'from harness.targets import get_target as g; t = g("esp32"); print("" if t.unavailable() else t.qemu_binary())')
 if [ "$#" != 0 ] || [ "$shard" != 1 ]; then

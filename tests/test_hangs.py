@@ -86,6 +86,24 @@ def test_a_console_out_of_step_ends_the_boot(firmwares, request, target_name):
 
 
 @pytest.mark.host
+def test_an_idle_booted_firmware_takes_no_cpu(firmwares, request, target_name):
+    """Between commands the firmware's process uses < 5% of a core: the linux binary and
+    xtensa-sim's QEMU block reading the console; the esp32's QEMU (which would spin through idle
+    virtual time under -icount sleep=off: ~90% of a core) is paused."""
+    dut = firmwares.start(target_name, "micro", "float32", log_name="micro-idle")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    try:
+        prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[0]
+        assert dut.generate(prompt, timeout=60).results  # a command in between: idle again after it
+        before, start = dut.cpu_seconds(), time.monotonic()
+        time.sleep(3)
+        used, window = dut.cpu_seconds() - before, time.monotonic() - start
+        assert used < 0.05 * window, f"{used:.2f} CPU s in {window:.1f} s idle"
+        assert dut.generate(prompt, timeout=60).results  # and it still answers
+    finally:
+        dut.close()
+
+
 def test_pace_scales_timeouts_by_the_slowest_recent_run():
     pace = Pace("esp32")
     assert pace.timeout(100) == 100  # not calibrated: the nominal timeout
