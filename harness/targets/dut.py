@@ -213,14 +213,13 @@ class TinyLLMDut(ConsoleProtocol, Dut):
 
     def _check_quiet(self, line: str) -> None:
         """Nothing may be waiting unread before a command: a TINYLLM_READY there is an answer
-        nobody asked for, and reading on would take it for this command's."""
+        nobody asked for, and reading on would take it for this command's. (Asked through
+        pexpect itself: what it reads stays in its buffer for the command's own read.)"""
         try:
-            pending = self.pexpect_proc.read_nonblocking(1 << 20, timeout=0.01)
+            stray = self.pexpect_proc.expect([READY_OR_EXIT, pexpect.TIMEOUT], timeout=0.01) == 0
         except pexpect.EOF:
-            pending = b""
-        waiting = (self.pexpect_proc.buffer or b"") + (pending or b"")
-        self.pexpect_proc.buffer = waiting
-        if READY_OR_EXIT.search(waiting):
+            return  # the command's own read reports a firmware that ended
+        if stray:
             raise ConsoleDesync(self._end(f"before {line[:60]!r}: the console already holds an answer nobody "
                                           "was waiting for (an earlier command's, or unasked output)"))
 
