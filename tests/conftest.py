@@ -221,6 +221,14 @@ def firmwares(cards, tmp_path_factory):
     made.close()
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How much slower than the reference machine each emulator ran here (what scaled the timeouts)."""
+    from harness.targets.pace import calibrated
+
+    for pace in calibrated():
+        terminalreporter.write_line(f"timeouts scaled: {pace.describe()}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Attach the firmware log to a failing end-to-end case (path in JUnit, tail in the report)."""

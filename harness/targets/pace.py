@@ -60,3 +60,8 @@ def pace_of(target: str) -> Pace:
     if target not in _PACES:
         _PACES[target] = Pace(target)
     return _PACES[target]
+
+
+def calibrated() -> list[Pace]:
+    """Every target's pace this process measured (for the end-of-session summary)."""
+    return [p for p in _PACES.values() if p.observed]
