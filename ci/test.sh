@@ -35,6 +35,7 @@ fi
 [ "${SKIP_SETUP:-0}" = 1 ] || bash ci/setup.sh
 PY=$(bash ci/python.sh)
 mkdir -p build/reports/durations
+rm -f build/reports/junit*.xml  # a report left by an earlier run (another shard) would be merged as this one's
 "$PY" -m ruff check harness tests
 [ "$shards" = 1 ] || echo "ci/test.sh: shard $shard of $shards"
 
