@@ -62,7 +62,7 @@ torch_index=()
 [ -n "${TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$TORCH_INDEX_URL")
 $PY -m pip install -q --no-compile --disable-pip-version-check "${torch_index[@]}" "torch==2.13.0"
 $PY -m pip install -q --no-compile --disable-pip-version-check "setuptools<81"
-# [esp32]: pytest-embedded's idf + qemu services and esptool >= 5 (pytest-embedded 2.x merges
+# [esp32]: pytest-embedded's idf + qemu + serial-esp (board) services and esptool >= 5 (pytest-embedded 2.x merges
 # the flash image with `esptool merge-bin`; ESP-IDF's own Python keeps esptool 4.x for idf.py).
 $PY -m pip install -q --no-compile --disable-pip-version-check -e "$here[dev,esp32]"
 

@@ -167,6 +167,33 @@ def cmd_junit_merge(args: argparse.Namespace) -> dict[str, Any]:
             "errors": total.errors, "skipped": total.skipped}
 
 
+def cmd_virtual_board(args: argparse.Namespace) -> dict[str, Any]:
+    from harness.targets import virtual_board
+    from harness.targets.esp32 import Esp32QemuTarget
+
+    qemu = args.qemu or Esp32QemuTarget().qemu_binary() or "qemu-system-xtensa"
+    log_dir = args.log_dir or args.flash.parent / "virtual-board-logs"
+    virtual_board.run(args.port, args.flash, args.sd, qemu, log_dir, create_flash=args.new_flash)
+    return {"ok": True, "port": args.port}
+
+
+def cmd_virtual_board_card(args: argparse.Namespace) -> dict[str, Any]:
+    from harness.targets import virtual_board
+
+    virtual_board.write_card(args.port, args.sd, args.image)
+    return {"ok": True, "card": str(args.sd), "image": str(args.image)}
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a TCP port is 1..65535 (0: any free one)")
+    return value
+
+
 def _parts(text: str) -> str:
     names = [p.strip() for p in text.split(",") if p.strip()]
     if names == ["auto"]:
@@ -245,6 +272,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device", type=Path, help="e.g. /dev/sdX (the whole card, not a partition)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_write_card)
+
+    from harness.targets.virtual_board import NOT_MODELLED
+
+    p = sub.add_parser(
+        "virtual-board", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="a virtual ESP32-CAM (Espressif QEMU) behind an RFC 2217 serial port: esptool and "
+             "pytest-embedded flash and reset it through DTR/RTS as they do a board",
+        description="Serves rfc2217://localhost:PORT until Ctrl-C or SIGTERM. DTR/RTS drive EN and IO0 as the "
+                    "board's auto-reset circuit does: EN low holds the chip in reset (QEMU stopped); EN released "
+                    "with IO0 low starts the ROM download mode, else a boot from flash. The flash and SD card files "
+                    "persist across resets; the server ends its QEMU when it ends.",
+        epilog=f"Not modelled: {NOT_MODELLED}. Timing under QEMU is instructions (-icount), not the board's: "
+               "wall-clock budgets are judged on a real board only. Every power-on prints a 'virtual-board:' "
+               "line before the chip's output.")
+    p.add_argument("--port", type=_port, required=True, help="TCP port to serve RFC 2217 on (localhost; 0: a free one, printed)")
+    p.add_argument("--flash", type=Path, required=True, help="the 4 MiB flash file (kept across resets)")
+    p.add_argument("--sd", type=Path, required=True, help="the SD card file (a power-of-two size, e.g. from `image`)")
+    p.add_argument("--new-flash", action="store_true", help="create an erased flash file if --flash does not exist")
+    p.add_argument("--qemu", help="Espressif's qemu-system-xtensa (default: the one ESP-IDF's environment has)")
+    p.add_argument("--log-dir", type=Path, help="QEMU's and the UART's logs (default: beside --flash)")
+    p.set_defaults(func=cmd_virtual_board)
+
+    p = sub.add_parser("virtual-board-card",
+                       help="the virtual board's SD multiplexer: hold it in reset over the serial port, write an "
+                            "image to its card file, let it boot (for TINYLLM_SD_MUX_CMD)")
+    p.add_argument("--port", type=_port, required=True, help="the virtual board's port")
+    p.add_argument("--sd", type=Path, required=True, help="the card file the virtual board serves (its --sd)")
+    p.add_argument("image", type=Path, help="the image to write (from `tinyllm-harness image`)")
+    p.set_defaults(func=cmd_virtual_board_card)
 
     p = sub.add_parser("junit-merge", help="merge JUnit XML files (e.g. the shards of ci/test.sh --shard I/N) into one, "
                                            "with a Markdown summary; exit 1 when a test failed or errored")

@@ -23,7 +23,7 @@ from harness.card.export import SET_DIRS
 from harness.errors import HarnessError
 from harness.model.prompts import load_prompt_set
 from harness.report.esp32 import perf_report
-from harness.targets import esp32, protocol
+from harness.targets import esp32, protocol, virtual_board
 from harness.targets.dut import ConsoleProtocol
 
 MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
@@ -128,6 +128,11 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
     dut = request.getfixturevalue("dut")  # boots: QEMU with the SD image, or flash + reset the board
     request.node.user_properties.append(("firmware_log", dut.logfile))
     boot = ConsoleProtocol.read_until_ready(dut, timeout=300)
+    # a virtual board says so at every power-on; its wall-clock figures are not a board's
+    virtual = env == "board" and virtual_board.BANNER in boot.text
+    if virtual:
+        env = "virtual-board"
+    esp32.check_app(boot.text, esp32.build_dir(config) / f"{esp32.APP_NAME}.elf")
     # the app boots the float32 set; the card's prompts.txt (the smoke set) then runs unattended
     esp32.check_card(boot, esp32.expected_card_id(card.dir / SET_DIRS["float32"]), image)
     assert boot.info["precision"] == "float32"
@@ -162,16 +167,20 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
 
     if figures:
         tok_s = sum(f["tokens_per_s"] for f in figures) / len(figures)
-        perf = {"target": "esp32", "environment": env, "model": model, "precision": precision,
+        perf = {"target": "esp32", "environment": env, "virtual": virtual, "model": model, "precision": precision,
                 "tokens_per_s": tok_s, "cycles_per_token": sum(f["cycles_per_token"] for f in figures) / len(figures),
                 "per_prompt": figures}
         record_property("esp32_perf", perf)
         out = REPO_ROOT / "build" / "esp32" / f"perf-{env}-{model}-{precision}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(perf, indent=2))
-        if env == "board" and model == "tiny-llm":
+        if env in ("board", "virtual-board") and model == "tiny-llm":
             floor = esp32.MIN_BOARD_TOKENS_PER_S[precision]
-            assert tok_s >= floor, f"{precision}: {tok_s:.3f} tokens/s on the board, budget >= {floor}"
+            print(f"esp32 {env} {model} {precision}: {tok_s:.3f} tokens/s (board budget >= {floor})")
+            if virtual:  # QEMU's time is instructions at 8 ns each, not the board's buses
+                record_property("board_budget", f"not judged: a virtual board ({tok_s:.3f} tok/s, budget >= {floor})")
+            else:
+                assert tok_s >= floor, f"{precision}: {tok_s:.3f} tokens/s on the board, budget >= {floor}"
 
 
 # --- the harness side, everywhere -----------------------------------------------------------------

@@ -409,6 +409,28 @@ def check_card(boot: protocol.Transcript, expected: str, image: Path | None = No
                            f"({_write_hint(image)})")
 
 
+def check_app(boot_text: str, elf: Path) -> None:
+    """The board runs the app this build made, else a clear error: ESP-IDF's start-up prints the
+    project name and the first hex digits of the app ELF's SHA-256 (`app_init: ELF file SHA256:`)."""
+    import hashlib
+
+    name = re.search(r"Project name:\s+(\S+)", boot_text)
+    sha = re.search(r"ELF file SHA256:\s+([0-9a-f]+)", boot_text)
+    flash = f"flash {elf.parent} (pytest-embedded's esp service does it unless --skip-autoflash; or idf.py flash)"
+    if name is None or sha is None:
+        raise HarnessError("the board's start-up log has no app description (no 'Project name' / 'ELF file SHA256' "
+                           f"line): no ESP-IDF app answered on the console; {flash}")
+    if name.group(1) != APP_NAME:
+        raise HarnessError(f"the board runs another app ({name.group(1)}, not {APP_NAME}): {flash}")
+    try:
+        want = hashlib.sha256(elf.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise HarnessError(f"cannot read the build's ELF {elf}: {exc.strerror or exc}") from exc
+    if not want.startswith(sha.group(1)):
+        raise HarnessError(f"the board runs a stale or other build of {APP_NAME}: its ELF SHA-256 starts "
+                           f"{sha.group(1)}, this build's {want[:len(sha.group(1))]} ({elf}): {flash}")
+
+
 def sd_mux_command(option: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
     """The lab's SD-multiplexer command: a pytest option value, else $TINYLLM_SD_MUX_CMD, else None."""
     env = os.environ if env is None else env
