@@ -302,6 +302,7 @@ def test_plain_esptool_flashes_the_board_build_and_a_reset_boots_it(firmwares, c
         assert flash.read_bytes()[0x1000] == 0xE9  # the bootloader's image magic, in the flash file
 
         with serial.serial_for_url(url, timeout=0.5) as port:
+            port.dtr = False  # opened with both lines asserted; esptool's reset releases DTR first too
             HardReset(port)()  # EN pulsed through RTS: the freshly flashed app boots
             text = _read_until(port, b"TINYLLM_READY", 300).decode(errors="replace")
         assert "virtual-board: power on" in text and "boot from flash" in text

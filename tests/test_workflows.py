@@ -52,8 +52,14 @@ def test_esp32_workflow_jobs():
     for cfg in ("qemu", "board"):
         assert (REPO_ROOT / "firmware" / f"sdkconfig.ci.{cfg}").is_file()
     assert "build_esp32_$cfg" in qemu_script  # harness.targets.esp32.build_dir's naming
-    assert "--embedded-services esp,idf" in "\n".join(s.get("run", "") for s in board["steps"])
-    for job in (qemu, board):
+    # the board job and the virtual-board job run one script (what runs on every push runs on the board)
+    virtual = data["jobs"]["virtual-board"]
+    board_script = "\n".join(s.get("run", "") for s in board["steps"])
+    virtual_script = "\n".join(s.get("run", "") for s in virtual["steps"])
+    assert 'bash ci/board.sh --port "${ESPPORT' in board_script
+    assert "bash ci/board.sh --virtual" in virtual_script and "install qemu-xtensa" in virtual_script
+    assert "--embedded-services esp,idf" in (REPO_ROOT / "ci" / "board.sh").read_text()
+    for job in (qemu, board, virtual):
         uploads = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]
         assert uploads and uploads[0].get("if") == "always()"
         paths = uploads[0]["with"]["path"]

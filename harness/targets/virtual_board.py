@@ -38,12 +38,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from harness.errors import HarnessError
 
@@ -59,7 +59,6 @@ ICOUNT = "shift=3,align=off,sleep=on"
 BANNER = "virtual-board:"  # the first bytes of every power-on, before the chip's own output
 NOT_MODELLED = ("SD bus timing, PSRAM and flash speed, the second core's overlap with the first, "
                 "the camera, brown-out and power")
-QEMU_START_TIMEOUT_S = 30.0
 
 Say = Callable[[str], None]
 
@@ -136,10 +135,9 @@ class VirtualBoard:
         self._events: queue.Queue[tuple[str, object, threading.Event]] = queue.Queue()
         self._release_at: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._uart: socket.socket | None = None
+        self._uart: IO[bytes] | None = None
         self._uart_lock = threading.Lock()
         self._output: Callable[[bytes], None] | None = None
-        self._sockdir = Path(tempfile.mkdtemp(prefix="tinyllm-vboard-"))
         self._thread = threading.Thread(target=self._run, name="virtual-board", daemon=True)
         self._failure: BaseException | None = None
 
@@ -165,14 +163,13 @@ class VirtualBoard:
         with self._uart_lock:
             if self._uart is not None:
                 try:
-                    self._uart.sendall(data)
-                except OSError:
+                    self._uart.write(data)
+                except (OSError, ValueError):
                     pass
 
     def close(self) -> None:
         if self._thread.is_alive():
             self._call("quit", None)
-        shutil.rmtree(self._sockdir, ignore_errors=True)
 
     def qemu_pid(self) -> int | None:
         proc = self._proc
@@ -234,32 +231,22 @@ class VirtualBoard:
     def _start_chip(self, download: bool) -> None:
         self.mode = "download" if download else "flash"
         self.powered_on += 1
-        sock_path = self._sockdir / f"uart{self.powered_on}.sock"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(sock_path))
-        listener.listen(1)
-        listener.settimeout(QEMU_START_TIMEOUT_S)
+        # UART0 on QEMU's stdin/stdout (a raw stdio chardev: no monitor mux, so esptool's 0x01 bytes
+        # pass). Not a socket chardev: with one, this QEMU dropped chunks of the chip's output
+        # (2 of 3 TINYLLM_RESULT lines of a micro boot broken, with a reader draining it at once).
         argv = [self.qemu, "-machine", "esp32", "-m", "4M", "-display", "none", "-monitor", "none",
-                "-chardev", f"socket,id=uart0,path={sock_path}", "-serial", "chardev:uart0",
+                "-chardev", "stdio,id=uart0,mux=off,signal=off", "-serial", "chardev:uart0",
                 "-drive", f"file={self.flash},if=mtd,format=raw", "-drive", f"file={self.sd},if=sd,format=raw",
                 *(["-global", DOWNLOAD_STRAP] if download else ["-icount", ICOUNT])]
         qemu_log = self.log_dir / "qemu.log"
         with open(qemu_log, "ab") as log:
             log.write(f"\n# power on {self.powered_on} ({self.mode}): {' '.join(argv)}\n".encode())
             log.flush()
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          preexec_fn=_die_with_parent)
-        try:
-            uart, _ = listener.accept()
-        except OSError as exc:
-            self._proc.kill()
-            self._proc.wait()
-            tail = qemu_log.read_text(errors="replace").splitlines()[-5:]
-            raise HarnessError(f"QEMU did not start ({exc}): {' / '.join(tail)}") from exc
-        finally:
-            listener.close()
-            sock_path.unlink(missing_ok=True)
-        uart.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            try:
+                self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                              bufsize=0, preexec_fn=_die_with_parent)
+            except OSError as exc:
+                raise HarnessError(f"cannot start {self.qemu}: {exc.strerror or exc}") from exc
         banner = (f"{BANNER} power on {self.powered_on}, "
                   f"{'ROM download mode (IO0 low)' if download else 'boot from flash'} "
                   "(Espressif QEMU, not a real ESP32-CAM)\r\n").encode()
@@ -267,17 +254,18 @@ class VirtualBoard:
         if output is not None:
             output(banner)
         with self._uart_lock:
-            self._uart = uart
-        threading.Thread(target=self._pump, args=(uart,), name="virtual-board-uart", daemon=True).start()
+            self._uart = self._proc.stdin
+        assert self._proc.stdout is not None
+        threading.Thread(target=self._pump, args=(self._proc.stdout,), name="virtual-board-uart", daemon=True).start()
         self.say(f"power on {self.powered_on}: {self.mode} boot (QEMU pid {self._proc.pid})")
 
-    def _pump(self, uart: socket.socket) -> None:
+    def _pump(self, uart: IO[bytes]) -> None:
         """The chip's UART0 TX to the client, until QEMU stops."""
         with open(self.log_dir / "uart.log", "ab") as log:
             while True:
                 try:
-                    data = uart.recv(65536)
-                except OSError:
+                    data = os.read(uart.fileno(), 65536)
+                except (OSError, ValueError):
                     return
                 if not data:
                     return
@@ -292,13 +280,14 @@ class VirtualBoard:
     def _stop_chip(self) -> None:
         proc, self._proc = self._proc, None
         with self._uart_lock:
-            uart, self._uart = self._uart, None
+            self._uart = None
         if proc is not None:
             # a chip in reset keeps nothing: no orderly shutdown (the flash file has every write)
             proc.kill()
             proc.wait()
-        if uart is not None:
-            uart.close()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         self.mode = None
 
 
