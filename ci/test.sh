@@ -9,6 +9,8 @@
 #  lane 2: everything else (harness tests, linux, xtensa-sim), then the esp32 error and hang
 #          cases (a second esp32 pytest process in its own test-runs folder: micro cards and
 #          short boots).
+#  lane 3 (where the esp32 target runs): the board job against the virtual ESP32-CAM
+#          (ci/board.sh --virtual), then plain esptool flashing it (tests/test_virtual_board.py).
 # Then, where the esp32 target runs here, the app once more through pytest-embedded's own
 # `--embedded-services idf,qemu` (tests/test_esp32.py, micro), as a pytest-embedded user runs it.
 #
@@ -17,8 +19,8 @@
 # --shard I/N runs the I-th of N shards (1-based) of the same suite, for a CI matrix or to try a
 # split locally: each pytest process above runs group I of N of its tests (pytest-split, by the
 # durations recorded in ci/durations/, in collection order so a shard keeps its boots shared);
-# the fuzz targets are dealt round-robin (target j to shard j mod N + 1) and the services pass
-# runs in shard 1. Every run records its own durations in build/reports/durations/ (copy them to
+# the fuzz targets are dealt round-robin (target j to shard j mod N + 1); the services pass and
+# the virtual-board lane run in shard 1. Every run records its own durations in build/reports/durations/ (copy them to
 # ci/durations/ to rebalance). Extra arguments go to the pytest processes of both lanes and skip
 # the fuzzing and the services pass.
 set -euo pipefail
@@ -80,6 +82,23 @@ fuzz() {
   return "$failed"
 }
 
+# Lane 3, where the esp32 target runs here (whole runs and shard 1): the board job against the
+# virtual ESP32-CAM (ci/board.sh --virtual: the board build flashed by esptool over RFC 2217, micro
+# both precisions and tiny-llm float32), then plain esptool against it. It shares the two cores
+# with the other lanes (its QEMU counts instructions, so a busy host slows it but cannot fail it).
+qemu=$("$PY" -c 'from harness.targets import get_target as g; t = g("esp32"); print("" if t.unavailable() else t.qemu_binary())')
+rm -f build/reports/board.rc
+lane3_pid=""
+if [ -n "$qemu" ] && [ "$#" = 0 ] && [ "$shard" = 1 ]; then
+  ( rc=0
+    SKIP_SETUP=1 bash ci/board.sh --virtual > build/reports/lane3.log 2>&1 || rc=$?
+    TINYLLM_TEST_RUNS=test-runs-virtual-board "$PY" -m pytest --target esp32 \
+      tests/test_virtual_board.py::test_plain_esptool_flashes_the_board_build_and_a_reset_boots_it \
+      --junitxml=build/reports/junit-virtual-board.xml >> build/reports/lane3.log 2>&1 || rc=$?
+    echo "$rc" > build/reports/board.rc ) &
+  lane3_pid=$!
+fi
+
 status=0
 ESP32_LANE1=(tests/test_e2e.py tests/test_pruned_lm_head.py)
 ESP32_LANE2=(tests/test_firmware_errors.py tests/test_error_catalog.py tests/test_hangs.py)
@@ -105,7 +124,12 @@ if [ "$#" = 0 ] && [ "$(cat build/reports/fuzz.rc 2>/dev/null || echo 1)" != 0 ]
   echo "ci/test.sh: libFuzzer failed (see lane 1's log above)" >&2; status=1
 fi
 
-qemu=$("$PY" -c 'from harness.targets import get_target as g; t = g("esp32"); print("" if t.unavailable() else t.qemu_binary())')
+if [ -n "$lane3_pid" ]; then
+  wait "$lane3_pid" || true
+  echo "---- lane 3: the board job against the virtual board, then plain esptool (build/reports/lane3.log) ----"
+  cat build/reports/lane3.log
+  [ "$(cat build/reports/board.rc 2>/dev/null || echo 1)" = 0 ] || { echo "ci/test.sh: the virtual-board lane failed" >&2; status=1; }
+fi
 if [ "$#" != 0 ] || [ "$shard" != 1 ]; then
   :  # the services pass runs in whole runs and in shard 1
 elif [ -n "$qemu" ]; then

@@ -127,7 +127,7 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
 
     dut = request.getfixturevalue("dut")  # boots: QEMU with the SD image, or flash + reset the board
     request.node.user_properties.append(("firmware_log", dut.logfile))
-    boot = ConsoleProtocol.read_until_ready(dut, timeout=300)
+    boot = ConsoleProtocol.read_until_ready(dut, timeout=300, boot=True)
     # a virtual board says so at every power-on; its wall-clock figures are not a board's
     virtual = env == "board" and virtual_board.BANNER in boot.text
     if virtual:
@@ -442,6 +442,54 @@ def test_read_until_ready_parses_a_dut_transcript():
     t = ConsoleProtocol.command(dut, "gen 1 n=1", timeout=5)
     assert dut.written == ["gen 1 n=1"]
     assert t.results == [{"tokens": [7]}] and t.generated_lines == [[7]]
+
+
+@pytestmark_host
+def test_a_network_port_nobody_serves_is_the_reason():
+    import socket
+
+    free = socket.create_server(("127.0.0.1", 0))
+    number = free.getsockname()[1]
+    free.close()
+    reason = esp32.network_port_unserved(f"rfc2217://localhost:{number}")
+    assert reason and f"nothing answers at rfc2217://localhost:{number}" in reason
+    assert f"virtual-board --port {number}" in reason
+    assert "names no TCP port" in esp32.network_port_unserved("rfc2217://localhost")
+    assert esp32.network_port_unserved("/dev/ttyUSB0") is None  # a local device is not probed
+    with socket.create_server(("127.0.0.1", 0)) as served:
+        assert esp32.network_port_unserved(f"socket://127.0.0.1:{served.getsockname()[1]}") is None
+    have = {"pytest_embedded_idf", "pytest_embedded_serial_esp"}
+    reason = esp32.unavailable("board", port=f"rfc2217://localhost:{number}", have_module=lambda m: m in have, env={})
+    assert reason and "nothing answers" in reason
+
+
+@pytestmark_host
+def test_a_reset_during_a_command_is_one_error_at_once():
+    import re
+
+    from harness.targets.dut import BoardReset
+
+    class FakeProc:
+        match: re.Match[bytes] | None = None
+
+    class FakeDut:
+        pexpect_proc = FakeProc()
+
+        def write(self, line):
+            pass
+
+        def expect(self, pattern, timeout, return_what_before_match):
+            text = (b"I (5) tinyllm_inference: Starting inference with prompt length: 4\r\n"
+                    b"ets Jul 29 2019 12:21:46\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x12 (SPI_FAST_FLASH_BOOT)\r\n"
+                    b"TINYLLM_INFO {}\r\nTINYLLM_READY\r\n")
+            m = pattern.search(text)
+            self.pexpect_proc.match = m
+            return text[: m.start()]
+
+    with pytest.raises(BoardReset, match=r"chip reset before TINYLLM_READY \(rst:0x1 \(POWERON_RESET\)\).*prompt length: 4"):
+        ConsoleProtocol.command(FakeDut(), "gen 1 450 n=8", timeout=5)
+    boot = ConsoleProtocol.read_until_ready(FakeDut(), timeout=5, boot=True)  # a start-up begins with one
+    assert boot.info == {}
 
 
 @pytestmark_host

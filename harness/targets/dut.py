@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from harness.targets import Target
 
 READY_OR_EXIT = re.compile(rb"TINYLLM_READY\r?\n|TINYLLM_EXIT (-?\d+)\r?\n")
+# ... or the ESP32 ROM's first lines after a reset ("rst:0x1 (POWERON_RESET),boot:0x12 ..."): a
+# board reset in the middle of a command (EN pulsed, a watchdog, power) is seen at once
+READY_EXIT_OR_RESET = re.compile(rb"TINYLLM_READY\r?\n|TINYLLM_EXIT (-?\d+)\r?\n|(rst:0x[0-9a-f]+ \([A-Z0-9_]+\))")
 EXIT_LINE = re.compile(rb"TINYLLM_EXIT (-?\d+)\r?\n")
 # a QEMU `-trace sdcard_normal_command` record: "sdcard_normal_command SD  READ_MULTIPLE_BLOCK/ CMD18 arg ..."
 SD_COMMAND = re.compile(rb"sdcard_normal_command .*?/ (CMD\d+) ")
@@ -47,6 +50,11 @@ class CommandTimeout(pexpect.TIMEOUT):
 class ConsoleDesync(protocol.ProtocolError):
     """The console answered something other than the command just sent (an earlier command's
     late answer, output nobody asked for). The boot is over, as after a timeout."""
+
+
+class BoardReset(protocol.ProtocolError):
+    """The chip restarted while a command or the boot's prompt file ran (the ROM's reset line was
+    read before TINYLLM_READY): its answer is lost; the boot is over."""
 
 
 class FirmwareProcess(PopenSpawn):
@@ -84,10 +92,17 @@ class ConsoleProtocol:
 
     _exit_line: int | None = None  # the code of a TINYLLM_EXIT line read so far
 
-    def read_until_ready(self: Any, timeout: float) -> protocol.Transcript:
-        """What the firmware printed up to the next TINYLLM_READY (or TINYLLM_EXIT), parsed."""
-        before = self.expect(READY_OR_EXIT, timeout=timeout, return_what_before_match=True)
+    def read_until_ready(self: Any, timeout: float, boot: bool = False) -> protocol.Transcript:
+        """What the firmware printed up to the next TINYLLM_READY (or TINYLLM_EXIT), parsed. Past
+        the start-up (`boot` False) a chip reset on the way raises BoardReset at once."""
+        before = self.expect(READY_OR_EXIT if boot else READY_EXIT_OR_RESET, timeout=timeout,
+                             return_what_before_match=True)
         match = self.pexpect_proc.match
+        if match.re is READY_EXIT_OR_RESET and match.group(2) is not None:
+            text = before.decode(errors="replace") if isinstance(before, bytes) else str(before)
+            last = text.strip().splitlines()[-3:]
+            raise BoardReset(f"the chip reset before TINYLLM_READY ({match.group(2).decode()}): the answer is "
+                             f"lost; last lines before it: {' / '.join(last) or '(none)'}")
         if match.group(1) is not None:  # the firmware stopped (a device halts: its process goes on)
             self._exit_line = int(match.group(1))
         text = (before.decode(errors="replace") if isinstance(before, bytes) else str(before)) + match.group(0).decode()
@@ -147,7 +162,7 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         super().__init__(pexpect_proc=proc, msg_queue=None, app=App(str(app_path)),  # type: ignore[arg-type]
                          pexpect_logfile=str(log_path), test_case_name=test_case_name)
         try:
-            self.boot = self._read("start-up", boot_timeout)
+            self.boot = self._read("start-up", boot_timeout, boot=True)
             if self.boot.info is not None:  # a failed start-up prints no INFO and runs no prompt file
                 for i in range(prompt_file_lines):
                     self.boot_runs.append(self._read(f"prompt-file line {i + 1}", prompt_line_timeout))
@@ -192,13 +207,15 @@ class TinyLLMDut(ConsoleProtocol, Dut):
             self._pause()
         return t
 
-    def _read(self, what: str, nominal_timeout: float) -> protocol.Transcript:
+    def _read(self, what: str, nominal_timeout: float, boot: bool = False) -> protocol.Transcript:
         """Reads up to the next TINYLLM_READY/EXIT within the scaled timeout, and calibrates the
         pace from the generation it reports. A timeout or a firmware that vanished ends the boot."""
         timeout = self.pace.timeout(nominal_timeout)
         start = time.monotonic()
         try:
-            t = self.read_until_ready(timeout)
+            t = self.read_until_ready(timeout, boot)
+        except BoardReset as exc:
+            raise BoardReset(self._end(f"{what}: {exc}")) from None
         except pexpect.TIMEOUT:
             raise CommandTimeout(self._end(
                 f"{what}: no TINYLLM_READY within {timeout:.0f} s (nominal {nominal_timeout:.0f} s x "

@@ -177,8 +177,34 @@ def unavailable(config: str, firmware: Path = FIRMWARE, port: str | None = None,
                 return f"{package} not installed (pip install pytest-embedded-idf pytest-embedded-serial-esp)"
         if not (port or env.get("ESPPORT")):
             return "no board serial port: set ESPPORT or pass --port (e.g. /dev/ttyUSB0)"
+        unserved = network_port_unserved(port or env.get("ESPPORT", ""))
+        if unserved:
+            return unserved
     if not is_built(config, firmware):
         return _build_hint(config, firmware, which, env)
+    return None
+
+
+def network_port_unserved(port: str, timeout: float = 5.0) -> str | None:
+    """For a network serial port (rfc2217://host:N, socket://host:N: a virtual board, a lab's
+    esp_rfc2217_server), why nothing can be reached there, or None (a local device is not probed)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if not port.startswith(("rfc2217://", "socket://")):
+        return None
+    where = urlsplit(port)
+    try:
+        host, number = where.hostname or "localhost", where.port
+    except ValueError:
+        number = None
+    if number is None:
+        return f"serial port {port} names no TCP port (rfc2217://HOST:PORT)"
+    try:
+        socket.create_connection((host, number), timeout=timeout).close()
+    except OSError as exc:
+        return (f"nothing answers at {port} ({exc.strerror or exc}): start the virtual board "
+                f"(tinyllm-harness virtual-board --port {number} ...) or the lab's RFC 2217 server")
     return None
 
 
