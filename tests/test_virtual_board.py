@@ -233,6 +233,18 @@ def test_one_client_at_a_time_and_a_vanished_flasher_is_reported(served):
 
 
 @pytest.mark.host
+def test_a_client_that_only_connects_leaves_the_port_free(served):
+    """A port probe (connect, close) must not keep the port: it once did, and every later client
+    (the card writer, esptool) was turned away."""
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", served.port)).close()
+    assert esp32.network_port_unserved(served.url) is None  # the board job's own probe
+    with served.open() as port:
+        port.write(b"after probes\n")
+        _read_until(port, b"echo: after probes", 10)
+
+
+@pytest.mark.host
 def test_card_writer_holds_the_board_in_reset(served, board_files, tmp_path):
     _, sd = board_files
     image = tmp_path / "card.img"

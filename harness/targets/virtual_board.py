@@ -56,6 +56,7 @@ DOWNLOAD_STRAP = "driver=esp32.gpio,property=strap_mode,value=0x0f"  # IO0 low: 
 # instruction. The ROM's download mode runs without -icount: under shift=3 it prints nothing at
 # all (not even its banner; seen with this QEMU), and it only lives while esptool talks to it.
 ICOUNT = "shift=3,align=off,sleep=on"
+CLIENT_HANDOVER_S = 3.0  # how long a new client waits for the previous one's teardown before it is turned away
 BANNER = "virtual-board:"  # the first bytes of every power-on, before the chip's own output
 NOT_MODELLED = ("SD bus timing, PSRAM and flash speed, the second core's overlap with the first, "
                 "the camera, brown-out and power")
@@ -361,6 +362,15 @@ def serve(board: VirtualBoard, server: socket.socket, say: Say = _say_stderr,
     busy = threading.Lock()
 
     def client(sock: socket.socket, peer: str) -> None:
+        try:
+            session(sock, peer)
+        except OSError as exc:  # the client went away mid-negotiation (a port probe that only connects)
+            say(f"client {peer} went away: {exc.strerror or exc}")
+        finally:
+            sock.close()
+            busy.release()  # whatever happened, the port is free again
+
+    def session(sock: socket.socket, peer: str) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = _Connection(sock)
         bridge = _Bridge(board)
@@ -393,8 +403,6 @@ def serve(board: VirtualBoard, server: socket.socket, say: Say = _say_stderr,
                 board.set_lines(Lines())  # a closed port releases DTR/RTS: EN and IO0 high
             except HarnessError as exc:
                 say(str(exc))
-            sock.close()
-            busy.release()
 
     while not stop.is_set():
         try:
@@ -406,7 +414,7 @@ def serve(board: VirtualBoard, server: socket.socket, say: Say = _say_stderr,
                 break
             raise
         peer = f"{addr[0]}:{addr[1]}"
-        if not busy.acquire(blocking=False):
+        if not busy.acquire(timeout=CLIENT_HANDOVER_S):  # the last client may still be closing
             say(f"turned away {peer}: another client has the port open")
             sock.close()
             continue
