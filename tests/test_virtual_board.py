@@ -258,6 +258,51 @@ def test_card_writer_holds_the_board_in_reset(served, board_files, tmp_path):
 
 
 @pytest.mark.host
+def test_a_board_that_dies_says_so_and_a_reset_revives_it(served):
+    with served.open() as port:
+        pid = served.board.qemu_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # the emulated chip stops answering mid-run
+        served.said("ended by itself")
+        port.write(b"anyone\n")
+        time.sleep(0.5)
+        assert b"echo: anyone" not in port.read(4096)
+        port.dtr = False
+        HardReset(port)()
+        _read_until(port, b"fake-esp32 boot=flash", 10)
+        port.write(b"back\n")
+        _read_until(port, b"echo: back", 10)
+
+
+@pytest.mark.host
+def test_unplug_and_replug_keeps_flash_and_card(fake_qemu, board_files, tmp_path):
+    """The server stopped and started again on the same files (a board unplugged and plugged in
+    again between two tests): what was flashed and written stays."""
+    flash, sd = board_files
+    with open(flash, "r+b") as f:  # as if esptool had written an app
+        f.seek(0x1000)
+        f.write(b"\xe9app")
+    for attempt in range(2):
+        messages: list[str] = []
+        board = vb.VirtualBoard(fake_qemu, flash, sd, tmp_path / "logs", say=messages.append, strap_window=0.2)
+        server = vb.listen(0)
+        stop = threading.Event()
+        board.start()
+        thread = threading.Thread(target=vb.serve, args=(board, server, messages.append, stop), daemon=True)
+        thread.start()
+        try:
+            with serial.serial_for_url(f"rfc2217://localhost:{server.getsockname()[1]}", timeout=0.2) as port:
+                port.write(b"plugged %d\n" % attempt)
+                _read_until(port, b"echo: plugged %d" % attempt, 10)
+        finally:
+            stop.set()
+            thread.join(5)
+            server.close()
+            board.close()
+        assert flash.read_bytes()[0x1000:0x1004] == b"\xe9app" and flash.stat().st_size == vb.FLASH_BYTES
+
+
+@pytest.mark.host
 def test_the_server_ends_its_qemu_even_when_killed(fake_qemu, board_files, tmp_path):
     flash, sd = board_files
     for how in (signal.SIGTERM, signal.SIGKILL):

@@ -257,11 +257,20 @@ class VirtualBoard:
         with self._uart_lock:
             self._uart = self._proc.stdin
         assert self._proc.stdout is not None
-        threading.Thread(target=self._pump, args=(self._proc.stdout,), name="virtual-board-uart", daemon=True).start()
+        threading.Thread(target=self._pump, args=(self._proc,), name="virtual-board-uart", daemon=True).start()
         self.say(f"power on {self.powered_on}: {self.mode} boot (QEMU pid {self._proc.pid})")
 
-    def _pump(self, uart: IO[bytes]) -> None:
-        """The chip's UART0 TX to the client, until QEMU stops."""
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        """The chip's UART0 TX to the client, until QEMU stops; a QEMU that ends by itself (crashed,
+        killed) leaves a dead board until the next reset, and says so."""
+        assert proc.stdout is not None
+        self._copy_uart(proc.stdout)
+        if self._proc is proc:
+            code = proc.wait()
+            self.say(f"QEMU (pid {proc.pid}) ended by itself (exit {code}): the chip is dead until a reset "
+                     "(EN through RTS) or a restart of the virtual board")
+
+    def _copy_uart(self, uart: IO[bytes]) -> None:
         with open(self.log_dir / "uart.log", "ab") as log:
             while True:
                 try:
