@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -417,28 +418,26 @@ def test_sd_mux_command(tmp_path):
         esp32.write_image_with_mux("/nonexistent/sdmux {image}", image)
 
 
+class _ConsoleDut:
+    """What ConsoleProtocol needs of a pytest-embedded Dut, answering every expect from `text`."""
+
+    def __init__(self, text: bytes) -> None:
+        self.text, self.written = text, []
+        self.pexpect_proc = types.SimpleNamespace(match=None)
+
+    def write(self, line: str) -> None:
+        self.written.append(line)
+
+    def expect(self, pattern, timeout, return_what_before_match):
+        m = pattern.search(self.text)
+        self.pexpect_proc.match = m
+        return self.text[: m.start()]
+
+
 @pytestmark_host
 def test_read_until_ready_parses_a_dut_transcript():
-    import re
-
-    class FakeProc:
-        match: re.Match[bytes] | None = None
-
-    class FakeDut:
-        pexpect_proc = FakeProc()
-        written: list[str] = []
-
-        def write(self, line):
-            self.written.append(line)
-
-        def expect(self, pattern, timeout, return_what_before_match):
-            text = (b"I (5) tinyllm_inference: Generated 1 tokens\r\nGenerated tokens: 7\r\n"
-                    b'TINYLLM_RESULT {"tokens": [7]}\r\nTINYLLM_READY\r\n')
-            m = pattern.search(text)
-            self.pexpect_proc.match = m
-            return text[: m.start()]
-
-    dut = FakeDut()
+    dut = _ConsoleDut(b"I (5) tinyllm_inference: Generated 1 tokens\r\nGenerated tokens: 7\r\n"
+                      b'TINYLLM_RESULT {"tokens": [7]}\r\nTINYLLM_READY\r\n')
     t = ConsoleProtocol.command(dut, "gen 1 n=1", timeout=5)
     assert dut.written == ["gen 1 n=1"]
     assert t.results == [{"tokens": [7]}] and t.generated_lines == [[7]]
@@ -465,30 +464,14 @@ def test_a_network_port_nobody_serves_is_the_reason():
 
 @pytestmark_host
 def test_a_reset_during_a_command_is_one_error_at_once():
-    import re
-
     from harness.targets.dut import BoardReset
 
-    class FakeProc:
-        match: re.Match[bytes] | None = None
-
-    class FakeDut:
-        pexpect_proc = FakeProc()
-
-        def write(self, line):
-            pass
-
-        def expect(self, pattern, timeout, return_what_before_match):
-            text = (b"I (5) tinyllm_inference: Starting inference with prompt length: 4\r\n"
-                    b"ets Jul 29 2019 12:21:46\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x12 (SPI_FAST_FLASH_BOOT)\r\n"
-                    b"TINYLLM_INFO {}\r\nTINYLLM_READY\r\n")
-            m = pattern.search(text)
-            self.pexpect_proc.match = m
-            return text[: m.start()]
-
+    text = (b"I (5) tinyllm_inference: Starting inference with prompt length: 4\r\n"
+            b"ets Jul 29 2019 12:21:46\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x12 (SPI_FAST_FLASH_BOOT)\r\n"
+            b"TINYLLM_INFO {}\r\nTINYLLM_READY\r\n")
     with pytest.raises(BoardReset, match=r"chip reset before TINYLLM_READY \(rst:0x1 \(POWERON_RESET\)\).*prompt length: 4"):
-        ConsoleProtocol.command(FakeDut(), "gen 1 450 n=8", timeout=5)
-    boot = ConsoleProtocol.read_until_ready(FakeDut(), timeout=5, boot=True)  # a start-up begins with one
+        ConsoleProtocol.command(_ConsoleDut(text), "gen 1 450 n=8", timeout=5)
+    boot = ConsoleProtocol.read_until_ready(_ConsoleDut(text), timeout=5, boot=True)  # a start-up begins with one
     assert boot.info == {}
 
 

@@ -115,7 +115,7 @@ def test_flash_and_card_files_are_checked(tmp_path):
     with pytest.raises(HarnessError, match="SD card file .* does not exist"):
         vb.check_card_file(tmp_path / "none.img")
     (tmp_path / "odd.img").write_bytes(b"\0" * 3000)
-    with pytest.raises(HarnessError, match="3000 bytes: QEMU's SD card needs a power-of-two size"):
+    with pytest.raises(HarnessError, match="3000 bytes: Espressif's QEMU SD model needs a power-of-two size"):
         vb.check_card_file(tmp_path / "odd.img")
 
 
@@ -141,7 +141,8 @@ def test_cli_errors_are_one_line(tmp_path, board_files, capsys):
     fake.chmod(0o755)
     assert cli_main(["virtual-board", "--port", "5555", "--flash", str(tmp_path / "none.bin"), "--sd", str(sd),
                      "--qemu", str(fake)]) == 2
-    assert "flash file" in capsys.readouterr().err and "does not exist" in capsys.readouterr().err + "does not exist"
+    err = capsys.readouterr().err
+    assert "flash file" in err and "does not exist" in err
     assert cli_main(["virtual-board", "--port", "5555", "--flash", str(flash), "--sd", str(sd),
                      "--qemu", str(tmp_path / "no-such-qemu")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -96,6 +96,16 @@ def build_command(config: str, firmware: Path = FIRMWARE, idf: tuple[str, ...] =
 
 
 # --- QEMU --------------------------------------------------------------------------------------
+def check_sd_image(image: Path, what: str = "SD image") -> None:
+    """A card file Espressif's QEMU can take: it exists, and its size is a power of two."""
+    if not image.is_file():
+        raise HarnessError(f"{what} {image} does not exist (make it with `tinyllm-harness image`)")
+    size = image.stat().st_size
+    if size <= 0 or size & (size - 1):
+        raise HarnessError(f"{what} {image} is {size} bytes: Espressif's QEMU SD model needs a power-of-two size "
+                           "(`tinyllm-harness image` sizes it so)")
+
+
 def qemu_args(sd_image: Path, icount_shift: int | None = None, wdt_off: bool = True,
               snapshot: bool = False) -> list[str]:
     """Arguments to append to pytest-embedded's QEMU command line for this firmware.
@@ -106,12 +116,7 @@ def qemu_args(sd_image: Path, icount_shift: int | None = None, wdt_off: bool = T
     deterministic (`-icount shift=N,align=off,sleep=off`).
     """
     image = Path(sd_image)
-    if not image.is_file():
-        raise HarnessError(f"SD image {image} does not exist (make it with `tinyllm-harness image`)")
-    size = image.stat().st_size
-    if size <= 0 or size & (size - 1):
-        raise HarnessError(f"SD image {image} is {size} bytes: Espressif's QEMU SD model needs a power-of-two size "
-                           "(`tinyllm-harness image` sizes it so)")
+    check_sd_image(image)
     args = ["-m", QEMU_PSRAM, "-drive", f"file={image},if=sd,format=raw" + (",snapshot=on" if snapshot else "")]
     if wdt_off:
         args += ["-global", QEMU_WDT_OFF]

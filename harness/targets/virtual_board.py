@@ -94,12 +94,9 @@ def check_flash(path: Path) -> None:
 
 
 def check_card_file(path: Path) -> None:
-    if not path.is_file():
-        raise HarnessError(f"SD card file {path} does not exist (make one with `tinyllm-harness image`)")
-    size = path.stat().st_size
-    if size <= 0 or size & (size - 1):
-        raise HarnessError(f"SD card file {path} is {size} bytes: QEMU's SD card needs a power-of-two size "
-                           "(`tinyllm-harness image` makes one)")
+    from harness.targets.esp32 import check_sd_image
+
+    check_sd_image(path, "SD card file")
 
 
 def new_flash(path: Path) -> None:
