@@ -1,7 +1,8 @@
 """A stand-in for Espressif's qemu-system-xtensa, for the virtual board's own tests
 (tests/test_virtual_board.py): it answers `-machine help` with an esp32 machine, takes its
 UART on stdin/stdout as the virtual board runs it, says which boot mode its strap selects, then
-echoes every line back, as `echo: ...` lines. Run as `python fake_esp32_qemu.py ARGS...`."""
+echoes every line back, as `echo: ...` lines; the line `run-stub` answers as esptool's flasher
+stub does when it starts (its SLIP hello). Run as `python fake_esp32_qemu.py ARGS...`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def main(argv: list[str]) -> int:
     out.write(f"fake-esp32 boot={'download' if download else 'flash'}\r\n".encode())
     out.flush()
     for line in sys.stdin.buffer:
+        if line.strip() == b"run-stub":
+            out.write(b"\xc0OHAI\xc0")
         out.write(b"echo: " + line.rstrip(b"\r\n") + b"\r\n")
         out.flush()
     return 0

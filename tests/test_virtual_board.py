@@ -200,6 +200,32 @@ def test_esptool_resets_select_download_then_flash_boot(served):
 
 
 @pytest.mark.host
+def test_the_rom_is_fed_slowly_until_the_stub_runs(served):
+    """Bytes reach the ROM's download mode at most ROM_FEED_BYTES_PER_S (a busy host's ROM loses
+    bytes of faster packets), and at full speed once esptool's stub said hello."""
+    line = b"x" * 2500
+    with served.open() as port:
+        ClassicReset(port)()
+        _read_until(port, b"fake-esp32 boot=download", 10)
+        assert served.board.paced
+        start = time.monotonic()
+        port.write(line + b"\n")
+        _read_until(port, b"echo: " + line, 30)
+        assert time.monotonic() - start >= 0.9 * len(line) / vb.ROM_FEED_BYTES_PER_S
+        port.write(b"run-stub\n")
+        _read_until(port, vb.STUB_HELLO, 10)
+        assert not served.board.paced
+        port.write(line + b"\n")
+        _read_until(port, b"echo: " + line, 10)
+        HardReset(port)()  # a new power-on is the ROM's again
+        _read_until(port, b"fake-esp32 boot=flash", 10)
+        assert not served.board.paced
+        ClassicReset(port)()
+        _read_until(port, b"fake-esp32 boot=download", 10)
+        assert served.board.paced
+
+
+@pytest.mark.host
 def test_en_low_holds_the_chip_in_reset(served):
     with served.open() as port:
         port.dtr, port.rts = False, True  # acknowledged once the chip has stopped

@@ -53,9 +53,21 @@ DOWNLOAD_STRAP = "driver=esp32.gpio,property=strap_mode,value=0x0f"  # IO0 low: 
 # A boot from flash runs under -icount with sleep=on: virtual time is the instruction count while
 # the chip computes (so the watchdogs count instructions and a busy host cannot starve them) and
 # follows the host clock while it idles (so an idle board takes no CPU). shift=3: 8 ns per
-# instruction. The ROM's download mode runs without -icount: under shift=3 it prints nothing at
-# all (not even its banner; seen with this QEMU), and it only lives while esptool talks to it.
+# instruction. The ROM's download mode runs without -icount: under shift<=4 esptool gets no answer
+# at all, under 5..7 its connect often fails on a busy host (seen with this QEMU); and that mode
+# only lives while esptool talks to it (see ROM_FEED_BYTES_PER_S for what that costs).
 ICOUNT = "shift=3,align=off,sleep=on"
+# The ROM's download mode reads its UART in software. Without -icount (which this mode cannot
+# use: under it the ROM often stays silent for esptool's whole connect), Espressif's QEMU hands it
+# the bytes at the baud rate in host time; on a busy host the ROM runs slower than that and loses
+# bytes of a large packet: esptool's stub upload then fails with "Failed to write to target RAM
+# (result was 0107: Checksum error)" (3 of 6 flashes beside three busy loops on 2 cores; the bytes
+# that reached QEMU were checked intact). So until esptool's flasher stub says hello, the bridge
+# feeds the ROM at most ROM_FEED_BYTES_PER_S (43 % of 115200 baud; the stub, ~12 KB, takes ~2.5 s
+# more): 6 of 6 with the same load. The stub itself keeps up at 921600 baud.
+ROM_FEED_BYTES_PER_S = 5000.0
+ROM_FEED_SLICE = 32  # bytes per write while paced
+STUB_HELLO = b"\xc0OHAI\xc0"  # the SLIP packet esptool's stub sends when it starts
 CLIENT_HANDOVER_S = 3.0  # how long a new client waits for the previous one's teardown before it is turned away
 BANNER = "virtual-board:"  # the first bytes of every power-on, before the chip's own output
 NOT_MODELLED = ("SD bus timing, PSRAM and flash speed, the second core's overlap with the first, "
@@ -121,7 +133,7 @@ class VirtualBoard:
     started it, and one thread makes the order of line changes and releases unambiguous."""
 
     def __init__(self, qemu: str, flash: Path, sd: Path, log_dir: Path, say: Say = _say_stderr,
-                 strap_window: float = STRAP_WINDOW_S) -> None:
+                 strap_window: float = STRAP_WINDOW_S, rom_feed_rate: float = ROM_FEED_BYTES_PER_S) -> None:
         check_flash(flash)
         check_card_file(sd)
         self.qemu, self.flash, self.sd, self.log_dir, self.say = qemu, flash, sd, log_dir, say
@@ -137,6 +149,11 @@ class VirtualBoard:
         self._uart_lock = threading.Lock()
         self._output: Callable[[bytes], None] | None = None
         self._thread = threading.Thread(target=self._run, name="virtual-board", daemon=True)
+        self.rom_feed_rate = rom_feed_rate
+        self._rx: queue.Queue[tuple[IO[bytes], bytes] | None] = queue.Queue()  # client -> chip, in order
+        self._stub_running = False  # esptool's flasher stub said OHAI since this power-on
+        self._feeder = threading.Thread(target=self._feed, name="virtual-board-rx", daemon=True)
+        self._feeder.start()
         self._failure: BaseException | None = None
 
     # --- what the serial server calls -------------------------------------------------------------
@@ -157,21 +174,41 @@ class VirtualBoard:
         self._output = output
 
     def write(self, data: bytes) -> None:
-        """Bytes from the client to the chip's UART0 RX; lost while the chip is in reset."""
+        """Bytes from the client to the chip's UART0 RX (queued: the client's session never waits
+        on the chip); lost while the chip is in reset."""
         with self._uart_lock:
             if self._uart is not None:
-                try:
-                    self._uart.write(data)
-                except (OSError, ValueError):
-                    pass
+                self._rx.put((self._uart, data))
 
     def close(self) -> None:
         if self._thread.is_alive():
             self._call("quit", None)
+        self._rx.put(None)
 
     def qemu_pid(self) -> int | None:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def paced(self) -> bool:
+        """Bytes to the chip are paced: the ROM's download mode, before esptool's stub runs."""
+        return self.mode == "download" and not self._stub_running
+
+    def _feed(self) -> None:
+        """The client's bytes into QEMU's UART, paced while the ROM reads them (see ROM_FEED_BYTES_PER_S);
+        bytes queued for a chip that has since been reset go nowhere (its pipe is closed)."""
+        while (item := self._rx.get()) is not None:
+            uart, data = item
+            try:
+                if self.paced:
+                    for start in range(0, len(data), ROM_FEED_SLICE):
+                        piece = data[start:start + ROM_FEED_SLICE]
+                        uart.write(piece)
+                        time.sleep(len(piece) / self.rom_feed_rate)
+                else:
+                    uart.write(data)
+            except (OSError, ValueError):
+                pass
 
     # --- the board thread -------------------------------------------------------------------------
     def _call(self, what: str, arg: object) -> None:
@@ -228,6 +265,7 @@ class VirtualBoard:
 
     def _start_chip(self, download: bool) -> None:
         self.mode = "download" if download else "flash"
+        self._stub_running = False
         self.powered_on += 1
         # UART0 on QEMU's stdin/stdout (a raw stdio chardev: no monitor mux, so esptool's 0x01 bytes
         # pass). Not a socket chardev: with one, this QEMU dropped chunks of the chip's output
@@ -268,6 +306,7 @@ class VirtualBoard:
                      "(EN through RTS) or a restart of the virtual board")
 
     def _copy_uart(self, uart: IO[bytes]) -> None:
+        tail = b""
         with open(self.log_dir / "uart.log", "ab") as log:
             while True:
                 try:
@@ -277,6 +316,9 @@ class VirtualBoard:
                 if not data:
                     return
                 log.write(data)
+                if STUB_HELLO in tail + data:  # the flasher stub runs: bytes at full speed from now on
+                    self._stub_running = True
+                tail = (tail + data)[-len(STUB_HELLO):]
                 output = self._output
                 if output is not None:
                     try:
