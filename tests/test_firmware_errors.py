@@ -7,11 +7,13 @@ the end)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from harness import REPO_ROOT
 from harness.model.prompts import Prompt, load_prompt_set
 from harness.targets.dut import TinyLLMDut
 
@@ -328,9 +330,17 @@ def test_cpu_exception_is_an_error_line_not_a_hang(firmwares, target_name, reque
     assert dut.boot.exit_code == 3 and dut.exit_code == 3
 
 
+def _console_line_max() -> int:
+    """The longest console line the firmware takes, from its header (TL_LINE_BYTES - 1)."""
+    header = (REPO_ROOT / "firmware/components/tinyllm/include/tinyllm/tinyllm.h").read_text()
+    match = re.search(r"#define TL_LINE_BYTES (\d+)u", header)
+    assert match, "TL_LINE_BYTES not found in tinyllm.h"
+    return int(match.group(1)) - 1
+
+
 def test_over_long_console_line_is_refused_whole(firmwares, oracle, target_name, request):
     """A line longer than the bare-metal console buffer is not run cut off (its front could be
-    another command): E_COMMAND, then the next line works."""
+    another command): E_COMMAND, then the next line works; a line of exactly the maximum runs."""
     if target_name not in ("xtensa-sim", "esp32"):
         pytest.skip(f"{target_name} reads lines of any length (getline)")
     dut = firmwares.start(target_name, "micro", "float32", log_name="micro-long-line")
@@ -339,6 +349,14 @@ def test_over_long_console_line_is_refused_whole(firmwares, oracle, target_name,
         transcript = dut.command("gen 1 4" + " " * 20000 + "50 n=2", timeout=60)
         assert [e.code for e in transcript.errors] == ["E_COMMAND"] and "longer than" in transcript.errors[0].message
         assert not transcript.results
+        # the documented maximum is a line of TL_LINE_BYTES - 1 bytes: run like the same command unpadded
+        plain = dut.command("gen 1 4 50 n=2", timeout=60)
+        longest = "gen 1 4 50 n=2".replace(" 50", " " * (_console_line_max() - len("gen 1 4 50 n=2") + 1) + "50")
+        assert len(longest) == _console_line_max()
+        padded = dut.command(longest, timeout=60)
+        assert not padded.errors and [r["tokens"] for r in padded.results] == [r["tokens"] for r in plain.results]
+        one_more = dut.command(" " + longest, timeout=60)
+        assert [e.code for e in one_more.errors] == ["E_COMMAND"] and not one_more.results
         prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
         assert dut.generate(prompt, timeout=120).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
     finally:

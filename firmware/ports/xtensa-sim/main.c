@@ -175,7 +175,7 @@ static int sim_args(char ***argv_out)
 
 /* ---- console input: whole lines from semihosting reads of fd 0 --------------------- */
 
-static char line_buf[LINE_MAX_BYTES + 1];
+static char line_buf[LINE_MAX_BYTES + 1]; /* a longest line and its '\n' (which becomes the NUL) */
 static size_t line_len;
 
 /* Returns a line without its '\n', or NULL at end of input. A line longer than
@@ -198,13 +198,14 @@ static char *read_line(int *overlong, size_t *len)
             *len = consumed - 1;
             return line_buf; /* with *overlong set, this is the tail of a dropped line */
         }
-        if (line_len == LINE_MAX_BYTES) { /* no newline in a full buffer: drop it, keep reading */
+        if (line_len == sizeof line_buf) { /* no newline in a full buffer: drop it, keep reading */
             *overlong = 1;
             line_len = 0;
         }
-        long got = tl_sim_simcall(SYS_READ, 0, (long)(line_buf + line_len), (long)(LINE_MAX_BYTES - line_len));
+        long got = tl_sim_simcall(SYS_READ, 0, (long)(line_buf + line_len), (long)(sizeof line_buf - line_len));
         if (got <= 0) {
             if (line_len == 0 && !*overlong) return NULL;
+            /* line_len < sizeof line_buf here: a full buffer was dropped before this read */
             line_buf[line_len] = '\0';
             consumed = line_len;
             *len = line_len;
