@@ -184,6 +184,13 @@ def cmd_virtual_board_card(args: argparse.Namespace) -> dict[str, Any]:
     return {"ok": True, "card": str(args.sd), "image": str(args.image)}
 
 
+def _path(text: str) -> Path:
+    """A path option: never empty (an unset shell variable would otherwise mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path (an unset variable?): give a file or folder")
+    return Path(text)
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -219,15 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a model to the SD-card layout (float32 + int8 sets, prompts.txt)")
     p.add_argument("--model", default="tiny-llm", help="fixture name (tiny-llm, micro) or a model JSON path")
-    p.add_argument("--hf-folder", type=Path, help="a local HF LlamaForCausalLM folder to export instead of synthetic weights")
-    p.add_argument("--out", type=Path, required=True, help="card folder to write (the SD card's root)")
+    p.add_argument("--hf-folder", type=_path, help="a local HF LlamaForCausalLM folder to export instead of synthetic weights")
+    p.add_argument("--out", type=_path, required=True, help="card folder to write (the SD card's root)")
     p.add_argument("--prompts", default="smoke", help="prompt set for the card's prompts.txt (fixture name or path)")
     p.add_argument("--precision", type=_precisions, default=PRECISIONS, help="float32,int8 (default both)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("image", help="build a reproducible FAT16/FAT32 SD image (no partition table) from a card folder")
-    p.add_argument("--card", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--card", type=_path, required=True)
+    p.add_argument("--out", type=_path, required=True)
     p.add_argument("--size", type=_size, help="image size, e.g. 128M (default: smallest power of two >= 64 MiB that fits)")
     p.add_argument("--cluster", type=_size, default=32 * 1024,
                    help="bytes per cluster, 512 to 64K (default 32K: FatFs reads at most one cluster per SD command)")
@@ -236,15 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_image)
 
     p = sub.add_parser("reference", help="greedy tokens and per-step top-k logits from the HF reference")
-    p.add_argument("--card", type=Path, required=True, help=f"card folder holding {SET_DIRS['float32']}/")
+    p.add_argument("--card", type=_path, required=True, help=f"card folder holding {SET_DIRS['float32']}/")
     p.add_argument("--prompts", default="smoke")
     p.add_argument("--int8", action="store_true", help="also run the int8 emulation (needs the int8 set)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_path, required=True)
     p.set_defaults(func=cmd_reference)
 
     p = sub.add_parser("e2e", help="the main job: export -> image -> build -> run on a target -> compare -> report")
     p.add_argument("--model", default="tiny-llm")
-    p.add_argument("--hf-folder", type=Path, help="export this local HF model instead of synthetic weights")
+    p.add_argument("--hf-folder", type=_path, help="export this local HF model instead of synthetic weights")
     p.add_argument("--target", default="auto",
                    help="auto (default): the best target here — esp32 (Espressif QEMU) where ESP-IDF is installed, "
                         "else xtensa-sim where its tools are, else linux — with linux beside it; or a comma list, "
@@ -252,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None,
                    help="comma list of prompt sets (default: smoke,edge on linux, smoke on the emulated targets)")
     p.add_argument("--precision", type=_precisions, default=PRECISIONS)
-    p.add_argument("--out", type=Path, default=Path("build/e2e"))
+    p.add_argument("--out", type=_path, default=Path("build/e2e"))
     p.set_defaults(func=cmd_e2e)
 
     p = sub.add_parser("bench", help="speed figures: the C core vs PyTorch on this host (one thread, interleaved "
@@ -263,13 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "QEMU); auto (default): host, and board where the esp32 target can run")
     p.add_argument("--repeats", type=_positive, default=5, help="host: interleaved repeats (default 5)")
     p.add_argument("--tokens", type=_positive, default=16, help="new tokens per run (default 16; board: at most 4)")
-    p.add_argument("--out", type=Path, default=Path("build/bench"))
+    p.add_argument("--out", type=_path, default=Path("build/bench"))
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("write-card", help="write an SD image to a real card device, safely (refuses mounted, "
                                           "fixed or too small devices; asks first)")
-    p.add_argument("image", type=Path)
-    p.add_argument("device", type=Path, help="e.g. /dev/sdX (the whole card, not a partition)")
+    p.add_argument("image", type=_path)
+    p.add_argument("device", type=_path, help="e.g. /dev/sdX (the whole card, not a partition)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_write_card)
 
@@ -287,27 +294,27 @@ def build_parser() -> argparse.ArgumentParser:
                "wall-clock budgets are judged on a real board only. Every power-on prints a 'virtual-board:' "
                "line before the chip's output.")
     p.add_argument("--port", type=_port, required=True, help="TCP port to serve RFC 2217 on (localhost; 0: a free one, printed)")
-    p.add_argument("--flash", type=Path, required=True, help="the 4 MiB flash file (kept across resets)")
-    p.add_argument("--sd", type=Path, required=True, help="the SD card file (a power-of-two size, e.g. from `image`)")
+    p.add_argument("--flash", type=_path, required=True, help="the 4 MiB flash file (kept across resets)")
+    p.add_argument("--sd", type=_path, required=True, help="the SD card file (a power-of-two size, e.g. from `image`)")
     p.add_argument("--new-flash", action="store_true", help="create an erased flash file if --flash does not exist")
     p.add_argument("--qemu", help="Espressif's qemu-system-xtensa (default: the one ESP-IDF's environment has)")
-    p.add_argument("--log-dir", type=Path, help="QEMU's and the UART's logs (default: beside --flash)")
+    p.add_argument("--log-dir", type=_path, help="QEMU's and the UART's logs (default: beside --flash)")
     p.set_defaults(func=cmd_virtual_board)
 
     p = sub.add_parser("virtual-board-card",
                        help="the virtual board's SD multiplexer: hold it in reset over the serial port, write an "
                             "image to its card file, let it boot (for TINYLLM_SD_MUX_CMD)")
     p.add_argument("--port", type=_port, required=True, help="the virtual board's port")
-    p.add_argument("--sd", type=Path, required=True, help="the card file the virtual board serves (its --sd)")
-    p.add_argument("image", type=Path, help="the image to write (from `tinyllm-harness image`)")
+    p.add_argument("--sd", type=_path, required=True, help="the card file the virtual board serves (its --sd)")
+    p.add_argument("image", type=_path, help="the image to write (from `tinyllm-harness image`)")
     p.set_defaults(func=cmd_virtual_board_card)
 
     p = sub.add_parser("junit-merge", help="merge JUnit XML files (e.g. the shards of ci/test.sh --shard I/N) into one, "
                                            "with a Markdown summary; exit 1 when a test failed or errored")
-    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+    p.add_argument("inputs", type=_path, nargs="+", metavar="INPUT",
                    help="JUnit XML files, or folders (every *.xml under them)")
-    p.add_argument("--out", type=Path, required=True, help="the merged JUnit XML file to write")
-    p.add_argument("--summary", type=Path, help="also write the Markdown summary (printed to stderr) to this file")
+    p.add_argument("--out", type=_path, required=True, help="the merged JUnit XML file to write")
+    p.add_argument("--summary", type=_path, help="also write the Markdown summary (printed to stderr) to this file")
     p.set_defaults(func=cmd_junit_merge)
     return parser
 
@@ -322,12 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a path that is a file, a read-only folder, a full disk...
         print(f"error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeError, MemoryError, OverflowError) as exc:
-        # input the loaders did not check for themselves (a model file of the wrong shape, a
-        # junk checkpoint...): say what broke, no traceback (TINYLLM_TRACEBACK=1 shows it)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print(f"error: interrupted (Ctrl-C) during {args.command}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # input the loaders did not check for themselves (a model file of the wrong shape, a junk
+        # or hostile checkpoint, JSON nested too deep...) or a harness bug: one line that says what
+        # broke, no traceback (TINYLLM_TRACEBACK=1 shows it)
         if os.environ.get("TINYLLM_TRACEBACK") == "1":
             raise
-        print(f"error: unexpected input: {type(exc).__name__}: {exc} (TINYLLM_TRACEBACK=1 shows where)",
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"error: unexpected input: {type(exc).__name__}: {message[:500]} (TINYLLM_TRACEBACK=1 shows where)",
               file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1))

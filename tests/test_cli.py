@@ -81,3 +81,60 @@ def test_e2e_that_fails_early_leaves_no_empty_out_folder(capsys, tmp_path):
     assert main(["e2e", "--model", "nosuch", "--target", "linux", "--out", str(tmp_path / "e2e")]) == 2
     assert "unknown model 'nosuch'" in capsys.readouterr().err
     assert not (tmp_path / "e2e").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "--model", "micro", "--out", ""],
+    ["image", "--card", "card", "--out", " "],
+    ["e2e", "--out", ""],
+    ["reference", "--card", "", "--out", "ref.json"],
+])
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(argv, capsys, tmp_path, monkeypatch):
+    """`--out "$UNSET"` must not write into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "empty path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[" * 100_000 + "]" * 100_000, "JSON nested too deep to read"),
+    ("[1, 2]", "expected a JSON object at the top, found list"),
+    ('{"config": {}} trailing', "not valid JSON"),
+    (b'{"name": "\xff"}', "not UTF-8 text"),
+    ('{"config": {"model_type": "llama"}, "synthetic": null}', '"synthetic": an object'),
+    ('{"config": {"model_type": "llama"}, "synthetic": {"seed": 1.5}}', '"synthetic": an object'),
+    ('{"config": [1]}', '"config": an object'),
+    ('{"config": {"model_type": "llama"}, "name": 123}', '"name" must be a non-empty string'),
+])
+def test_a_model_file_of_the_wrong_shape_is_one_error_line(content, message, capsys, tmp_path):
+    model = tmp_path / "model.json"
+    if isinstance(content, bytes):
+        model.write_bytes(content)
+    else:
+        model.write_text(content)
+    assert main(["export", "--model", str(model), "--out", str(tmp_path / "card")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {model}: ") and message in err, err
+    assert not (tmp_path / "card").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, tmp_path, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("harness.cli.cmd_export", interrupted)
+    assert main(["export", "--model", "micro", "--out", str(tmp_path / "card")]) == 130
+    assert capsys.readouterr().err == "error: interrupted (Ctrl-C) during export\n"
+
+
+def test_an_unforeseen_exception_is_one_line_naming_its_type(capsys, tmp_path, monkeypatch):
+    def broken(args):
+        raise AttributeError("'NoneType' object has no attribute 'get'\nsecond line")
+
+    monkeypatch.setattr("harness.cli.cmd_export", broken)
+    assert main(["export", "--model", "micro", "--out", str(tmp_path / "card")]) == 2
+    assert capsys.readouterr().err == ("error: unexpected input: AttributeError: 'NoneType' object has no attribute "
+                                       "'get' (TINYLLM_TRACEBACK=1 shows where)\n")

@@ -178,6 +178,9 @@ def _hf_folder(cards, tmp_path, mutate):
          r"k_proj\.weight' has shape \(16, 64\), expected \(32, 64\)"),
         (lambda c, s: c.update(model_type="gpt2"), r"model_type is 'gpt2', expected 'llama'"),
         (lambda c, s: c.update(num_key_value_heads=3), r"not a multiple of num_key_value_heads 3"),
+        (lambda c, s: c.update(hidden_size=64.0), r"hidden_size must be a positive integer, got 64\.0"),
+        (lambda c, s: c.update(eos_token_id=[2, 7]), r"eos_token_id must be one token id in 0\.\.511, got \[2, 7\]"),
+        (lambda c, s: c.update(bos_token_id=512), r"bos_token_id must be one token id in 0\.\.511, got 512"),
     ],
 )
 def test_bad_hf_folder_is_refused_without_output(cards, tmp_path, mutate, message):
@@ -187,6 +190,13 @@ def test_bad_hf_folder_is_refused_without_output(cards, tmp_path, mutate, messag
         spec, state = load_hf_folder(folder)
         export_sets(spec, state, out)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_special_token_ids_are_kept_as_written(cards, tmp_path):
+    """bos 0 is a token id like any other (not "unset"); an eos list of one id is that id."""
+    folder = _hf_folder(cards, tmp_path, lambda c, s: c.update(bos_token_id=0, eos_token_id=[5]))
+    spec, _ = load_hf_folder(folder)
+    assert (spec.bos_token_id, spec.eos_token_id) == (0, 5)
 
 
 def test_missing_weights_in_hf_folder(tmp_path):

@@ -68,6 +68,20 @@ def test_wrong_confirmation_writes_nothing(tmp_path):
     assert device.read_bytes() == before
 
 
+def test_stdin_at_its_end_at_the_prompt_writes_nothing(tmp_path):
+    """A script or CI job with stdin closed: no confirmation, one error, not an EOFError."""
+    image, root, device = make_image(tmp_path), make_root(tmp_path), make_device(tmp_path)
+    before = device.read_bytes()
+
+    def closed_stdin(text: str) -> str:
+        raise EOFError
+
+    with pytest.raises(HarnessError, match="stdin ended before the device name was typed.*--yes"):
+        write_image_to_device(image, device, assume_yes=False, sys_root=root, allow_regular_file=True,
+                              input_fn=closed_stdin)
+    assert device.read_bytes() == before
+
+
 def test_refuses_a_regular_file_unless_allowed(tmp_path):
     image, root, device = make_image(tmp_path), make_root(tmp_path), make_device(tmp_path)
     with pytest.raises(HarnessError, match="not a block device"):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from harness.card import quant
-from harness.errors import HarnessError
+from harness.errors import HarnessError, read_json_object
 from harness.model.spec import ModelSpec, spec_from_hf_config
 from harness.model.synth import PER_LAYER_FILES, hf_name
 
@@ -152,10 +152,7 @@ def load_hf_folder(folder: Path) -> tuple[ModelSpec, dict[str, Any]]:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise HarnessError(f"{folder}: no config.json (expected a Hugging Face model folder)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"{cfg_path}: not valid JSON ({exc})") from exc
+    cfg = read_json_object(cfg_path)
     spec = spec_from_hf_config(cfg, name=cfg.get("_name_or_path") or folder.name)
     state: dict[str, Any] = {}
     safetensors = sorted(folder.glob("*.safetensors"))

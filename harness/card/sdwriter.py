@@ -120,8 +120,12 @@ def write_image_to_device(image: Path, device: Path, assume_yes: bool, sys_root:
     image_bytes = check_device(image, device, sys_root, allow_regular_file)
     name = _block_name(device)
     if not assume_yes:
-        answer = input_fn(f"This erases everything on {device}. Type the device name ({name}) to write "
-                          f"{image} ({image_bytes} bytes): ")
+        try:
+            answer = input_fn(f"This erases everything on {device}. Type the device name ({name}) to write "
+                              f"{image} ({image_bytes} bytes): ")
+        except EOFError:  # stdin closed or at its end (a script, CI): no one confirmed
+            raise HarnessError(f"not confirmed: stdin ended before the device name was typed; nothing written "
+                               f"(pass --yes to write {device} without asking)") from None
         if answer.strip() not in (name, str(device)):
             raise HarnessError(f"not confirmed (typed {answer.strip()!r}, expected {name!r}): nothing written")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 
 from harness.card import quant
 from harness.card.export import CONFIG_FILE, FORMAT, crc32_hex
-from harness.errors import HarnessError
+from harness.errors import HarnessError, read_json_object
 from harness.model.spec import ModelSpec, spec_from_hf_config
 
 NP_DTYPES = {"float32": "<f4", "int8": "i1"}
@@ -56,12 +55,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise HarnessError(f"{folder}: no {CONFIG_FILE} (not an exported weight set)")
-    try:
-        config = json.loads(path.read_text(), object_pairs_hook=_no_duplicates)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
-    except ValueError as exc:  # what the firmware refuses too (docs/contracts.md §1)
-        raise HarnessError(f"{path}: {exc}") from exc
+    config = read_json_object(path, object_pairs_hook=_no_duplicates)  # what the firmware refuses too (contracts §1)
     if config.get("format") != FORMAT:
         raise HarnessError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
     return config

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import FIXTURES
-from harness.errors import HarnessError
+from harness.errors import HarnessError, read_json_object
 
 # HF LlamaConfig fields the firmware reads; everything else in a config.json is ignored.
 INT_FIELDS = (
@@ -142,11 +141,22 @@ def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1)
         )
     if values["head_dim"] % 2:
         raise HarnessError(f"config for {name!r}: head_dim {values['head_dim']} must be even for RoPE")
+    special = {}
+    for key, default in (("bos_token_id", 1), ("eos_token_id", 2)):
+        value = cfg.get(key)
+        if value is None:
+            value = default
+        if isinstance(value, list) and len(value) == 1:  # HF allows a list; the firmware knows one id
+            value = value[0]
+        if type(value) is not int or not 0 <= value < values["vocab_size"]:
+            raise HarnessError(f"config for {name!r}: {key} must be one token id in 0..{values['vocab_size'] - 1}, "
+                               f"got {value!r}")
+        special[key] = value
     return ModelSpec(
         name=name,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        bos_token_id=int(cfg.get("bos_token_id") or 1),
-        eos_token_id=int(cfg.get("eos_token_id") or 2),
+        bos_token_id=special["bos_token_id"],
+        eos_token_id=special["eos_token_id"],
         synthetic_seed=synthetic_seed,
         **values,
     )
@@ -167,10 +177,7 @@ def read_fixture(name_or_path: str | Path, folder: str, what: str) -> tuple[Path
         raise HarnessError(
             f"unknown {what} {str(name_or_path)!r}: no file {path} (fixtures: {', '.join(fixture_names(folder))})"
         )
-    try:
-        return path, json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"{path}: not valid JSON ({exc})") from exc
+    return path, read_json_object(path)
 
 
 def available_models() -> list[str]:
@@ -180,5 +187,11 @@ def available_models() -> list[str]:
 def load_spec(name_or_path: str | Path) -> ModelSpec:
     """Load a fixture model by name (`tiny-llm`, `micro`) or from a JSON file path."""
     path, doc = read_fixture(name_or_path, "models", "model")
-    seed = int(doc.get("synthetic", {}).get("seed", 1))
-    return spec_from_hf_config(doc["config"], doc.get("name", path.stem), synthetic_seed=seed)
+    synthetic, config, name = doc.get("synthetic", {}), doc.get("config"), doc.get("name", path.stem)
+    if not isinstance(config, dict):
+        raise HarnessError(f"{path}: expected \"config\": an object of HF LlamaConfig fields")
+    if not isinstance(synthetic, dict) or type(synthetic.get("seed", 1)) is not int:
+        raise HarnessError(f"{path}: expected \"synthetic\": an object with a whole-number \"seed\"")
+    if not isinstance(name, str) or not name:
+        raise HarnessError(f"{path}: \"name\" must be a non-empty string")
+    return spec_from_hf_config(config, name, synthetic_seed=int(synthetic.get("seed", 1)))
