@@ -129,6 +129,28 @@ def test_a_named_pipe_on_the_card_is_refused_not_waited_on(firmwares, target_nam
     assert out.rstrip().endswith("TINYLLM_EXIT 1")
 
 
+def test_linux_says_when_it_cannot_write_its_output_or_read_its_input(firmwares, target_name, tmp_path):
+    """Output lost to a full disk is a failed run (stderr and a non-zero exit), never exit 0; stdin
+    that cannot be read (a directory) is an E_IO error line, not an empty session."""
+    import os
+    import subprocess
+
+    if target_name != "linux":
+        pytest.skip("the process's own stdin/stdout: the other targets' consoles are the emulator's")
+    argv = [str(firmwares.binary("linux")), "--card", str(firmwares.cards["micro"].dir), "--prompts", "none"]
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(argv, input="gen 1 2 n=1\nquit\n", stdout=full, stderr=subprocess.PIPE, text=True,
+                             timeout=60)
+    assert out.returncode != 0 and "cannot write the output (stdout): No space left on device" in out.stderr
+    folder = os.open(tmp_path, os.O_RDONLY)  # a directory as stdin: read() fails with EISDIR
+    try:
+        out = subprocess.run(argv, stdin=folder, capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(folder)
+    assert "TINYLLM_ERROR E_IO cannot read commands from stdin: Is a directory" in out.stdout
+    assert out.stdout.rstrip().endswith("TINYLLM_EXIT 1") and out.returncode == 1
+
+
 def test_a_nul_byte_in_the_prompt_file_is_refused(firmwares, target_name, tmp_path):
     """The same rule for the boot-time prompt file (the core's reader, shared by every target)."""
     import subprocess

@@ -8,6 +8,7 @@
  *
  * Exit codes: 0 ok, 1 a command failed, 2 start-up error.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,13 +77,20 @@ static void usage(FILE *f)
 }
 
 /* Runs a stream's lines (a --prompts FILE, then stdin) into the session until it ends or quits. */
-static void run_lines(tl_engine *e, tl_session *s, FILE *f)
+/* Runs every line of f. Returns -1 if reading f failed (not at its end: an error, e.g. stdin
+ * a directory), with errno set. */
+static int run_lines(tl_engine *e, tl_session *s, FILE *f)
 {
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
+    errno = 0;
     while (!s->quit && (n = getline(&line, &cap, f)) >= 0) tl_session_line(e, s, line, (size_t)n);
+    int failed = ferror(f) ? -1 : 0;
+    int saved = errno;
     free(line);
+    errno = saved;
+    return failed;
 }
 
 /* Runs a host-side prompt file (--prompts FILE). Returns -1 if it is not a regular file. */
@@ -187,9 +195,18 @@ int main(int argc, char **argv)
         free(arena);
         return 2;
     }
-    run_lines(e, &session, stdin);
+    if (run_lines(e, &session, stdin) < 0) {
+        tl_port_error(&port, TL_E_IO, "cannot read commands from stdin: %s", strerror(errno));
+        session.failed = 1;
+    }
     int code = tl_session_exit_code(&session);
     tl_exit_line(&port, code);
     free(arena);
+    /* Output that could not be written (a full disk, a closed pipe) is a failed run, said on
+     * stderr: the protocol lines themselves are what was lost. */
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "tinyllm: cannot write the output (stdout): %s\n", strerror(errno));
+        return code ? code : 1;
+    }
     return code;
 }
