@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,34 @@ def test_int8_emulation_agrees_mostly_with_float32(cards, references, model):
 def test_bad_prompts_are_refused(references, prompt, message):
     with pytest.raises(HarnessError, match=message):
         references("micro").run(prompt)
+
+
+def test_a_tied_embedding_model_runs_like_its_untied_twin(cards, tmp_path):
+    """A checkpoint with tie_word_embeddings (lm_head stored once, as embed_tokens) exports and
+    gives the reference exactly the logits of the same model with the matrix written twice."""
+    from safetensors.numpy import save_file
+
+    from harness.card.export import export_sets, load_hf_folder
+
+    card = cards["micro"]
+    state = {k: v.copy() for k, v in card.state.items()}
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].copy()
+    untied = tmp_path / "untied"
+    untied.mkdir()
+    (untied / "config.json").write_text(json.dumps(card.spec.hf_config()))
+    save_file(state, str(untied / "model.safetensors"))
+    tied = tmp_path / "tied"
+    tied.mkdir()
+    (tied / "config.json").write_text(json.dumps({**card.spec.hf_config(), "tie_word_embeddings": True}))
+    save_file({k: v for k, v in state.items() if k != "lm_head.weight"}, str(tied / "model.safetensors"))
+
+    results = {}
+    for folder in (untied, tied):
+        spec, hf_state = load_hf_folder(folder)
+        export_sets(spec, hf_state, tmp_path / f"card-{folder.name}")
+        ref = Reference(load_weight_set(tmp_path / f"card-{folder.name}" / SET_DIRS["float32"]))
+        results[folder.name] = [ref.run(p) for p in load_prompt_set("smoke", ref.spec)]
+    assert results["tied"][0].tokens  # it ran
+    for a, b in zip(results["untied"], results["tied"], strict=True):
+        assert a.tokens == b.tokens
+        np.testing.assert_array_equal(a.logits, b.logits)

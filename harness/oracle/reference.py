@@ -45,12 +45,15 @@ def build_hf_model(weights: WeightSet) -> Any:
     config = LlamaConfig(**spec.hf_config(), attn_implementation="eager", torch_dtype="float32")
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
+    # Every tensor from the card, lm_head included even for a tied model: the card holds it as
+    # lm_head.bin (a copy of embed_tokens at export), the firmware reads that file, and so does
+    # the reference. (Leaving it out for a tied model fails strict loading: the module still has
+    # the key.) A tied card whose two matrices differ is not one model.
     state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state_dict_from_set(weights).items()}
-    if spec.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+    if spec.tie_word_embeddings and not torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"]):
+        raise HarnessError(f"{weights.folder}: the config ties lm_head to embed_tokens, but lm_head.bin differs "
+                           "from embed_tokens.bin (export the model again)")
     model.load_state_dict(state, strict=True, assign=True)
-    if spec.tie_word_embeddings:
-        model.tie_weights()
     # buffers (rotary inv_freq) were created on the meta device: recompute them on the CPU
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
     return model.eval().float()
