@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness import REPO_ROOT
 from harness.card import quant
 from harness.card.export import PROXY_FILE, SET_DIRS, export_sets, load_hf_folder
 from harness.card.weights import load_weight_set
@@ -203,3 +204,92 @@ def test_missing_weights_in_hf_folder(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(load_spec("micro").hf_config()))
     with pytest.raises(HarnessError, match="no \\*.safetensors or pytorch_model.bin"):
         load_hf_folder(tmp_path)
+
+
+# --- a card is replaced as a whole -------------------------------------------------------------------
+
+def _card_bytes(card) -> dict[str, bytes]:
+    return {str(p.relative_to(card)): p.read_bytes() for p in sorted(card.rglob("*")) if p.is_file()}
+
+
+def _export(card, *extra: str) -> int:
+    from harness.cli import main
+
+    return main(["export", "--model", "micro", "--out", str(card), *extra])
+
+
+def test_a_failed_export_leaves_the_previous_card_untouched(tmp_path, monkeypatch, capsys):
+    """Anything failing after the first set was written (a full disk, Ctrl-C) leaves the old card
+    as it was: never a new float32 set beside an old int8 set and an old prompts.txt."""
+    from harness.card import stage
+
+    card = tmp_path / "card"
+    assert _export(card, "--prompts", "edge") == 0
+    (card / "notes.txt").write_text("the user's own file")
+    before = _card_bytes(card)
+    real = stage.export_sets
+
+    def fails_after_float32(spec, state, out_dir, precisions, source):
+        real(spec, state, out_dir, ("float32",), source)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "export_sets", fails_after_float32)
+    assert _export(card) == 130
+    assert _card_bytes(card) == before
+    assert sorted(p.name for p in card.iterdir()) == sorted(["notes.txt", "prompts.txt", *SET_DIRS.values()])
+    capsys.readouterr()
+
+
+def test_a_failure_during_the_swap_puts_the_previous_card_back(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    card = tmp_path / "card"
+    assert _export(card, "--prompts", "edge") == 0
+    before = _card_bytes(card)
+    real_rename, moved_in = Path.rename, []
+
+    def rename(self, target):
+        if self.parent.name.startswith(".tinyllm_export.") and Path(target).parent == card:
+            moved_in.append(self.name)
+            if len(moved_in) == 2:  # the old export is out, one new entry is in
+                raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    assert _export(card) == 2
+    monkeypatch.undo()
+    assert len(moved_in) == 2
+    assert _card_bytes(card) == before
+    assert not list(card.glob(".*"))
+    capsys.readouterr()
+
+
+def test_an_export_replaces_every_set_and_removes_an_interrupted_exports_leftovers(tmp_path, capsys):
+    card = tmp_path / "card"
+    assert _export(card) == 0
+    (card / ".tinyllm_float32_weights.k3j2x1").mkdir()  # what a killed export of an earlier version left
+    (card / ".tinyllm_float32_weights.k3j2x1" / "q_proj.bin").write_bytes(b"partial")
+    assert _export(card, "--precision", "float32") == 0
+    assert sorted(p.name for p in card.iterdir()) == ["prompts.txt", SET_DIRS["float32"]]  # no stale int8 set
+    capsys.readouterr()
+
+
+def test_image_refuses_sets_of_two_exports(tmp_path, capsys):
+    """A float32 set of one model beside an int8 set of another: `image` names both export ids."""
+    import shutil
+
+    from harness.cli import main
+
+    card, other = tmp_path / "card", tmp_path / "other"
+    assert _export(card) == 0
+    model = json.loads((REPO_ROOT / "fixtures/models/micro.json").read_text())
+    model["synthetic"] = {"seed": 99}
+    (tmp_path / "micro99.json").write_text(json.dumps(model))
+    assert main(["export", "--model", str(tmp_path / "micro99.json"), "--out", str(other)]) == 0
+    shutil.rmtree(card / SET_DIRS["int8"])
+    shutil.copytree(other / SET_DIRS["int8"], card / SET_DIRS["int8"])
+    capsys.readouterr()
+    assert main(["image", "--card", str(card), "--out", str(tmp_path / "sd.img")]) == 2
+    err = capsys.readouterr().err
+    assert "the weight sets are not one export" in err and "export the card again" in err
+    assert not (tmp_path / "sd.img").exists()

@@ -84,8 +84,19 @@ def _write(path: Path, arr: np.ndarray, dtype: str) -> None:
     np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")).tofile(path)
 
 
+def export_id(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> str:
+    """What the sets of one export share in their model_config.json ("export_id"): a digest of
+    the model (config and float32 tensors), so a card whose two sets come from different models or
+    exports is recognised (`image` refuses it), and the same model always gets the same id."""
+    digest = hashlib.sha256(json.dumps(spec.hf_config(), sort_keys=True).encode())
+    for stem in sorted(tensors):
+        digest.update(stem.encode() + b"\0")
+        digest.update(np.ascontiguousarray(tensors[stem], dtype="<f4").tobytes())
+    return digest.hexdigest()[:16]
+
+
 def write_set(spec: ModelSpec, tensors: dict[str, np.ndarray], precision: str, dest: Path,
-              source: dict[str, Any]) -> dict[str, Any]:
+              source: dict[str, Any], export: str | None = None) -> dict[str, Any]:
     """Write one weight set into `dest` (an empty folder); returns its model_config dict."""
     files: dict[str, Any] = {}
     for stem, arr in tensors.items():
@@ -115,6 +126,7 @@ def write_set(spec: ModelSpec, tensors: dict[str, np.ndarray], precision: str, d
             "scale_files": "<name>_scales.bin", "norms": "float32",
         },
         "source": source,
+        "export_id": export or export_id(spec, tensors),
         "files": files,
     }
     (dest / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -123,18 +135,20 @@ def write_set(spec: ModelSpec, tensors: dict[str, np.ndarray], precision: str, d
 
 def export_sets(spec: ModelSpec, state: dict[str, Any], out_dir: Path,
                 precisions: tuple[str, ...] = PRECISIONS, source: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Export the requested precisions under `out_dir` (the card root). Atomic per set."""
+    """Export the requested precisions under `out_dir`, atomic per set (a whole card at once:
+    `stage.stage_card`, which calls this on a staging folder)."""
     for precision in precisions:
         if precision not in SET_DIRS:
             raise HarnessError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     tensors = file_tensors(spec, state)  # validates everything before anything is written
+    shared_id = export_id(spec, tensors)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     for precision in precisions:
         final = out_dir / SET_DIRS[precision]
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out_dir))
         try:
-            write_set(spec, tensors, precision, tmp, source or {"kind": "unknown"})
+            write_set(spec, tensors, precision, tmp, source or {"kind": "unknown"}, shared_id)
             tmp.chmod(0o755)  # mkdtemp makes it 0700: a user copies the folder to a card
             if final.exists():
                 shutil.rmtree(final)

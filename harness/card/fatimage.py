@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from harness.errors import HarnessError
+from harness.card.export import CONFIG_FILE, SET_DIRS
+from harness.errors import HarnessError, read_json_object
 
 MIB = 1024 * 1024
 # Espressif's QEMU SD model wants a power-of-two image; 64 MiB is the smallest card made.
@@ -90,8 +91,24 @@ def collect_files(card_root: Path) -> list[Path]:
     files = sorted(p.relative_to(card_root) for p in card_root.rglob("*") if p.is_file())
     hidden = [p for p in files if any(part.startswith(".") for part in p.parts)]
     if hidden:
-        raise HarnessError(f"{card_root}: unexpected hidden entries {hidden[:3]} (a partial export?)")
+        raise HarnessError(f"{card_root}: unexpected hidden entries {hidden[:3]} (the work folder of an "
+                           "interrupted export? export again: it removes its own)")
+    check_one_export(card_root)
     return files
+
+
+def check_one_export(card_root: Path) -> None:
+    """The weight sets on a card come from one export (their model_config.json "export_id"):
+    a float32 set of one model beside an int8 set of another would boot, and `load int8` would
+    switch models without a word."""
+    ids: dict[str, object] = {}
+    for name in SET_DIRS.values():
+        config = card_root / name / CONFIG_FILE
+        if config.is_file():
+            ids[name] = read_json_object(config).get("export_id")
+    if len(set(map(str, ids.values()))) > 1:
+        found = ", ".join(f"{name}: {value!r}" for name, value in ids.items())
+        raise HarnessError(f"{card_root}: the weight sets are not one export ({found}): export the card again")
 
 
 def _clusters(nbytes: int, cluster: int) -> int:

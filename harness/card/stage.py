@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from harness.card import quant
-from harness.card.export import export_sets, file_tensors, load_hf_folder
+from harness.card.export import SET_DIRS, export_sets, file_tensors, load_hf_folder
 from harness.errors import HarnessError
 from harness.model.prompts import Prompt, load_prompt_set, prompts_file_text
 from harness.model.spec import ModelSpec, load_spec
@@ -22,12 +23,60 @@ from harness.model.synth import synthetic_state_dict
 PROMPTS_FILE = "prompts.txt"
 
 
+EXPORT_ENTRIES = (*SET_DIRS.values(), PROMPTS_FILE)  # what an export owns in a card folder
+WORK_PREFIX = ".tinyllm_"  # the export's own work folders in a card folder (hidden: `image` refuses them)
+
+
 def stage_card(spec: ModelSpec, state: dict[str, Any], card_dir: Path, prompts: list[Prompt],
                precisions: tuple[str, ...], source: dict[str, Any]) -> dict[str, Path]:
-    """Export the weight sets and the boot-time prompt file into `card_dir`."""
-    written = export_sets(spec, state, card_dir, precisions, source)
-    (card_dir / PROMPTS_FILE).write_text(prompts_file_text(prompts))
-    return written
+    """Export the weight sets and the boot-time prompt file into `card_dir`, replacing the
+    previous export as a whole (see `replace_export`)."""
+
+    def fill(staging: Path) -> None:
+        export_sets(spec, state, staging, precisions, source)
+        (staging / PROMPTS_FILE).write_text(prompts_file_text(prompts))
+
+    replace_export(card_dir, fill)
+    return {p: card_dir / SET_DIRS[p] for p in precisions}
+
+
+def replace_export(card_dir: Path, fill: Callable[[Path], None]) -> None:
+    """Builds a new export with `fill(staging)` in a staging folder beside the card's files, then
+    swaps it in: the previous export's sets and prompts.txt all go (a precision not exported again
+    too: two sets on one card are one export), the new ones come in by rename. Until the swap
+    the card is untouched; a failure or Ctrl-C during it moves everything back. Work folders left
+    by an export that was killed (ours by name) are removed first."""
+    card_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in card_dir.glob(f"{WORK_PREFIX}*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+    staging = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}export.", dir=card_dir))
+    try:
+        fill(staging)
+        old = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}replaced.", dir=card_dir))
+        moved_out: list[str] = []
+        moved_in: list[str] = []
+        try:
+            for name in EXPORT_ENTRIES:
+                if (card_dir / name).exists() or (card_dir / name).is_symlink():
+                    (card_dir / name).rename(old / name)
+                    moved_out.append(name)
+            for name in EXPORT_ENTRIES:
+                if (staging / name).exists():
+                    (staging / name).rename(card_dir / name)
+                    moved_in.append(name)
+        except BaseException:
+            for name in moved_in:
+                (card_dir / name).rename(staging / name)
+            for name in moved_out:
+                (old / name).rename(card_dir / name)
+            old.rmdir()  # empty again: the previous export is back in place
+            raise
+        shutil.rmtree(old)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclass
