@@ -293,3 +293,36 @@ def test_image_refuses_sets_of_two_exports(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the weight sets are not one export" in err and "export the card again" in err
     assert not (tmp_path / "sd.img").exists()
+
+
+def test_the_harness_knows_the_firmwares_config_limits():
+    """The ranges export checks are the ones the firmware's config.c accepts (read from it)."""
+    import re
+
+    from harness.card.quant import I8_MAX_COLS
+    from harness.model.spec import FIRMWARE_INT_RANGES, FIRMWARE_MAX_Q_DIM
+
+    source = (REPO_ROOT / "firmware/components/tinyllm/src/config.c").read_text()
+    max_dim = int(re.search(r"#define TL_MAX_DIM \(1 << (\d+)\)", source).group(1))
+    found = {name: (int(low), (1 << max_dim) if high == "TL_MAX_DIM" else int(high))
+             for name, low, high in re.findall(r'get_int\(c, "(\w+)", (\d+), (\w+),', source)}
+    assert found == FIRMWARE_INT_RANGES
+    assert f"cfg->head_dim > {FIRMWARE_MAX_Q_DIM})" in source
+    kernels = (REPO_ROOT / "firmware/components/tinyllm/src/kernels.h").read_text()
+    assert f"#define TL_I8_MAX_COLS {I8_MAX_COLS}" in kernels
+
+
+@pytest.mark.parametrize(("change", "precision", "message"), [
+    ({"hidden_size": 70000}, "float32", "hidden_size 70000 is outside 1..65536, what the firmware accepts"),
+    ({"intermediate_size": 2048}, "int8", "int8 needs every matrix input <= 1040 wide"),
+])
+def test_export_refuses_what_the_firmware_would_refuse(tmp_path, capsys, change, precision, message):
+    from harness.cli import main
+
+    model = json.loads((REPO_ROOT / "fixtures/models/micro.json").read_text())
+    model["config"].update(change)
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    assert main(["export", "--model", str(tmp_path / "model.json"), "--out", str(tmp_path / "card"),
+                 "--precision", precision]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "card").exists() or not any((tmp_path / "card").iterdir())

@@ -140,6 +140,10 @@ def export_sets(spec: ModelSpec, state: dict[str, Any], out_dir: Path,
     for precision in precisions:
         if precision not in SET_DIRS:
             raise HarnessError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    widest = max(spec.hidden_size, spec.intermediate_size, spec.num_attention_heads * spec.head_dim)
+    if "int8" in precisions and widest > quant.I8_MAX_COLS:
+        raise HarnessError(f"{spec.name}: int8 needs every matrix input <= {quant.I8_MAX_COLS} wide (the firmware's "
+                           f"exact integer accumulator), this model's widest is {widest}: export --precision float32")
     tensors = file_tensors(spec, state)  # validates everything before anything is written
     shared_id = export_id(spec, tensors)
     out_dir.mkdir(parents=True, exist_ok=True)

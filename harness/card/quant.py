@@ -13,6 +13,11 @@ SCHEME = "w8a8-rowwise-symmetric"
 F32_QMAX = np.float32(QMAX)
 
 
+# The widest matrix input int8 may have (the firmware's TL_I8_MAX_COLS): 127*127*1040 < 2**24, so the
+# int32 accumulator converts to float32 exactly, which the contract's bit-exactness needs.
+I8_MAX_COLS = 1040
+
+
 def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-output-row symmetric int8: returns (q int8 same shape, scales float32 w.shape[:-1])."""
     w = np.asarray(w, dtype=np.float32)
@@ -43,8 +48,8 @@ def int8_matvec(q: np.ndarray, scales: np.ndarray, x: np.ndarray) -> np.ndarray:
     below 2**24 in magnitude (127*127*in_features for in_features <= 1040), so float32 holds
     each exactly and the result equals the int32 accumulation in any order.
     """
-    if q.shape[-1] > 1040:
-        raise ValueError(f"in_features {q.shape[-1]} > 1040: the int32->float32 step is no longer exact")
+    if q.shape[-1] > I8_MAX_COLS:
+        raise ValueError(f"in_features {q.shape[-1]} > {I8_MAX_COLS}: the int32->float32 step is no longer exact")
     qx, sx = quantize_activation(x)
     acc = q.astype(np.float32) @ qx.astype(np.float32)
     return (acc * (scales * sx).astype(np.float32)).astype(np.float32)

@@ -10,17 +10,21 @@ from typing import Any
 from harness import FIXTURES
 from harness.errors import HarnessError, read_json_object
 
-# HF LlamaConfig fields the firmware reads; everything else in a config.json is ignored.
-INT_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "max_position_embeddings",
-)
+# HF LlamaConfig integer fields the firmware reads, with the ranges it accepts (its config.c
+# `get_int` calls; tests/test_export.py reads them from there and compares): a model the
+# firmware would refuse is refused at export. Everything else in a config.json is ignored.
+FIRMWARE_INT_RANGES = {
+    "vocab_size": (1, 1 << 24),
+    "hidden_size": (1, 65536),
+    "intermediate_size": (1, 65536),
+    "num_hidden_layers": (1, 4096),
+    "num_attention_heads": (1, 4096),
+    "num_key_value_heads": (1, 4096),
+    "head_dim": (2, 65536),
+    "max_position_embeddings": (1, 1 << 24),
+}
+INT_FIELDS = tuple(FIRMWARE_INT_RANGES)
+FIRMWARE_MAX_Q_DIM = 65536  # num_attention_heads * head_dim
 FLOAT_FIELDS = ("rms_norm_eps", "rope_theta")
 
 
@@ -120,11 +124,18 @@ def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1)
         raise HarnessError(f"config for {name!r}: rope scaling {rope!r} is not supported (plain RoPE only)")
     if cfg.get("num_key_value_heads") is None:
         cfg["num_key_value_heads"] = cfg.get("num_attention_heads")
-    for key in INT_FIELDS:
+    for key, (low, high) in FIRMWARE_INT_RANGES.items():
         value = cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise HarnessError(f"config for {name!r}: {key} must be a positive integer, got {value!r}")
+        if not low <= value <= high:
+            raise HarnessError(f"config for {name!r}: {key} {value} is outside {low}..{high}, what the firmware "
+                               "accepts")
         values[key] = value
+    if values["num_attention_heads"] * values["head_dim"] > FIRMWARE_MAX_Q_DIM:
+        raise HarnessError(f"config for {name!r}: num_attention_heads*head_dim = "
+                           f"{values['num_attention_heads'] * values['head_dim']} is over the firmware's "
+                           f"{FIRMWARE_MAX_Q_DIM}")
     for key in FLOAT_FIELDS:
         value = cfg.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
