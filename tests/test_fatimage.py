@@ -91,3 +91,46 @@ def test_auto_size_grows_to_the_next_power_of_two(cards, tmp_path):
 def test_image_size_with_too_few_clusters_is_refused(cards, tmp_path):
     with pytest.raises(HarnessError, match="16.0 MiB with 32768 B clusters: 512 clusters fit no FAT volume"):
         build_image(cards["micro"].dir, tmp_path / "x.img", size=16 * MIB)
+
+
+def _damage_fifo(card):
+    import os
+
+    (card / SET_DIRS["float32"] / "k_proj.bin").unlink()
+    os.mkfifo(card / SET_DIRS["float32"] / "k_proj.bin")
+
+
+def _damage_dangling(card):
+    (card / SET_DIRS["int8"] / "q_proj.bin").unlink()
+    (card / SET_DIRS["int8"] / "q_proj.bin").symlink_to(card / "nowhere.bin")
+
+
+def _damage_missing(card):
+    (card / SET_DIRS["float32"] / "v_proj.bin").unlink()
+
+
+def _damage_size(card):
+    with open(card / SET_DIRS["int8"] / "o_proj.bin", "ab") as f:
+        f.write(b"\0")
+
+
+def _damage_extra(card):
+    (card / SET_DIRS["float32"] / "old_lm_head.bin").write_bytes(b"x" * 64)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_damage_fifo, r"tinyllm_float32_weights/k_proj\.bin \(a named pipe\): not a regular file or folder"),
+    (_damage_dangling, r"tinyllm_weights/q_proj\.bin \(a broken symbolic link\): not a regular file"),
+    (_damage_missing, r"v_proj\.bin: listed in model_config\.json but not on the card folder"),
+    (_damage_size, r"o_proj\.bin: \d+ bytes, model_config\.json says \d+"),
+    (_damage_extra, r"old_lm_head\.bin not listed in its model_config\.json"),
+])
+def test_image_compares_the_folder_with_the_sets_manifests(cards, tmp_path, damage, message):
+    """What the board would only find out at boot (E_FILE_MISSING/E_FILE_SIZE), or never (a file
+    left out in silence), is one error before an image is written."""
+    card = tmp_path / "card"
+    shutil.copytree(cards["micro"].dir, card)
+    damage(card)
+    with pytest.raises(HarnessError, match=message):
+        build_image(card, tmp_path / "sd.img")
+    assert not (tmp_path / "sd.img").exists()

@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import warnings
@@ -31,6 +32,7 @@ from typing import Any
 from unittest import mock
 
 from harness.card.export import CONFIG_FILE, SET_DIRS
+from harness.card.weights import read_config
 from harness.errors import HarnessError, read_json_object
 
 MIB = 1024 * 1024
@@ -86,15 +88,54 @@ def _import_pyfatfs() -> Any:
     return PyFat, PyFatFS
 
 
-def collect_files(card_root: Path) -> list[Path]:
-    """Files under the staged card folder, in a fixed order (paths relative to the root)."""
-    files = sorted(p.relative_to(card_root) for p in card_root.rglob("*") if p.is_file())
+def collect_files(card_root: Path, check_sets: bool = True) -> list[Path]:
+    """Files under the staged card folder, in a fixed order (paths relative to the root). Every
+    entry must be a folder or a regular file (a FIFO, a device or a broken link is named, never
+    left out silently), and every weight set must hold exactly what its manifest lists."""
+    if not card_root.is_dir():
+        raise HarnessError(f"{card_root}: not a folder: nothing to put on the card")
+    entries = sorted(card_root.rglob("*"))
+    odd = [p for p in entries if not (p.is_dir() or p.is_file())]
+    if odd:
+        kinds = ", ".join(f"{p.relative_to(card_root)} ({_kind(p)})" for p in odd[:3])
+        raise HarnessError(f"{card_root}: {kinds}: not a regular file or folder, cannot go on a card")
+    files = [p.relative_to(card_root) for p in entries if p.is_file()]
     hidden = [p for p in files if any(part.startswith(".") for part in p.parts)]
     if hidden:
         raise HarnessError(f"{card_root}: unexpected hidden entries {hidden[:3]} (the work folder of an "
                            "interrupted export? export again: it removes its own)")
-    check_one_export(card_root)
+    if check_sets:
+        check_one_export(card_root)
+        check_manifests(card_root)
     return files
+
+
+def _kind(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return "a broken symbolic link"
+    mode = path.stat().st_mode
+    return ("a named pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+
+
+def check_manifests(card_root: Path) -> None:
+    """Each weight set's folder holds the files its model_config.json lists, at their sizes, and
+    nothing else: the firmware would otherwise find out on the board (E_FILE_MISSING/E_FILE_SIZE)."""
+    for name in SET_DIRS.values():
+        folder = card_root / name
+        if not folder.is_dir():
+            continue
+        listed = read_config(folder)["files"]
+        for file, entry in listed.items():
+            path = folder / file
+            if not path.is_file():
+                raise HarnessError(f"{path}: listed in {CONFIG_FILE} but not on the card folder")
+            if path.stat().st_size != entry.get("bytes"):
+                raise HarnessError(f"{path}: {path.stat().st_size} bytes, {CONFIG_FILE} says {entry.get('bytes')}")
+        extra = sorted(p.name for p in folder.iterdir() if p.name != CONFIG_FILE and p.name not in listed)
+        if extra:
+            raise HarnessError(f"{folder}: {', '.join(extra[:3])} not listed in its {CONFIG_FILE} (not part of the "
+                               "export: remove it, or export again)")
 
 
 def check_one_export(card_root: Path) -> None:
@@ -203,12 +244,13 @@ def _sha256(path: Path) -> str:
 
 
 def build_image(card_root: Path, out: Path, size: int | None = None, cluster: int = DEFAULT_CLUSTER,
-                fat: str = "auto") -> ImageInfo:
+                fat: str = "auto", check_sets: bool = True) -> ImageInfo:
     """Write the files under `card_root` into a new FAT image at `out` (atomically).
 
     `size`: bytes (default: the smallest power of two >= 64 MiB that holds the files with the
     chosen cluster size and FAT type); `cluster`: bytes per cluster, 512..65536, a power of
-    two; `fat`: "auto", "16" or "32".
+    two; `fat`: "auto", "16" or "32"; `check_sets`: refuse weight sets that do not match their
+    manifests or are not one export (off only for tests that put a damaged card on purpose).
     """
     PyFat, PyFatFS = _import_pyfatfs()
     if fat not in FAT_TYPES:
@@ -216,7 +258,7 @@ def build_image(card_root: Path, out: Path, size: int | None = None, cluster: in
     if not 512 <= cluster <= 65536 or cluster & (cluster - 1):
         raise HarnessError(f"cluster size {cluster} B: expected a power of two from 512 B to 64 KiB")
     card_root = Path(card_root)
-    files = collect_files(card_root)
+    files = collect_files(card_root, check_sets)
     if not files:
         raise HarnessError(f"{card_root}: nothing to put on the card")
     data_bytes = sum((card_root / f).stat().st_size for f in files)
