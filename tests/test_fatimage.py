@@ -134,3 +134,41 @@ def test_image_compares_the_folder_with_the_sets_manifests(cards, tmp_path, dama
     with pytest.raises(HarnessError, match=message):
         build_image(card, tmp_path / "sd.img")
     assert not (tmp_path / "sd.img").exists()
+
+
+def _card_with(tmp_path, files: dict[str, int]):
+    card = tmp_path / "card"
+    for name, size in files.items():
+        (card / name).parent.mkdir(parents=True, exist_ok=True)
+        with open(card / name, "wb") as f:
+            f.truncate(size)  # sparse: a 4 GiB file costs nothing
+    return card
+
+
+@pytest.mark.parametrize(("files", "options", "message"), [
+    ({"a:b?.bin": 1}, {}, r"':' '\?' cannot be in a FAT name"),
+    ({"x" * 128: 1}, {}, r"128 characters, the image writer takes 127"),
+    ({"notes.": 1}, {}, r"FAT drops a trailing dot or space"),
+    ({"A.TXT": 1, "a.txt": 1}, {}, r"differ only in case"),
+    ({f"many/{i:04d}.bin": 1 for i in range(513)}, {}, r"513 entries in one folder, at most 512"),
+    ({"big.bin": 1 << 32}, {}, r"4294967296 bytes: a FAT file is under 4 GiB"),
+    ({f"root-file-with-a-long-name-{i:03d}.bin": 1 for i in range(200)}, {"fat": "16"},
+     r"the top folder needs \d+ directory entries, a FAT16 root has 512"),
+    ({"a.bin": 1}, {"size": 64 << 30, "cluster": 512}, r"at most 4194304 are made.*choose --cluster 16384"),
+])
+def test_what_a_fat_card_cannot_hold_is_refused_up_front(tmp_path, files, options, message):
+    """Each in one error before an image is written, in well under a second (pyfatfs would take
+    minutes or gigabytes on some of them, or write a name FAT forbids)."""
+    card = _card_with(tmp_path, files)
+    start = time.monotonic()
+    with pytest.raises(HarnessError, match=message):
+        build_image(card, tmp_path / "sd.img", **options)
+    assert not (tmp_path / "sd.img").exists()
+    print(f"refused in {time.monotonic() - start:.2f} s")
+
+
+def test_the_image_is_not_written_into_the_card_it_is_made_from(cards, tmp_path):
+    card = tmp_path / "card"
+    shutil.copytree(cards["micro"].dir, card)
+    with pytest.raises(HarnessError, match="inside the card folder"):
+        build_image(card, card / "sd.img")

@@ -38,6 +38,21 @@ from harness.errors import HarnessError, read_json_object
 MIB = 1024 * 1024
 # Espressif's QEMU SD model wants a power-of-two image; 64 MiB is the smallest card made.
 MIN_IMAGE = 64 * MIB
+# What a card may hold, checked before anything is written. FAT's own limits: a long name has
+# no "*/:<>?\|, control characters or trailing dot or space (which FAT drops), and names in one
+# folder differ in more than case; a file is under 4 GiB; a FAT16 root folder has 512 directory
+# entries (a long name takes one per 13 characters, plus one). And pyfatfs's, which writes the
+# image: a long name of at most 127 UTF-16 units (FAT allows 255; pyfatfs counts bytes), time
+# that grows with the square of a folder's entries (2,000 files took 4 min) and the whole FAT
+# held as a Python list (128 Mi clusters took 3.4 GB and more than 10 min), so a folder holds at
+# most MAX_FOLDER_ENTRIES entries and an image at most MAX_CLUSTERS clusters. A card folder is a
+# few dozen files in a few MiB..GiB.
+FAT_NAME_MAX = 127  # UTF-16 code units
+FAT_ILLEGAL = frozenset('"*/:<>?\\|') | frozenset(chr(c) for c in range(32))
+FAT_FILE_MAX = (1 << 32) - 1
+FAT16_ROOT_ENTRIES = 512
+MAX_FOLDER_ENTRIES = 512
+MAX_CLUSTERS = 1 << 22
 MAX_IMAGE = 64 * 1024 * MIB  # SDXC starts above 32 GiB; nothing here needs more
 DEFAULT_CLUSTER = 32 * 1024  # FatFs reads at most one cluster per SD command
 FAT_TYPES = ("auto", "16", "32")
@@ -100,6 +115,7 @@ def collect_files(card_root: Path, check_sets: bool = True) -> list[Path]:
         kinds = ", ".join(f"{p.relative_to(card_root)} ({_kind(p)})" for p in odd[:3])
         raise HarnessError(f"{card_root}: {kinds}: not a regular file or folder, cannot go on a card")
     files = [p.relative_to(card_root) for p in entries if p.is_file()]
+    check_fat_limits(card_root, [p.relative_to(card_root) for p in entries])
     hidden = [p for p in files if any(part.startswith(".") for part in p.parts)]
     if hidden:
         raise HarnessError(f"{card_root}: unexpected hidden entries {hidden[:3]} (the work folder of an "
@@ -108,6 +124,41 @@ def collect_files(card_root: Path, check_sets: bool = True) -> list[Path]:
         check_one_export(card_root)
         check_manifests(card_root)
     return files
+
+
+def _dir_entries(name: str) -> int:
+    """Directory entries a name takes (one 8.3 entry and its long-name entries, 13 characters each)."""
+    return 1 + -(-len(name) // 13)
+
+
+def check_fat_limits(card_root: Path, entries: list[Path]) -> None:
+    """Names, sizes and folder sizes a FAT card (and pyfatfs) can hold; see FAT_NAME_MAX above."""
+    by_folder: dict[Path, dict[str, Path]] = {}
+    for rel in entries:
+        name = rel.name
+        bad = sorted({c for c in name if c in FAT_ILLEGAL})
+        units = len(name.encode("utf-16-le")) // 2
+        if bad or units > FAT_NAME_MAX or name.rstrip(". ") != name:
+            why = (f"{units} characters, the image writer takes {FAT_NAME_MAX}" if units > FAT_NAME_MAX
+                   else f"{' '.join(repr(c) for c in bad)} cannot be in a FAT name" if bad
+                   else "FAT drops a trailing dot or space")
+            raise HarnessError(f"{card_root}: {str(rel)[:300]!r}: {why}: rename it")
+        seen = by_folder.setdefault(rel.parent, {})
+        twin = seen.get(name.casefold())
+        if twin is not None:
+            raise HarnessError(f"{card_root}: {twin} and {rel} differ only in case: one FAT folder cannot hold both")
+        seen[name.casefold()] = rel
+        if (card_root / rel).is_file() and (card_root / rel).stat().st_size > FAT_FILE_MAX:
+            raise HarnessError(f"{card_root / rel}: {(card_root / rel).stat().st_size} bytes: a FAT file is under 4 GiB")
+    for folder, names in by_folder.items():
+        if len(names) > MAX_FOLDER_ENTRIES:
+            raise HarnessError(f"{card_root / folder}: {len(names)} entries in one folder, at most {MAX_FOLDER_ENTRIES} "
+                               "(the image writer slows down with the square of a folder's entries)")
+
+
+def _root_entries(card_root: Path, files: list[Path]) -> int:
+    names = {rel.parts[0] for rel in files}
+    return 1 + sum(_dir_entries(name) for name in names)  # + the volume label
 
 
 def _kind(path: Path) -> str:
@@ -265,6 +316,14 @@ def build_image(card_root: Path, out: Path, size: int | None = None, cluster: in
     if size is not None and (size <= 0 or size % 512 or size > MAX_IMAGE):
         raise HarnessError(f"image size {size} B: expected a positive multiple of 512 up to {MAX_IMAGE // MIB} MiB")
     candidates = [size] if size else [MIN_IMAGE << i for i in range(11)]
+    if size and size // cluster > MAX_CLUSTERS:
+        raise HarnessError(f"image size {size / MIB:.0f} MiB with {cluster} B clusters is {size // cluster} clusters; "
+                           f"at most {MAX_CLUSTERS} are made (the image writer holds the FAT in memory): "
+                           f"choose --cluster {1 << max(9, (size // MAX_CLUSTERS - 1).bit_length())} or more")
+    out = Path(out)
+    if out.resolve().is_relative_to(card_root.resolve()):
+        raise HarnessError(f"{out} is inside the card folder {card_root}: the next image would pack this one; "
+                           "write it elsewhere")
     tmp = out.with_name(f".{out.name}.tmp")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.is_dir():
@@ -280,6 +339,17 @@ def build_image(card_root: Path, out: Path, size: int | None = None, cluster: in
                         f"image size {size / MIB:.1f} MiB with {cluster} B clusters: {size // cluster} clusters fit no "
                         f"FAT{'' if fat == 'auto' else fat} volume (FAT16 {FAT16_CLUSTERS[0]}..{FAT16_CLUSTERS[1]}, "
                         f"FAT32 >= {FAT32_MIN_CLUSTERS}); choose another size or cluster size")
+                continue
+            if fat_type == 16 and _root_entries(card_root, files) > FAT16_ROOT_ENTRIES:
+                tried.append(f"{candidate / MIB:.0f} MiB FAT16's root folder has {FAT16_ROOT_ENTRIES} entries, "
+                             f"{_root_entries(card_root, files)} needed")
+                if size or fat == "16":
+                    raise HarnessError(f"{card_root}: the top folder needs {_root_entries(card_root, files)} directory "
+                                       f"entries, a FAT16 root has {FAT16_ROOT_ENTRIES}: use --fat 32 or fewer top-level "
+                                       "files")
+                continue
+            if candidate // cluster > MAX_CLUSTERS:
+                tried.append(f"{candidate / MIB:.0f} MiB would be over {MAX_CLUSTERS} clusters of {cluster} B")
                 continue
             _mkfs(tmp, candidate, cluster, fat_type)
             cluster_got, clusters, free = _free_clusters(tmp)
@@ -311,8 +381,8 @@ def build_image(card_root: Path, out: Path, size: int | None = None, cluster: in
                         if parent not in made:
                             fs.makedir("/" + parent.as_posix())
                             made.add(parent)
-                    with fs.openbin("/" + rel.as_posix(), "w") as dst:
-                        dst.write((card_root / rel).read_bytes())
+                    with fs.openbin("/" + rel.as_posix(), "w") as dst, open(card_root / rel, "rb") as src:
+                        shutil.copyfileobj(src, dst, MIB)  # streamed: a card may be larger than free memory
             finally:
                 fs.close()
         _patch_fsinfo(tmp)
