@@ -326,3 +326,13 @@ def test_export_refuses_what_the_firmware_would_refuse(tmp_path, capsys, change,
                  "--precision", precision]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "card").exists() or not any((tmp_path / "card").iterdir())
+
+
+def test_a_full_disk_names_the_file_and_the_reason(tmp_path):
+    """Not numpy's "6144000 requested and 3375104 written": which file, how big, and why."""
+    from pathlib import Path
+
+    from harness.card.export import _write_bytes
+
+    with pytest.raises(HarnessError, match=r"cannot write full \(4096 bytes\) into /dev: No space left on device"):
+        _write_bytes(Path("/dev/full"), np.zeros(4096, np.uint8))
