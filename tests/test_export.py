@@ -179,7 +179,7 @@ def _hf_folder(cards, tmp_path, mutate):
          r"k_proj\.weight' has shape \(16, 64\), expected \(32, 64\)"),
         (lambda c, s: c.update(model_type="gpt2"), r"model_type is 'gpt2', expected 'llama'"),
         (lambda c, s: c.update(num_key_value_heads=3), r"not a multiple of num_key_value_heads 3"),
-        (lambda c, s: c.update(hidden_size=64.0), r"hidden_size must be a positive integer, got 64\.0"),
+        (lambda c, s: c.update(hidden_size=64.5), r"hidden_size must be a positive integer, got 64\.5"),
         (lambda c, s: c.update(eos_token_id=[2, 7]), r"eos_token_id must be one token id in 0\.\.511, got \[2, 7\]"),
         (lambda c, s: c.update(bos_token_id=512), r"bos_token_id must be one token id in 0\.\.511, got 512"),
     ],

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import REPO_ROOT
+from harness.errors import HarnessError
 from harness.model.prompts import Prompt, load_prompt_set
 from harness.targets.dut import TinyLLMDut
 
@@ -149,6 +150,31 @@ def test_linux_says_when_it_cannot_write_its_output_or_read_its_input(firmwares,
         os.close(folder)
     assert "TINYLLM_ERROR E_IO cannot read commands from stdin: Is a directory" in out.stdout
     assert out.stdout.rstrip().endswith("TINYLLM_EXIT 1") and out.returncode == 1
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    (lambda b: b + b'{"format": "tinyllm-sd/1"}\n', "data after the top-level value at byte"),
+    (lambda b: b.replace(b'"micro"', b'"mi\xffcro"', 1), "bytes that are not UTF-8 at byte"),
+    (lambda b: b.replace(b'"micro"', b'"mi\xed\xa0\x80cro"', 1), "bytes that are not UTF-8 at byte"),
+])
+def test_linux_refuses_config_bytes_python_refuses(firmwares, target_name, tmp_path, change, needle):
+    """The firmware and the harness read model_config.json alike (contracts section 1): what Python's
+    json refuses (trailing data, bytes that are not UTF-8, a UTF-8-encoded surrogate) is E_CONFIG."""
+    import subprocess
+
+    from harness.card.weights import read_config
+
+    if target_name != "linux":
+        pytest.skip("the parser is the core's, the same on every target; linux reads the card folder directly")
+    card = tmp_path / "card"
+    shutil.copytree(firmwares.cards["micro"].dir, card)
+    config = card / F32 / "model_config.json"
+    config.write_bytes(change(config.read_bytes()))
+    out = subprocess.run([str(firmwares.binary("linux")), "--card", str(card), "--prompts", "none"], input="quit\n",
+                         capture_output=True, text=True, timeout=60, errors="replace").stdout
+    assert f"TINYLLM_ERROR E_CONFIG model_config.json: {needle}" in out and out.rstrip().endswith("TINYLLM_EXIT 2")
+    with pytest.raises(HarnessError):
+        read_config(card / F32)
 
 
 def test_a_nul_byte_in_the_prompt_file_is_refused(firmwares, target_name, tmp_path):

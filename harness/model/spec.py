@@ -126,6 +126,8 @@ def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1)
         cfg["num_key_value_heads"] = cfg.get("num_attention_heads")
     for key, (low, high) in FIRMWARE_INT_RANGES.items():
         value = cfg.get(key)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 512.0: the firmware's cJSON reads the same number, so both take it
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise HarnessError(f"config for {name!r}: {key} must be a positive integer, got {value!r}")
         if not low <= value <= high:

@@ -276,9 +276,25 @@ static int parse_proxy_entry(const cJSON *files, const tl_config *cfg, tl_manife
     return TL_OK;
 }
 
+/* Length of the well-formed UTF-8 sequence at s (at most n bytes), or 0: no
+ * overlong forms, surrogates or code points above U+10FFFF (RFC 3629). */
+static size_t utf8_sequence(const unsigned char *s, size_t n)
+{
+    if (s[0] < 0x80) return 1;
+    size_t len = s[0] >= 0xF0 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC2 ? 2 : 0;
+    if (len == 0 || len > n || s[0] > 0xF4) return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] > 0x9F) || (s[0] == 0xF0 && s[1] < 0x90) ||
+        (s[0] == 0xF4 && s[1] > 0x8F))
+        return 0;
+    return len;
+}
+
 /* Bytes cJSON would read differently from Python's json module (the harness
- * reads the same file): a BOM, a NUL byte or a \u0000 escape (cJSON's strings
- * end there). Returns the offset of the first, or -1. */
+ * reads the same file): a BOM, bytes that are not UTF-8 (Python refuses the
+ * file, cJSON copies them), a NUL byte or a \u0000 escape (cJSON's strings end
+ * there). Returns the offset of the first, or -1. */
 static long unsafe_bytes(const char *json, size_t len, const char **what)
 {
     if (len >= 3 && (unsigned char)json[0] == 0xEF && (unsigned char)json[1] == 0xBB && (unsigned char)json[2] == 0xBF) {
@@ -286,6 +302,15 @@ static long unsafe_bytes(const char *json, size_t len, const char **what)
         return 0;
     }
     for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)json[i] >= 0x80) {
+            size_t n = utf8_sequence((const unsigned char *)json + i, len - i);
+            if (n == 0) {
+                *what = "bytes that are not UTF-8";
+                return (long)i;
+            }
+            i += n - 1;
+            continue;
+        }
         if (json[i] == '\0') {
             *what = "a NUL byte";
             return (long)i;
@@ -322,13 +347,20 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
     const char *what = "";
     long unsafe_at = unsafe_bytes(json, len, &what);
     if (unsafe_at >= 0) return tl_fail(err, TL_E_CONFIG, "model_config.json: %s at byte %ld", what, unsafe_at);
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
         long off = (at && at >= json && at <= json + len) ? (long)(at - json) : -1;
         return tl_fail(err, TL_E_CONFIG, "model_config.json: invalid JSON near byte %ld", off);
     }
     int rc = TL_OK;
+    while (end && end < json + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+    if (end && end < json + len) { /* Python's json refuses what follows the value; cJSON would ignore it */
+        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: data after the top-level value at byte %ld",
+                     (long)(end - json));
+        goto done;
+    }
     if (!cJSON_IsObject(root)) {
         rc = tl_fail(err, TL_E_CONFIG, "model_config.json: top level is not an object");
         goto done;
