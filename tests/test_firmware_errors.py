@@ -54,12 +54,17 @@ def test_int8_model_wider_than_the_exact_accumulator_is_refused(firmwares, targe
     a 1100-wide matrix input must be refused at start-up, not run."""
     import dataclasses
 
-    from harness.card.export import export_sets
+    from harness.card.export import SET_DIRS, export_id, export_sets, file_tensors, write_set
     from harness.model.synth import synthetic_state_dict
 
     firmwares.target(target_name)
     spec = dataclasses.replace(firmwares.cards["micro"].spec, intermediate_size=1100)
-    export_sets(spec, synthetic_state_dict(spec), tmp_path / "card", ("float32", "int8"))
+    state = synthetic_state_dict(spec)
+    export_sets(spec, state, tmp_path / "card", ("float32",))
+    # `export` refuses this int8 set (test_export); another tool could still write one
+    tensors = file_tensors(spec, state)
+    (tmp_path / "card" / SET_DIRS["int8"]).mkdir()
+    write_set(spec, tensors, "int8", tmp_path / "card" / SET_DIRS["int8"], {"kind": "test"}, export_id(spec, tensors))
     dut = _boot(firmwares, target_name, tmp_path / "card", request, precision="int8")
     if firmwares.target(target_name).boot_commands("int8", ()):
         # a device boots float32 and is sent `load int8`: that load fails, float32 stays
@@ -156,13 +161,17 @@ def test_linux_says_when_it_cannot_write_its_output_or_read_its_input(firmwares,
     (lambda b: b + b'{"format": "tinyllm-sd/1"}\n', "data after the top-level value at byte"),
     (lambda b: b.replace(b'"micro"', b'"mi\xffcro"', 1), "bytes that are not UTF-8 at byte"),
     (lambda b: b.replace(b'"micro"', b'"mi\xed\xa0\x80cro"', 1), "bytes that are not UTF-8 at byte"),
+    (lambda b: b.replace(b'"micro"', b'123', 1), "model_name is not a string"),
+    (lambda b: b.replace(b'"files": {', b'"files": {"junk.bin": {"bytes": 4, "crc32": "00000000"}, ', 1),
+     'files lists "junk.bin", not a file of a float32 set'),
 ])
 def test_linux_refuses_config_bytes_python_refuses(firmwares, target_name, tmp_path, change, needle):
     """The firmware and the harness read model_config.json alike (contracts section 1): what Python's
-    json refuses (trailing data, bytes that are not UTF-8, a UTF-8-encoded surrogate) is E_CONFIG."""
+    json refuses (trailing data, bytes that are not UTF-8, a UTF-8-encoded surrogate) is E_CONFIG, and
+    so is what the harness refuses (a model_name that is not text, a listed file that is not there)."""
     import subprocess
 
-    from harness.card.weights import read_config
+    from harness.card.weights import load_weight_set
 
     if target_name != "linux":
         pytest.skip("the parser is the core's, the same on every target; linux reads the card folder directly")
@@ -174,7 +183,7 @@ def test_linux_refuses_config_bytes_python_refuses(firmwares, target_name, tmp_p
                          capture_output=True, text=True, timeout=60, errors="replace").stdout
     assert f"TINYLLM_ERROR E_CONFIG model_config.json: {needle}" in out and out.rstrip().endswith("TINYLLM_EXIT 2")
     with pytest.raises(HarnessError):
-        read_config(card / F32)
+        load_weight_set(card / F32, verify=False)
 
 
 def test_a_nul_byte_in_the_prompt_file_is_refused(firmwares, target_name, tmp_path):

@@ -58,6 +58,8 @@ def read_config(folder: Path) -> dict[str, Any]:
     config = read_json_object(path, object_pairs_hook=_no_duplicates)  # what the firmware refuses too (contracts §1)
     if config.get("format") != FORMAT:
         raise HarnessError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(config.get("model_name", ""), str):  # the firmware refuses it too
+        raise HarnessError(f"{path}: model_name is not a string")
     return config
 
 

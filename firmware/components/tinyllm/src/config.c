@@ -276,6 +276,22 @@ static int parse_proxy_entry(const cJSON *files, const tl_config *cfg, tl_manife
     return TL_OK;
 }
 
+/* Whether `name` is one of the files of a set with this config (the manifest may list nothing else). */
+static int known_file(const tl_config *cfg, const char *name)
+{
+    char want[40];
+    if (!cfg->quantized && strcmp(name, TL_PROXY_FILE) == 0) return 1;
+    for (int id = 0; id < TL_NT; id++) {
+        tl_file_name(want, sizeof want, id, 0);
+        if (strcmp(name, want) == 0) return 1;
+        if (cfg->quantized && tl_tensor_quantized(id)) {
+            tl_file_name(want, sizeof want, id, 1);
+            if (strcmp(name, want) == 0) return 1;
+        }
+    }
+    return 0;
+}
+
 /* Length of the well-formed UTF-8 sequence at s (at most n bytes), or 0: no
  * overlong forms, surrogates or code points above U+10FFFF (RFC 3629). */
 static size_t utf8_sequence(const unsigned char *s, size_t n)
@@ -373,6 +389,10 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
     if (expect_string(root, "", "format", "tinyllm-sd/1", err)) goto fail;
 
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "model_name");
+    if (name && !cJSON_IsString(name)) { /* absent: the default name; present: the harness reads it as text */
+        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: model_name is not a string");
+        goto done;
+    }
     snprintf(cfg->model_name, sizeof cfg->model_name, "%s",
              cJSON_IsString(name) ? name->valuestring : "tiny-llm");
     /* The name goes into JSON output unescaped: keep it to safe characters. */
@@ -417,6 +437,12 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
         if (cfg->quantized && tl_tensor_quantized(id) && parse_file_entry(files, cfg, id, 1, man, err)) goto fail;
     }
     if (parse_proxy_entry(files, cfg, man, err)) goto fail;
+    for (const cJSON *f = files->child; f; f = f->next) /* a file listed but not part of the set: */
+        if (!known_file(cfg, f->string)) {               /* the harness would load (or miss) it */
+            rc = tl_fail(err, TL_E_CONFIG, "model_config.json: files lists \"%s\", not a file of a %s set",
+                         f->string, cfg->quantized ? "int8" : "float32");
+            goto done;
+        }
     goto done;
 fail:
     rc = err->code;
