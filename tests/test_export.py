@@ -335,4 +335,4 @@ def test_a_full_disk_names_the_file_and_the_reason(tmp_path):
     from harness.card.export import _write_bytes
 
     with pytest.raises(HarnessError, match=r"cannot write full \(4096 bytes\) into /dev: No space left on device"):
-        _write_bytes(Path("/dev/full"), np.zeros(4096, np.uint8))
+        _write_bytes(Path("/dev/full"), bytes(4096))

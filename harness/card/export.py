@@ -81,17 +81,17 @@ def _file_entry(path: Path, shape: tuple[int, ...], dtype: str) -> dict[str, Any
 
 
 def _write(path: Path, arr: np.ndarray, dtype: str) -> None:
-    _write_bytes(path, np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")))
+    _write_bytes(path, np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
 
 
-def _write_bytes(path: Path, data: np.ndarray) -> None:
+def _write_bytes(path: Path, data: bytes) -> None:
     """One file of a set; a failure (a full disk...) names the file and the reason, not numpy's
-    "N requested and M written"."""
+    tofile's "N requested and M written"."""
     try:
         with open(path, "wb") as f:
-            f.write(data.tobytes())  # (numpy.tofile would report a full disk as "N requested and M written")
+            f.write(data)
     except OSError as exc:
-        raise HarnessError(f"cannot write {path.name} ({data.nbytes} bytes) into {path.parent}: "
+        raise HarnessError(f"cannot write {path.name} ({len(data)} bytes) into {path.parent}: "
                            f"{exc.strerror or exc}") from exc
 
 
@@ -125,7 +125,7 @@ def write_set(spec: ModelSpec, tensors: dict[str, np.ndarray], precision: str, d
             proxy = quant.proxy_records(tensors["lm_head"])
         except ValueError as exc:
             raise HarnessError(f"{PROXY_FILE}: {exc}") from exc
-        _write_bytes(dest / PROXY_FILE, np.ascontiguousarray(proxy))
+        _write_bytes(dest / PROXY_FILE, proxy.tobytes())
         files[PROXY_FILE] = _file_entry(dest / PROXY_FILE, tuple(tensors["lm_head"].shape), quant.PROXY_DTYPE)
     config = {
         "format": FORMAT,
@@ -140,8 +140,7 @@ def write_set(spec: ModelSpec, tensors: dict[str, np.ndarray], precision: str, d
         "export_id": export or export_id(spec, tensors),
         "files": files,
     }
-    text = json.dumps(config, indent=2) + "\n"
-    _write_bytes(dest / CONFIG_FILE, np.frombuffer(text.encode(), dtype=np.uint8))
+    _write_bytes(dest / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return config
 
 

@@ -33,7 +33,7 @@ from unittest import mock
 
 from harness.card.export import CONFIG_FILE, SET_DIRS
 from harness.card.weights import read_config
-from harness.errors import HarnessError, read_json_object
+from harness.errors import HarnessError
 
 MIB = 1024 * 1024
 # Espressif's QEMU SD model wants a power-of-two image; 64 MiB is the smallest card made.
@@ -103,26 +103,25 @@ def _import_pyfatfs() -> Any:
     return PyFat, PyFatFS
 
 
-def collect_files(card_root: Path, check_sets: bool = True) -> list[Path]:
+def collect_files(card_root: Path, sets: bool = True) -> list[Path]:
     """Files under the staged card folder, in a fixed order (paths relative to the root). Every
     entry must be a folder or a regular file (a FIFO, a device or a broken link is named, never
     left out silently), and every weight set must hold exactly what its manifest lists."""
     if not card_root.is_dir():
         raise HarnessError(f"{card_root}: not a folder: nothing to put on the card")
-    entries = sorted(card_root.rglob("*"))
-    odd = [p for p in entries if not (p.is_dir() or p.is_file())]
+    entries = sorted(p.relative_to(card_root) for p in card_root.rglob("*"))
+    odd = [p for p in entries if not ((card_root / p).is_dir() or (card_root / p).is_file())]
     if odd:
-        kinds = ", ".join(f"{p.relative_to(card_root)} ({_kind(p)})" for p in odd[:3])
+        kinds = ", ".join(f"{p} ({_kind(card_root / p)})" for p in odd[:3])
         raise HarnessError(f"{card_root}: {kinds}: not a regular file or folder, cannot go on a card")
-    files = [p.relative_to(card_root) for p in entries if p.is_file()]
-    check_fat_limits(card_root, [p.relative_to(card_root) for p in entries])
+    files = [p for p in entries if (card_root / p).is_file()]
+    check_fat_limits(card_root, entries)
     hidden = [p for p in files if any(part.startswith(".") for part in p.parts)]
     if hidden:
         raise HarnessError(f"{card_root}: unexpected hidden entries {hidden[:3]} (the work folder of an "
                            "interrupted export? export again: it removes its own)")
-    if check_sets:
-        check_one_export(card_root)
-        check_manifests(card_root)
+    if sets:
+        check_sets(card_root)
     return files
 
 
@@ -148,8 +147,9 @@ def check_fat_limits(card_root: Path, entries: list[Path]) -> None:
         if twin is not None:
             raise HarnessError(f"{card_root}: {twin} and {rel} differ only in case: one FAT folder cannot hold both")
         seen[name.casefold()] = rel
-        if (card_root / rel).is_file() and (card_root / rel).stat().st_size > FAT_FILE_MAX:
-            raise HarnessError(f"{card_root / rel}: {(card_root / rel).stat().st_size} bytes: a FAT file is under 4 GiB")
+        size = (card_root / rel).stat().st_size if (card_root / rel).is_file() else 0
+        if size > FAT_FILE_MAX:
+            raise HarnessError(f"{card_root / rel}: {size} bytes: a FAT file is under 4 GiB")
     for folder, names in by_folder.items():
         if len(names) > MAX_FOLDER_ENTRIES:
             raise HarnessError(f"{card_root / folder}: {len(names)} entries in one folder, at most {MAX_FOLDER_ENTRIES} "
@@ -169,14 +169,20 @@ def _kind(path: Path) -> str:
             else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
 
 
-def check_manifests(card_root: Path) -> None:
-    """Each weight set's folder holds the files its model_config.json lists, at their sizes, and
-    nothing else: the firmware would otherwise find out on the board (E_FILE_MISSING/E_FILE_SIZE)."""
+def check_sets(card_root: Path) -> None:
+    """The weight sets on a card, each model_config.json read once: every set's folder holds the
+    files its manifest lists, at their sizes, and nothing else (the firmware would otherwise find
+    out on the board: E_FILE_MISSING/E_FILE_SIZE); and the sets come from one export (their
+    "export_id"): a float32 set of one model beside an int8 set of another would boot, and
+    `load int8` would switch models without a word."""
+    ids: dict[str, object] = {}
     for name in SET_DIRS.values():
         folder = card_root / name
         if not folder.is_dir():
             continue
-        listed = read_config(folder)["files"]
+        config = read_config(folder)
+        ids[name] = config.get("export_id")
+        listed = config["files"]
         for file, entry in listed.items():
             path = folder / file
             if not path.is_file():
@@ -187,17 +193,6 @@ def check_manifests(card_root: Path) -> None:
         if extra:
             raise HarnessError(f"{folder}: {', '.join(extra[:3])} not listed in its {CONFIG_FILE} (not part of the "
                                "export: remove it, or export again)")
-
-
-def check_one_export(card_root: Path) -> None:
-    """The weight sets on a card come from one export (their model_config.json "export_id"):
-    a float32 set of one model beside an int8 set of another would boot, and `load int8` would
-    switch models without a word."""
-    ids: dict[str, object] = {}
-    for name in SET_DIRS.values():
-        config = card_root / name / CONFIG_FILE
-        if config.is_file():
-            ids[name] = read_json_object(config).get("export_id")
     if len(set(map(str, ids.values()))) > 1:
         found = ", ".join(f"{name}: {value!r}" for name, value in ids.items())
         raise HarnessError(f"{card_root}: the weight sets are not one export ({found}): export the card again")
@@ -309,7 +304,7 @@ def build_image(card_root: Path, out: Path, size: int | None = None, cluster: in
     if not 512 <= cluster <= 65536 or cluster & (cluster - 1):
         raise HarnessError(f"cluster size {cluster} B: expected a power of two from 512 B to 64 KiB")
     card_root = Path(card_root)
-    files = collect_files(card_root, check_sets)
+    files = collect_files(card_root, sets=check_sets)
     if not files:
         raise HarnessError(f"{card_root}: nothing to put on the card")
     data_bytes = sum((card_root / f).stat().st_size for f in files)

@@ -64,7 +64,7 @@ ICOUNT = "shift=3,align=off,sleep=on"
 # (result was 0107: Checksum error)" (3 of 6 flashes beside three busy loops on 2 cores; the bytes
 # that reached QEMU were checked intact). So until esptool's flasher stub says hello, the bridge
 # feeds the ROM at most ROM_FEED_BYTES_PER_S (43 % of 115200 baud; the stub, ~12 KB, takes ~2.5 s
-# more): 6 of 6 with the same load. The stub itself keeps up at 921600 baud.
+# more): 11 of 11 with the same load. The stub itself keeps up at 921600 baud.
 ROM_FEED_BYTES_PER_S = 5000.0
 ROM_FEED_SLICE = 32  # bytes per write while paced
 STUB_HELLO = b"\xc0OHAI\xc0"  # the SLIP packet esptool's stub sends when it starts
