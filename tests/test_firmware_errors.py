@@ -162,6 +162,9 @@ def test_linux_says_when_it_cannot_write_its_output_or_read_its_input(firmwares,
     (lambda b: b.replace(b'"micro"', b'"mi\xffcro"', 1), "bytes that are not UTF-8 at byte"),
     (lambda b: b.replace(b'"micro"', b'"mi\xed\xa0\x80cro"', 1), "bytes that are not UTF-8 at byte"),
     (lambda b: b.replace(b'"micro"', b'123', 1), "model_name is not a string"),
+    (lambda b: re.sub(rb'"export_id": "[^"]*"', b'"export_id": 5', b), "export_id is not a string of at most 64"),
+    (lambda b: re.sub(rb'"lm_head_crc32": "[^"]*"', b'"lm_head_crc32": "00000000"', b),
+     "lm_head_proxy.bin was made from an lm_head.bin with crc32 00000000, this set's is"),
     (lambda b: b.replace(b'"files": {', b'"files": {"junk.bin": {"bytes": 4, "crc32": "00000000"}, ', 1),
      'files lists "junk.bin", not a file of a float32 set'),
 ])
@@ -305,6 +308,28 @@ def test_load_switches_the_weight_set_and_a_failed_load_keeps_the_old_one(firmwa
             assert dut.generate(prompt).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
         t = dut.command("load float32 resident=0 context=16", timeout=60)
         assert not t.errors and t.info["resident_bytes"] == 0 and t.info["context"] == 16
+        assert dut.generate(prompt).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
+    finally:
+        dut.close()
+    assert dut.exit_code == 1
+
+
+def test_load_refuses_a_set_from_another_export(firmwares, oracle, target_name, broken_card, request):
+    """A card whose two sets are not one export (a replacement stopped half-way, a set copied
+    from another card): `load` of the other precision names both exports and keeps the set that
+    was loaded; the harness's `image` refuses such a card before it is written (test_fatimage)."""
+    _edit_config(broken_card, lambda b: re.sub(rb'"export_id": "([^"]*)"', b'"export_id": "another-export"', b),
+                 folder="tinyllm_weights")
+    ours = json.loads((broken_card / F32 / "model_config.json").read_text())["export_id"]
+    dut = _boot(firmwares, target_name, broken_card, request)
+    prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
+    try:
+        assert not dut.boot.errors, dut.boot.errors
+        t = dut.command("load int8", timeout=60)
+        assert [(e.code, e.message) for e in t.errors] == [(
+            "E_CONFIG", f'the int8 set is from export "another-export", the float32 set from export "{ours}": '
+                        "the card mixes two models (export it again)")]
+        assert t.info is not None and t.info["precision"] == "float32"  # the old set, loaded again
         assert dut.generate(prompt).results[0]["tokens"] == oracle.float32("micro", prompt).tokens
     finally:
         dut.close()

@@ -6,6 +6,7 @@ near-ties, rows with no quantization error, every row equal, a NaN in the proxy)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,9 @@ import numpy as np
 import pytest
 
 from harness.card import quant
-from harness.card.export import PROXY_FILE, SET_DIRS, export_sets
+from harness.card.export import PROXY_FILE, SET_DIRS, crc32_hex, export_sets
+from harness.card.weights import read_config
+from harness.errors import HarnessError
 from harness.model.prompts import Prompt, load_prompt_set
 from harness.oracle import budgets
 from harness.oracle.compare import per_token
@@ -208,17 +211,9 @@ def test_rows_the_bound_cannot_cover_fall_back_to_the_full_stream(firmwares, req
         w[5] *= np.float32(1e-36)
     folder = _card_with_lm_head(firmwares, tmp_path, w)
     if damage == "nan-scale":
-        path = folder / F32 / PROXY_FILE
-        data = bytearray(path.read_bytes())
-        record = quant.PROXY_HEADER_BYTES + w.shape[1]
-        data[5 * record : 5 * record + 4] = np.float32(np.nan).tobytes()
-        path.write_bytes(bytes(data))
-        config_path = folder / F32 / "model_config.json"
-        config = json.loads(config_path.read_text())
-        from harness.card.export import crc32_hex
-
-        config["files"][PROXY_FILE]["crc32"] = crc32_hex(bytes(data))
-        config_path.write_text(json.dumps(config))
+        proxy = _proxy(folder, w.shape[0])
+        proxy[5, :4] = np.frombuffer(np.float32(np.nan).tobytes(), dtype=np.uint8)
+        _rewrite_proxy(folder, proxy)
     firmwares.target(target_name)
     dut = firmwares.boot_folder(target_name, folder, "float32")
     request.node.user_properties.append(("firmware_log", dut.logfile))
@@ -230,6 +225,91 @@ def test_rows_the_bound_cannot_cover_fall_back_to_the_full_stream(firmwares, req
     assert pruned["tokens"] == full["tokens"]
     assert [s["top"] for s in pruned["steps"]] == [s["top"] for s in full["steps"]]
     assert all(s.get("fallback") == 1 and "candidates" not in s for s in pruned["steps"])
+
+
+def _proxy(folder: Path, rows: int) -> np.ndarray:
+    return np.fromfile(folder / F32 / PROXY_FILE, dtype=np.uint8).reshape(rows, -1).copy()
+
+
+def _rewrite_proxy(folder: Path, proxy: np.ndarray, lm_head_crc32: str | None = None) -> None:
+    """Write proxy records over the card's and its manifest entry to match (a careful forger, or
+    a tool that rewrites manifests), optionally naming another lm_head.bin as its pair."""
+    data = np.ascontiguousarray(proxy, dtype=np.uint8).tobytes()
+    (folder / F32 / PROXY_FILE).write_bytes(data)
+    config_path = folder / F32 / "model_config.json"
+    config = json.loads(config_path.read_text())
+    entry = config["files"][PROXY_FILE]
+    entry["crc32"], entry["sha256"] = crc32_hex(data), hashlib.sha256(data).hexdigest()
+    if lm_head_crc32 is not None:
+        entry["lm_head_crc32"] = lm_head_crc32
+    config_path.write_text(json.dumps(config))
+
+
+def test_a_proxy_made_from_another_lm_head_is_refused(firmwares, request, target_name, tmp_path):
+    """The proxy's manifest entry names the lm_head.bin it was made from (its crc32): a set whose
+    lm_head.bin was replaced under its old proxy is refused at boot by the firmware and by the
+    harness's reader, naming both checksums (contracts.md §1)."""
+    w = np.asarray(firmwares.cards["micro"].state["lm_head.weight"], dtype=np.float32)
+    folder = _card_with_lm_head(firmwares, tmp_path, w)
+    config = json.loads((folder / F32 / "model_config.json").read_text())
+    ours = config["files"]["lm_head.bin"]["crc32"]
+    assert config["files"][PROXY_FILE]["lm_head_crc32"] == ours
+    _rewrite_proxy(folder, _proxy(folder, w.shape[0]), lm_head_crc32="0badc0de")
+    with pytest.raises(HarnessError, match=f"made from an lm_head.bin with crc32 0badc0de, this set's is {ours}"):
+        read_config(folder / F32)
+    firmwares.target(target_name)
+    dut = firmwares.boot_folder(target_name, folder, "float32")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    try:
+        assert [(e.code, e.message) for e in dut.boot.errors] == [
+            ("E_CONFIG", f"model_config.json: {PROXY_FILE} was made from an lm_head.bin with crc32 0badc0de, this "
+                         f"set's is {ours} (not one export: export the card again)")]
+    finally:
+        dut.close()
+
+
+def _forged_pair(w: np.ndarray, proxy: np.ndarray, forgery: str) -> np.ndarray:
+    """The proxy records of a pair that is not one export, each forgery from the fuzzing issue."""
+    out = proxy.copy()
+    if forgery == "other-model":  # another model's proxy: lm_head's rows shuffled and rescaled
+        rng = np.random.default_rng(20)
+        other = (w[rng.permutation(w.shape[0])] * np.float32(1.5)).astype(np.float32)
+        out = quant.proxy_records(other)
+    elif forgery == "huge-scales":  # three records with a scale of 1e30
+        for r in (3, 40, 77):
+            out[r, :4] = np.frombuffer(np.float32(1e30).tobytes(), dtype=np.uint8)
+    elif forgery == "zero-codes":  # every error code 0: the bound keeps only rounding
+        out[:, 4] = 0
+    return out
+
+
+@pytest.mark.parametrize("forgery", ["other-model", "huge-scales", "zero-codes"])
+def test_a_proxy_its_lm_head_disproves_falls_back_to_the_full_stream(firmwares, request, target_name, tmp_path,
+                                                                     forgery):
+    """A pair forged past the manifest check (proxy and manifest rewritten consistently): a
+    candidate whose exact logit leaves its bound interval, or a k-th logit below the threshold,
+    proves the proxy does not bound this lm_head. That step and every later one until the next
+    load stream lm_head in full (`"fallback":1`), with one log line saying why."""
+    w = np.asarray(firmwares.cards["micro"].state["lm_head.weight"], dtype=np.float32)
+    folder = _card_with_lm_head(firmwares, tmp_path, w)
+    _rewrite_proxy(folder, _forged_pair(w, _proxy(folder, w.shape[0]), forgery))
+    firmwares.target(target_name)
+    dut = firmwares.boot_folder(target_name, folder, "float32")
+    request.node.user_properties.append(("firmware_log", dut.logfile))
+    try:
+        assert not dut.boot.errors, dut.boot.errors
+        prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
+        pruned, full = _both(dut, prompt, "micro", target_name)
+        log = Path(dut.logfile).read_text(errors="replace")
+    finally:
+        dut.close()
+    fell_back = [s.get("fallback") == 1 for s in pruned["steps"]]
+    print(f"{target_name}/{forgery}: fallback per step {fell_back}")
+    assert "lm_head proxy disproved at position" in log
+    first = fell_back.index(True)
+    assert all(fell_back[first:])  # until the next load
+    assert pruned["tokens"] == full["tokens"]
+    assert [s["top"] for s in pruned["steps"]] == [s["top"] for s in full["steps"]]
 
 
 # --- the exporter's side of the bound -----------------------------------------------------------

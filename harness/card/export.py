@@ -29,6 +29,7 @@ PRECISIONS = tuple(SET_DIRS)
 CONFIG_FILE = "model_config.json"
 NORM_FILES = ("norm1", "norm2", "final_norm")  # stay float32 in the int8 set
 PROXY_FILE = "lm_head_proxy.bin"  # float32 sets: int8 rows + scale + error bound per lm_head row
+EXPORT_ID_MAX_BYTES = 64  # model_config.json "export_id": the firmware keeps at most this many bytes
 
 
 def file_tensors(spec: ModelSpec, state: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -127,6 +128,8 @@ def write_set(spec: ModelSpec, tensors: dict[str, np.ndarray], precision: str, d
             raise HarnessError(f"{PROXY_FILE}: {exc}") from exc
         _write_bytes(dest / PROXY_FILE, proxy.tobytes())
         files[PROXY_FILE] = _file_entry(dest / PROXY_FILE, tuple(tensors["lm_head"].shape), quant.PROXY_DTYPE)
+        # bound to the lm_head.bin it was made from; the firmware refuses any other pair (contracts §1)
+        files[PROXY_FILE]["lm_head_crc32"] = files["lm_head.bin"]["crc32"]
     config = {
         "format": FORMAT,
         "model_name": spec.name,

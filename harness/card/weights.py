@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from harness.card import quant
-from harness.card.export import CONFIG_FILE, FORMAT, crc32_hex
+from harness.card.export import CONFIG_FILE, EXPORT_ID_MAX_BYTES, FORMAT, PROXY_FILE, crc32_hex
 from harness.errors import HarnessError, read_json_object
 from harness.model.spec import ModelSpec, spec_from_hf_config
 
@@ -60,7 +60,26 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise HarnessError(f"{path}: format {config.get('format')!r}, expected {FORMAT!r}")
     if not isinstance(config.get("model_name", ""), str):  # the firmware refuses it too
         raise HarnessError(f"{path}: model_name is not a string")
+    export = config.get("export_id", "")
+    if not isinstance(export, str) or len(export.encode()) > EXPORT_ID_MAX_BYTES:
+        raise HarnessError(f"{path}: export_id is not a string of at most {EXPORT_ID_MAX_BYTES} bytes")
+    _check_proxy_binding(path, config.get("files"))
     return config
+
+
+def _check_proxy_binding(path: Path, files: object) -> None:
+    """lm_head_proxy.bin's entry names the lm_head.bin it was made from (its crc32): the firmware
+    refuses a proxy of another lm_head, which would prune away the true top-k (contracts §1)."""
+    if not isinstance(files, dict) or PROXY_FILE not in files:
+        return
+    proxy, lm_head = files[PROXY_FILE], files.get("lm_head.bin")
+    bound = proxy.get("lm_head_crc32") if isinstance(proxy, dict) else None
+    if not isinstance(bound, str):
+        raise HarnessError(f"{path}: files.{PROXY_FILE}.lm_head_crc32 missing (export the card again)")
+    actual = lm_head.get("crc32") if isinstance(lm_head, dict) else None
+    if not isinstance(actual, str) or bound.lower() != actual.lower():
+        raise HarnessError(f"{path}: {PROXY_FILE} was made from an lm_head.bin with crc32 {bound}, this set's "
+                           f"is {actual} (not one export: export the card again)")
 
 
 def load_weight_set(folder: Path, verify: bool = True) -> WeightSet:

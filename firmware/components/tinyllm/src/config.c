@@ -271,6 +271,18 @@ static int parse_proxy_entry(const cJSON *files, const tl_config *cfg, tl_manife
     const cJSON *crc = cJSON_GetObjectItemCaseSensitive(f, "crc32");
     if (!cJSON_IsString(crc) || parse_crc(crc->valuestring, &man->proxy_crc32))
         return tl_fail(err, TL_E_CONFIG, "model_config.json: files.%s.crc32 missing or not 8 hex digits", name);
+    /* Bound to the lm_head.bin it was made from: a proxy of another model, or an lm_head.bin
+     * replaced under its old proxy, would prune away the true top-k (contracts.md §2). */
+    const cJSON *of = cJSON_GetObjectItemCaseSensitive(f, "lm_head_crc32");
+    if (!cJSON_IsString(of) || parse_crc(of->valuestring, &man->proxy_lm_head_crc32))
+        return tl_fail(err, TL_E_CONFIG,
+                       "model_config.json: files.%s.lm_head_crc32 missing or not 8 hex digits (export the card again)",
+                       name);
+    if (man->proxy_lm_head_crc32 != man->crc32[0][TL_T_LM_HEAD])
+        return tl_fail(err, TL_E_CONFIG,
+                       "model_config.json: %s was made from an lm_head.bin with crc32 %08lx, this set's is %08lx "
+                       "(not one export: export the card again)",
+                       name, (unsigned long)man->proxy_lm_head_crc32, (unsigned long)man->crc32[0][TL_T_LM_HEAD]);
     man->proxy_bytes = want;
     man->has_proxy = 1;
     return TL_OK;
@@ -398,6 +410,14 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
     /* The name goes into JSON output unescaped: keep it to safe characters. */
     for (char *p = cfg->model_name; *p; p++)
         if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '_'; /* DEL too */
+
+    const cJSON *export = cJSON_GetObjectItemCaseSensitive(root, "export_id");
+    if (export && !(cJSON_IsString(export) && strlen(export->valuestring) < sizeof cfg->export_id)) {
+        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: export_id is not a string of at most %d bytes",
+                     (int)sizeof cfg->export_id - 1);
+        goto done;
+    }
+    snprintf(cfg->export_id, sizeof cfg->export_id, "%s", export ? export->valuestring : ""); /* compared as is */
 
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(root, "dtype");
     if (!cJSON_IsString(dtype) ||

@@ -26,6 +26,7 @@ enum {
 
 typedef struct tl_config {
     char model_name[48];
+    char export_id[65]; /* "" when absent: the sets of one export share it (contracts.md §1) */
     int vocab, hidden, inter, layers, heads, kv_heads, head_dim, max_pos;
     float eps, theta;
     int quantized; /* 1: dtype "int8" (w8a8-rowwise-symmetric), 0: "float32" */
@@ -47,6 +48,7 @@ typedef struct tl_manifest {
     int has_proxy;
     uint64_t proxy_bytes;
     uint32_t proxy_crc32;
+    uint32_t proxy_lm_head_crc32; /* lm_head.bin's crc32 the proxy was made from: must be this set's */
 } tl_manifest;
 
 /* lm_head_proxy.bin: one record per vocab row: float32 scale, uint8 error

@@ -46,6 +46,10 @@ struct tl_engine {
     tl_model model;
     tl_writer out;
     uint32_t card_id;
+    /* The export of the last set loaded: the other precision's set must come from it too,
+     * or `load` would switch models without a word (a card left half-replaced). */
+    char export_precision[8]; /* "" before the first load succeeds */
+    char export_id[sizeof(((tl_config *)0)->export_id)];
     int32_t *tokens; /* prompt then generated ids [context + 1] */
     tl_step *steps;  /* [context] */
     tl_fault fault;  /* injected storage fault (test builds), kept across loads */
@@ -94,6 +98,19 @@ const char *tl_weights_dir(const char *precision)
     return NULL;
 }
 
+/* The set just opened must come from the export of the other precision's set loaded
+ * before it (contracts.md §1, "export_id"); a set of the same precision replaces the record. */
+static int same_export(tl_engine *e, const tl_config *cfg)
+{
+    if (!e->export_precision[0] || strcmp(e->export_precision, tl_config_dtype(cfg)) == 0 ||
+        strcmp(e->export_id, cfg->export_id) == 0)
+        return TL_OK;
+    return tl_fail(&e->err, TL_E_CONFIG,
+                   "the %s set is from export \"%s\", the %s set from export \"%s\": the card mixes two models "
+                   "(export it again)",
+                   tl_config_dtype(cfg), cfg->export_id, e->export_precision, e->export_id);
+}
+
 /* Drops the loaded set (if any) and lays out the one `opt` names from the
  * engine's end of the arena: config and file checks, KV cache, buffers,
  * resident weights, token buffer and step log. Prints the loader lines and
@@ -131,7 +148,8 @@ static int load_set(tl_engine *e, const tl_options *opt)
     /* Keep room, while weights are made resident, for the token buffer and
      * step log (per position), allocated right after the layout. */
     size_t per_position = sizeof(int32_t) + sizeof(tl_step);
-    if (tl_model_open(m, &o, &e->card_id) == TL_OK && tl_model_layout(m, &o, 0, per_position) == TL_OK) {
+    if (tl_model_open(m, &o, &e->card_id) == TL_OK && same_export(e, &m->cfg) == TL_OK &&
+        tl_model_layout(m, &o, 0, per_position) == TL_OK) {
         e->tokens = (int32_t *)tl_arena_alloc(&e->arena, ((size_t)m->context + 1) * sizeof(int32_t), "token buffer",
                                               &e->err);
         if (e->tokens)
@@ -144,6 +162,8 @@ static int load_set(tl_engine *e, const tl_options *opt)
         return e->err.code;
     }
     snprintf(e->precision, sizeof e->precision, "%s", tl_config_dtype(&m->cfg));
+    snprintf(e->export_precision, sizeof e->export_precision, "%s", e->precision);
+    memcpy(e->export_id, m->cfg.export_id, sizeof e->export_id);
     e->loaded = o;
     e->loaded.precision = e->precision;
     e->loaded.weights_dir = NULL; /* derived from the precision again on a reload */

@@ -440,13 +440,28 @@ static tl_bound_consts bound_consts(const float *x, int n)
     return b;
 }
 
+/* A candidate's exact logit contradicts the bounds the proxy gave it, which the
+ * proof (contracts.md §2) rules out for an exported pair: lm_head.bin and its
+ * proxy are not one export. Pruning could then miss the true top-k unseen, so
+ * this step and every later one until the next load stream lm_head in full. */
+static int proxy_disproved(tl_model *m, tl_topk *top, int row, float logit, const char *where, float bound)
+{
+    m->proxy_disproved = 1;
+    top->n = 0;
+    tl_log(m->port, TL_TAG_LOADER,
+           "lm_head proxy disproved at position %d: row %d's logit %.9g is %s %.9g; %s does not bound this "
+           "lm_head.bin, streaming it in full until the next load",
+           m->pos, row, (double)logit, where, (double)bound, TL_PROXY_FILE);
+    return TL_OK; /* *fallback is still 1 */
+}
+
 /* logits = lm_head xn through the proxy: stream the int8 proxy, bound every
  * row's float32 logit, read only the rows whose upper bound reaches the k-th
  * best lower bound, and fold their exact logits (the full path's arithmetic,
  * in ascending row order) into the top-k. Any other row is below k rows for
  * certain, so the top-k equals the full stream's bit for bit. Sets *fallback
  * (and leaves *top empty) when the step must stream in full instead: too many
- * candidates, or a NaN in the bounds. */
+ * candidates, a NaN in the bounds, or a candidate that disproves them. */
 static int lm_head_pruned(tl_model *m, const float *xn, tl_topk *top, int *fallback)
 {
     const tl_config *c = &m->cfg;
@@ -516,8 +531,14 @@ static int lm_head_pruned(tl_model *m, const float *xn, tl_topk *top, int *fallb
         float logit;
         tl_matvec_f32(&logit, row, xn, 1, H); /* the full path's kernel: the same bits */
         if (check_finite(m, &logit, 1, "lm_head", 0)) return m->err->code;
+        if (!(logit <= m->upper[r])) return proxy_disproved(m, top, r, logit, "above its upper bound", m->upper[r]);
         topk_push(top, r, logit);
     }
+    /* The k rows that set the threshold are candidates and their logits are >= their lower
+     * bounds >= threshold: a k-th best logit below it means those bounds were false. */
+    if (n_lower == k && (top->n < k || top->logit[k - 1] < threshold))
+        return proxy_disproved(m, top, top->n < k ? -1 : top->id[k - 1], top->n < k ? NAN : top->logit[k - 1],
+                               "below the threshold", threshold);
     m->last_candidates = n_cand;
     *fallback = 0;
     return TL_OK;
@@ -593,7 +614,8 @@ int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top, int full)
     m->last_candidates = -1;
     m->last_fallback = 0;
     if (m->prune && !full) {
-        if (lm_head_pruned(m, m->xb, top, &m->last_fallback)) return m->err->code;
+        if (m->proxy_disproved) m->last_fallback = 1; /* see proxy_disproved() */
+        else if (lm_head_pruned(m, m->xb, top, &m->last_fallback)) return m->err->code;
         if (!m->last_fallback) return TL_OK;
     }
     return lm_head_topk(m, m->xb, top);

@@ -106,6 +106,7 @@ typedef struct tl_model {
     int32_t *candidates; /* rows that can reach the top-k [TL_PRUNE_MAX_CANDIDATES] */
     int last_candidates; /* of the last lm_head: candidate rows, -1 = full stream */
     int last_fallback;   /* 1: the last lm_head wanted pruning but streamed in full */
+    int proxy_disproved; /* 1: a candidate's logit broke its bound: in full until the next load */
     int pos;             /* position of the forward pass in progress (for messages) */
 
     /* Storage statistics, counted by the core around every port read. */
