@@ -206,6 +206,10 @@ def test_a_nul_byte_in_the_prompt_file_is_refused(firmwares, target_name, tmp_pa
 
 @pytest.mark.parametrize(("extra", "needle"), [
     (("--context", "-1"), "'-1'"),
+    (("--context", "0"), "'0'"),  # 0 is not "the default" here either: `load ... context=0` is an error too
+    (("--chunk-rows", "0"), "'0'"),
+    (("--precision", "int8"), "given twice"),  # the harness already gave one: which wins would be a guess
+    (("--lm-head", "full", "--lm-head", "pruned"), "given twice"),
     (("--lm-head", "fast"), "fast"),
     (("--no-such-option",), "--no-such-option"),
 ])

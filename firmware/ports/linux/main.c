@@ -64,8 +64,8 @@ static void usage(FILE *f)
             "  --prompts FILE    prompt file run at start-up (default DIR/prompts.txt if present;\n"
             "                    'none' disables); then commands are read from stdin\n"
             "  --arena-bytes N   memory budget (default %u = the ESP32 app's 3840 KiB PSRAM arena)\n"
-            "  --context N       max positions (default max_position_embeddings)\n"
-            "  --chunk-rows N    rows per streamed chunk (default 256)\n"
+            "  --context N       max positions, 1.. (default max_position_embeddings)\n"
+            "  --chunk-rows N    rows per streamed chunk, 1.. (default 256)\n"
             "  --no-resident     stream every matrix from the card at every use\n"
             "  --lm-head MODE    float32 logits: auto (default: pruned through lm_head_proxy.bin when\n"
             "                    the set has it), full (stream the float32 lm_head), pruned (require it)\n"
@@ -127,30 +127,42 @@ int main(int argc, char **argv)
     tl_port port = {.ctx = &pp, .time_us = posix_time_us, .cycles = posix_cycles, .write = posix_write};
     posix_card_storage(&port);
 
+    /* Each option at most once (which of two should win would be a guess); counts from 1 where
+     * 0 would silently mean "the default", as `load` refuses context=0 and chunk=0. */
+    enum { F_CARD, F_PRECISION, F_PROMPTS, F_ARENA, F_CONTEXT, F_CHUNK_ROWS, F_LM_HEAD, F_CANDIDATES, F_CHUNK_BUFFER,
+           F_NO_RESIDENT, F_COUNT };
+    static const char *const flags[F_COUNT] = {"--card", "--precision", "--prompts", "--arena-bytes", "--context",
+                                               "--chunk-rows", "--lm-head", "--max-candidates",
+                                               "--chunk-buffer-bytes", "--no-resident"};
+    uint32_t seen = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0, takes_value = 1; /* bad: the option's value is wrong */
-        if (strcmp(a, "--card") == 0 && val) card = val;
-        else if (strcmp(a, "--precision") == 0 && val) precision = val;
-        else if (strcmp(a, "--prompts") == 0 && val) prompts = val;
-        else if (strcmp(a, "--arena-bytes") == 0) bad = tl_parse_count(val, (size_t)-1 / 2, &arena_bytes);
-        else if (strcmp(a, "--context") == 0) bad = tl_parse_count(val, 1u << 24, &context);
-        else if (strcmp(a, "--chunk-rows") == 0) bad = tl_parse_count(val, 1u << 24, &chunk_rows);
-        else if (strcmp(a, "--lm-head") == 0) bad = (lm_head = tl_lm_head_mode(val)) < 0;
-        else if (strcmp(a, "--max-candidates") == 0) bad = tl_parse_count(val, 512, &max_candidates) || !max_candidates;
-        else if (strcmp(a, "--chunk-buffer-bytes") == 0)
-            bad = tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes);
-        else if (strcmp(a, "--no-resident") == 0) {
-            no_resident = 1;
-            takes_value = 0;
-        }
-        else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             return 0;
-        } else return bad_usage(&port, "unknown option or missing value", a);
-        if (bad) return bad_usage(&port, a, val ? val : "(missing value)");
-        i += takes_value;
+        }
+        int f = tl_option_index(flags, F_COUNT, a, &seen);
+        if (f == TL_OPTION_UNKNOWN) return bad_usage(&port, "unknown option", a);
+        if (f == TL_OPTION_REPEATED) return bad_usage(&port, "option given twice", a);
+        if (f == F_NO_RESIDENT) {
+            no_resident = 1;
+            continue;
+        }
+        const char *val = i + 1 < argc ? argv[++i] : NULL;
+        int bad = !val || !*val;
+        if (bad) return bad_usage(&port, a, "(missing value)");
+        switch (f) {
+        case F_CARD: card = val; break;
+        case F_PRECISION: precision = val; break;
+        case F_PROMPTS: prompts = val; break;
+        case F_ARENA: bad = tl_parse_count(val, (size_t)-1 / 2, &arena_bytes); break;
+        case F_CONTEXT: bad = tl_parse_count(val, 1u << 24, &context) || !context; break;
+        case F_CHUNK_ROWS: bad = tl_parse_count(val, 1u << 24, &chunk_rows) || !chunk_rows; break;
+        case F_LM_HEAD: bad = (lm_head = tl_lm_head_mode(val)) < 0; break;
+        case F_CANDIDATES: bad = tl_parse_count(val, 512, &max_candidates) || !max_candidates; break;
+        default: bad = tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes); break;
+        }
+        if (bad) return bad_usage(&port, a, val);
     }
     if (!card) return bad_usage(&port, "--card DIR is required", NULL);
     if (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0)

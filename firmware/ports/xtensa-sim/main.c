@@ -234,21 +234,38 @@ static int run(void)
     unsigned long long arena_bytes = TL_DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
     unsigned long long chunk_buffer_bytes = TL_DEFAULT_CHUNK_BUFFER_BYTES;
     int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
+    /* As the linux port: each option once, counts from 1 where 0 would mean "the default". */
+    enum { F_CARD, F_PRECISION, F_PROMPTS, F_ARENA, F_CONTEXT, F_CHUNK_ROWS, F_LM_HEAD, F_CANDIDATES, F_CHUNK_BUFFER,
+           F_NO_RESIDENT, F_SELFTEST, F_COUNT };
+    static const char *const flags[F_COUNT] = {"--card", "--precision", "--prompts", "--arena-bytes", "--context",
+                                               "--chunk-rows", "--lm-head", "--max-candidates",
+                                               "--chunk-buffer-bytes", "--no-resident", "--selftest-exception"};
+    uint32_t seen = 0;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--card") == 0 && val) card = argv[++i];
-        else if (strcmp(a, "--precision") == 0 && val) precision = argv[++i];
-        else if (strcmp(a, "--prompts") == 0 && val) prompts = argv[++i];
-        else if (strcmp(a, "--arena-bytes") == 0 && !tl_parse_count(val, 0x7fffffffULL, &arena_bytes)) i++;
-        else if (strcmp(a, "--context") == 0 && !tl_parse_count(val, 1ULL << 24, &context)) i++;
-        else if (strcmp(a, "--chunk-rows") == 0 && !tl_parse_count(val, 1ULL << 24, &chunk_rows)) i++;
-        else if (strcmp(a, "--no-resident") == 0) no_resident = 1;
-        else if (strcmp(a, "--lm-head") == 0 && (lm_head = tl_lm_head_mode(val)) >= 0) i++;
-        else if (strcmp(a, "--max-candidates") == 0 && !tl_parse_count(val, 512, &max_candidates) && max_candidates) i++;
-        else if (strcmp(a, "--chunk-buffer-bytes") == 0 &&
-                 !tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes)) i++;
-        else if (strcmp(a, "--selftest-exception") == 0) __asm__ volatile("ill"); /* proves the vectors: E_CRASH, exit 3 */
-        else usage_exit(a, val);
+        const char *a = argv[i];
+        int f = tl_option_index(flags, F_COUNT, a, &seen);
+        if (f == TL_OPTION_UNKNOWN) usage_exit(a, NULL);
+        if (f == TL_OPTION_REPEATED) usage_exit(a, "given twice");
+        if (f == F_NO_RESIDENT) {
+            no_resident = 1;
+            continue;
+        }
+        if (f == F_SELFTEST) __asm__ volatile("ill"); /* proves the vectors: E_CRASH, exit 3 */
+        const char *val = i + 1 < argc ? argv[++i] : NULL;
+        int bad = !val || !*val;
+        if (bad) usage_exit(a, "(missing value)");
+        switch (f) {
+        case F_CARD: card = val; break;
+        case F_PRECISION: precision = val; break;
+        case F_PROMPTS: prompts = val; break;
+        case F_ARENA: bad = tl_parse_count(val, 0x7fffffffULL, &arena_bytes); break;
+        case F_CONTEXT: bad = tl_parse_count(val, 1ULL << 24, &context) || !context; break;
+        case F_CHUNK_ROWS: bad = tl_parse_count(val, 1ULL << 24, &chunk_rows) || !chunk_rows; break;
+        case F_LM_HEAD: bad = (lm_head = tl_lm_head_mode(val)) < 0; break;
+        case F_CANDIDATES: bad = tl_parse_count(val, 512, &max_candidates) || !max_candidates; break;
+        default: bad = tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes); break;
+        }
+        if (bad) usage_exit(a, val);
     }
     if (!card) usage_exit("(missing --card)", NULL);
     if (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0) usage_exit("--precision", precision);

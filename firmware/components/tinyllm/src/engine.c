@@ -290,7 +290,7 @@ static int gen_parse(tl_engine *e, char *args, tl_gen *g)
     tl_model *m = &e->model;
     static const char *const names[] = {"n", "k", "tf", "full"};
     long values[] = {TL_DEFAULT_N, TL_DEFAULT_K, 0, 0};
-    unsigned seen = 0;
+    uint32_t seen = 0;
     int n_prompt = 0;
 
     for (char *word; (word = next_word(&args)) != NULL;) {
@@ -298,15 +298,12 @@ static int gen_parse(tl_engine *e, char *args, tl_gen *g)
         long v;
         if (eq) {
             *eq = '\0';
-            int i = 0;
-            while (i < 4 && strcmp(word, names[i]) != 0) i++;
-            if (i == 4)
+            int i = tl_option_index(names, 4, word, &seen);
+            if (i == TL_OPTION_UNKNOWN)
                 return tl_fail(&e->err, TL_E_COMMAND, "gen: unknown option '%s' (expected n=, k=, tf=, full=)", word);
+            if (i == TL_OPTION_REPEATED) return tl_fail(&e->err, TL_E_COMMAND, "gen: option %s= given twice", word);
             if (parse_long(eq + 1, &v))
                 return tl_fail(&e->err, TL_E_COMMAND, "gen: option %s=%s is not an integer", word, eq + 1);
-            if (seen & (1u << i)) /* which one wins would be a guess */
-                return tl_fail(&e->err, TL_E_COMMAND, "gen: option %s= given twice", word);
-            seen |= 1u << i;
             values[i] = v;
             continue;
         }
@@ -427,7 +424,7 @@ static int cmd_load(tl_engine *e, char *args, tl_options *opt)
         return tl_fail(&e->err, TL_E_COMMAND, "load: unknown precision '%s' (expected float32 or int8)",
                        opt->precision);
     static const char *const names[] = {"context", "chunk", "resident", "arena", "lm_head", "candidates"};
-    unsigned seen = 0;
+    uint32_t seen = 0;
     for (char *word; (word = next_word(&args)) != NULL;) {
         char *eq = strchr(word, '=');
         long v;
@@ -436,11 +433,8 @@ static int cmd_load(tl_engine *e, char *args, tl_options *opt)
                            "load: '%s' is not an option (context=, chunk=, resident=, arena=, lm_head=, candidates=)",
                            word);
         *eq = '\0';
-        for (unsigned i = 0; i < 6; i++)
-            if (strcmp(word, names[i]) == 0) {
-                if (seen & (1u << i)) return tl_fail(&e->err, TL_E_COMMAND, "load: option %s= given twice", word);
-                seen |= 1u << i;
-            }
+        if (tl_option_index(names, 6, word, &seen) == TL_OPTION_REPEATED)
+            return tl_fail(&e->err, TL_E_COMMAND, "load: option %s= given twice", word);
         if (strcmp(word, "lm_head") == 0) {
             opt->lm_head = tl_lm_head_mode(eq + 1);
             if (opt->lm_head < 0)
@@ -572,6 +566,17 @@ void tl_port_error(const tl_port *port, int code, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     tl_emit_error(port, code, msg);
+}
+
+int tl_option_index(const char *const *names, int n, const char *word, uint32_t *seen)
+{
+    for (int i = 0; i < n && i < 32; i++)
+        if (strcmp(word, names[i]) == 0) {
+            if (*seen & (UINT32_C(1) << i)) return TL_OPTION_REPEATED;
+            *seen |= UINT32_C(1) << i;
+            return i;
+        }
+    return TL_OPTION_UNKNOWN;
 }
 
 int tl_parse_count(const char *s, unsigned long long max, unsigned long long *out)

@@ -118,6 +118,12 @@ int tl_engine_run_script(tl_engine *e, const char *path, tl_session *s);
  * command-line options. Returns 0, or -1 (then *out is left alone). */
 int tl_parse_count(const char *s, unsigned long long max, unsigned long long *out);
 
+/* Index of `word` in names[0..n) (n <= 32), or TL_OPTION_UNKNOWN; TL_OPTION_REPEATED when
+ * *seen already has its bit: which of two values should win would be a guess, so every
+ * option list (a port's command line, `load`, `gen`) refuses a repeat. Sets the bit. */
+enum { TL_OPTION_UNKNOWN = -1, TL_OPTION_REPEATED = -2 };
+int tl_option_index(const char *const *names, int n, const char *word, uint32_t *seen);
+
 /* Output helpers shared with the ports. */
 void tl_log(const tl_port *port, const char *tag, const char *fmt, ...)
 #if defined(__GNUC__)
