@@ -393,6 +393,31 @@ def test_verify_names_a_corrupt_file(firmwares, target_name, broken_card, reques
         dut.close()
 
 
+def test_verify_reads_the_card_as_it_is_now(firmwares, target_name, broken_card, request):
+    """`verify` opens every file again by its name: a file grown or replaced after the set was
+    loaded is named (the handles opened at load would still read the old bytes)."""
+    import os
+
+    if target_name != "linux":
+        pytest.skip("only linux reads a host folder that can change under the running firmware; a card in QEMU or "
+                    "a board's slot cannot change while the app runs")
+    dut = _boot(firmwares, target_name, broken_card, request)
+    seen = broken_card.parent / "target" / "card-from-image" / F32  # the folder the process reads (the image's)
+    try:
+        assert not dut.command("verify", timeout=60).errors
+        with open(seen / "up_proj.bin", "ab") as f:  # grown in place
+            f.write(b"\0" * 16)
+        data = bytearray((seen / "down_proj.bin").read_bytes())
+        data[100] ^= 0x10
+        (seen / "new.bin").write_bytes(bytes(data))
+        os.replace(seen / "new.bin", seen / "down_proj.bin")  # a new file under the old name
+        t = dut.command("verify", timeout=60)
+        assert sorted((e.code, e.message.split(":")[0]) for e in t.errors) == [
+            ("E_CHECKSUM", f"{F32}/down_proj.bin"), ("E_FILE_SIZE", f"{F32}/up_proj.bin")], t.errors
+    finally:
+        dut.close()
+
+
 def test_verify_passes_on_a_good_card(firmwares, target_name, request):
     dut = firmwares.get(target_name, "micro", "int8")
     request.node.user_properties.append(("firmware_log", dut.logfile))

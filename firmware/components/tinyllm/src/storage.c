@@ -209,16 +209,22 @@ uint64_t tl_model_total_file_bytes(const tl_model *m)
 
 /* ------------------------------------------------------------------ verify */
 
+/* Checks the file on the card now, opened again by its name: the handle opened at load would
+ * still read a file that was since replaced, and only up to the size it had then. */
 static int verify_file(tl_model *m, const tl_tensor *t, uint32_t want)
 {
     const char *name = t->name;
+    tl_tensor now = *t;
     uint32_t crc = 0;
-    for (uint64_t off = 0; off < t->bytes; off += m->stream_bytes) {
+    int rc = open_checked(m, &now, t->bytes);
+    for (uint64_t off = 0; rc == TL_OK && off < t->bytes; off += m->stream_bytes) {
         uint64_t left = t->bytes - off;
         size_t n = left < m->stream_bytes ? (size_t)left : m->stream_bytes;
-        if (tl_read_exact(m, t->fh, name, off, m->stream, n)) return m->err->code;
+        rc = tl_read_exact(m, now.fh, name, off, m->stream, n);
         crc = tl_crc32(crc, m->stream, n);
     }
+    if (now.fh >= 0) m->port->close(m->port->ctx, now.fh);
+    if (rc != TL_OK) return rc;
     if (crc != want)
         return tl_fail(m->err, TL_E_CHECKSUM, "%s/%s: crc32 expected %08lx, actual %08lx", m->dir, name,
                        (unsigned long)want, (unsigned long)crc);
