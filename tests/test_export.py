@@ -206,6 +206,35 @@ def test_missing_weights_in_hf_folder(tmp_path):
         load_hf_folder(tmp_path)
 
 
+class _RunsCode:
+    """A pickled object whose loading would call a function: what a hostile checkpoint does."""
+
+    def __reduce__(self):  # noqa: ANN204
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize(("write", "message"), [
+    (lambda p: torch.save({"x": _RunsCode()}, p), "refused: it holds (builtins.)?print, not only tensors"),
+    (lambda p: p.write_bytes(_good_checkpoint()[:1000]), "cannot read the checkpoint \\(truncated"),
+    (lambda p: p.write_bytes(b"not a checkpoint"), "cannot read the checkpoint"),
+    (lambda p: torch.save([torch.zeros(2)], p), "holds a list, expected a state dict"),
+])
+def test_a_bad_pytorch_checkpoint_is_one_clear_error(tmp_path, capsys, write, message):
+    (tmp_path / "config.json").write_text(json.dumps(load_spec("micro").hf_config()))
+    write(tmp_path / "pytorch_model.bin")
+    with pytest.raises(HarnessError, match=message):
+        load_hf_folder(tmp_path)
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def _good_checkpoint() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(64, 64)}, buf)
+    return buf.getvalue()
+
+
 # --- a card is replaced as a whole -------------------------------------------------------------------
 
 def _card_bytes(card) -> dict[str, bytes]:

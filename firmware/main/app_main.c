@@ -15,14 +15,13 @@
 #include <unistd.h>
 
 #include "driver/sdmmc_host.h"
-#include "driver/uart.h"
-#include "driver/uart_vfs.h"
 #include "esp_err.h"
 #include "esp_heap_caps.h"
 #include "esp_system.h"
 #include "esp_vfs_fat.h"
 #include "freertos/FreeRTOS.h"
 #include "freertos/task.h"
+#include "console.h"
 #include "port_esp32.h"
 #include "sdkconfig.h"
 #include "sdmmc_cmd.h"
@@ -113,44 +112,6 @@ static void *alloc_arena(size_t *got)
     return arena;
 }
 
-/* Console input: stdin blocks on the UART through the UART driver (without it
- * reads are non-blocking and return nothing). */
-static void console_init(void)
-{
-#if CONFIG_ESP_CONSOLE_UART
-    const int uart = CONFIG_ESP_CONSOLE_UART_NUM;
-    fflush(stdout);
-    fsync(fileno(stdout)); /* let pending output leave before the driver takes over */
-    if (!uart_is_driver_installed(uart)) {
-        esp_err_t err = uart_driver_install(uart, 2 * 1024, 0, 0, NULL, 0);
-        if (err != ESP_OK) fatal(TL_E_IO, "console UART%d driver: %s", uart, esp_err_to_name(err));
-    }
-    uart_vfs_dev_use_driver(uart);
-#endif
-}
-
-/* Reads one line (CR, LF or CRLF ends it). Returns its length, or -1 if it
- * did not fit: the rest of that line is dropped. */
-static int read_line(char *buf, size_t cap)
-{
-    size_t len = 0;
-    int overlong = 0;
-    for (;;) {
-        char c;
-        ssize_t r = read(STDIN_FILENO, &c, 1);
-        if (r <= 0) { /* should not happen with the driver; do not spin */
-            vTaskDelay(pdMS_TO_TICKS(10));
-            continue;
-        }
-        if (c == '\r' || c == '\n') {
-            buf[len] = '\0';
-            return overlong ? -1 : (int)len;
-        }
-        if (len + 1 < cap) buf[len++] = c;
-        else overlong = 1;
-    }
-}
-
 void app_main(void)
 {
     int bounce_failed = esp32_port_init(&s_ctx, &s_port, MOUNT_POINT, (size_t)CONFIG_TINYLLM_SD_BUFFER_KB * 1024u,
@@ -196,10 +157,19 @@ void app_main(void)
     tl_session session = {0, 0};
     if (CONFIG_TINYLLM_PROMPT_FILE[0] != '\0') tl_engine_run_script(e, CONFIG_TINYLLM_PROMPT_FILE, &session);
 
-    console_init();
+    fflush(stdout);
+    fsync(fileno(stdout)); /* let pending output leave before the UART driver takes over */
+    const char *why = NULL;
+    if (console_start((size_t)CONFIG_TINYLLM_CONSOLE_BUFFER_KB * 1024u, &why) != 0) fatal(TL_E_IO, "console: %s", why);
     while (!session.quit) {
-        int len = read_line(s_line, sizeof s_line);
-        tl_session_line(e, &session, len < 0 ? NULL : s_line, len < 0 ? 0 : (size_t)len);
+        unsigned long lost = 0;
+        int len = console_read_line(s_line, sizeof s_line, &lost);
+        if (len == CONSOLE_LOST)
+            tl_session_refuse(e, &session, TL_E_IO,
+                              "console input overflowed: %lu bytes of this line were lost while a command ran "
+                              "(the console buffer holds %d KiB; the serial line has no flow control): not run",
+                              lost, CONFIG_TINYLLM_CONSOLE_BUFFER_KB);
+        else tl_session_line(e, &session, len < 0 ? NULL : s_line, len < 0 ? 0 : (size_t)len);
     }
     halt(tl_session_exit_code(&session));
 }

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import re
 import shutil
 import tempfile
 import zlib
@@ -203,7 +205,22 @@ def load_hf_folder(folder: Path) -> tuple[ModelSpec, dict[str, Any]]:
     elif (folder / "pytorch_model.bin").is_file():
         import torch
 
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        path = folder / "pytorch_model.bin"
+        try:  # weights_only: a pickle that would run code (or build any object) is refused, never run
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            if found:  # an object that is not a tensor: loading it could run code
+                raise HarnessError(f"{path}: refused: it holds {found.group(1)}, not only tensors, which could run "
+                                   "code when loaded (save the model with safetensors)") from exc
+            raise HarnessError(f"{path}: cannot read the checkpoint (truncated or not a PyTorch file?): "
+                               f"{type(exc).__name__}") from exc
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HarnessError(f"{path}: cannot read the checkpoint (truncated or not a PyTorch file?): "
+                               f"{first}") from exc
+        if not isinstance(state, dict):
+            raise HarnessError(f"{path}: holds a {type(state).__name__}, expected a state dict of tensors")
     else:
         raise HarnessError(f"{folder}: no *.safetensors or pytorch_model.bin weights")
     return spec, state

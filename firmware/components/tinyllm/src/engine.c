@@ -598,14 +598,25 @@ int tl_session_line(tl_engine *e, tl_session *s, char *line, size_t len)
     if (line) {
         r = tl_engine_exec_bytes(e, line, len);
     } else {
-        tl_fail(&e->err, TL_E_COMMAND, "console line longer than %lu bytes: ignored",
-                (unsigned long)(TL_LINE_BYTES - 1u));
-        r = report_error(e);
-        tl_emit_ready(e->port);
+        tl_session_refuse(e, s, TL_E_COMMAND, "console line longer than %lu bytes: ignored",
+                          (unsigned long)(TL_LINE_BYTES - 1u));
+        return TL_CMD_FAILED;
     }
     if (r == TL_CMD_FAILED) s->failed++;
     if (r == TL_CMD_QUIT) s->quit = 1;
     return r;
+}
+
+void tl_session_refuse(tl_engine *e, tl_session *s, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->err.msg, sizeof e->err.msg, fmt, ap);
+    va_end(ap);
+    e->err.code = code;
+    report_error(e);
+    tl_emit_ready(e->port);
+    s->failed++;
 }
 
 int tl_session_exit_code(const tl_session *s) { return s->failed ? 1 : 0; }

@@ -106,6 +106,14 @@ typedef struct tl_session {
  * command): E_COMMAND and TINYLLM_READY. Returns the TL_CMD_* result. */
 int tl_session_line(tl_engine *e, tl_session *s, char *line, size_t len);
 
+/* A console line the port could not read whole (e.g. bytes of it lost on the way): not run;
+ * the error line (code, message), TINYLLM_READY, and counted as failed in *s. */
+void tl_session_refuse(tl_engine *e, tl_session *s, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
 /* TINYLLM_EXIT's code for a session that ended: 1 if a command failed, else 0. */
 int tl_session_exit_code(const tl_session *s);
 
