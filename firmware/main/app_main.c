@@ -164,11 +164,15 @@ void app_main(void)
     while (!session.quit) {
         unsigned long lost = 0;
         int len = console_read_line(s_line, sizeof s_line, &lost);
-        if (len == CONSOLE_LOST)
+        if (len == CONSOLE_LOST && lost)
             tl_session_refuse(e, &session, TL_E_IO,
                               "console input overflowed: %lu bytes of this line were lost while a command ran "
                               "(the console buffer holds %d KiB; the serial line has no flow control): not run",
                               lost, CONFIG_TINYLLM_CONSOLE_BUFFER_KB);
+        else if (len == CONSOLE_LOST)
+            tl_session_refuse(e, &session, TL_E_IO,
+                              "console input overflowed: bytes of this line were lost in the UART's FIFO "
+                              "(the serial line has no flow control): not run");
         else tl_session_line(e, &session, len < 0 ? NULL : s_line, len < 0 ? 0 : (size_t)len);
     }
     halt(tl_session_exit_code(&session));

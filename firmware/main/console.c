@@ -1,13 +1,13 @@
 /*
  * Console input. A board's USB-serial bridge has no flow control: bytes that
  * arrive while the UART driver's buffer is full are dropped, and bytes left in
- * the UART's FIFO when its buffer filled wait there for the next byte to come
+ * the UART's FIFO when that buffer filled wait there for the next byte to come
  * (a paste's last lines went unanswered until more input came). So a task
- * reads the driver as soon as bytes arrive, including while a command runs,
- * into a stream buffer in PSRAM; when that is full, the bytes are counted, and
- * the offset in the stream where they went missing is queued. The command loop
- * then refuses the one line those bytes belonged to (E_IO, naming the count)
- * and runs the lines before and after it.
+ * follows the driver's events and moves the bytes, as they arrive and also
+ * while a command runs, into a stream buffer in PSRAM. Bytes that do not fit
+ * there are counted, and where they went missing in the stream is noted; so is
+ * a FIFO overflow the driver reports. The command loop then refuses the line
+ * those bytes belonged to (E_IO) and runs every line before and after it.
  */
 #include "console.h"
 
@@ -17,11 +17,13 @@
 #include "driver/uart_vfs.h"
 #include "esp_heap_caps.h"
 #include "freertos/FreeRTOS.h"
+#include "freertos/queue.h"
 #include "freertos/stream_buffer.h"
 #include "freertos/task.h"
 #include "sdkconfig.h"
 
 #define DRIVER_RX_BYTES 512 /* the task empties it as bytes come: the stream buffer is the real one */
+#define EVENTS 32           /* the driver's event queue: the task empties it as events come */
 #define MAX_GAPS 16         /* places where bytes went missing that the reader has not reached */
 
 /* A place in the stream where bytes went missing: `dropped` bytes after the first `offset`. */
@@ -30,6 +32,7 @@ typedef struct {
 } gap_t;
 
 static StreamBufferHandle_t s_stream;
+static QueueHandle_t s_events;
 static portMUX_TYPE s_lock = portMUX_INITIALIZER_UNLOCKED; /* guards the gaps: the task adds, the reader takes */
 static gap_t s_gaps[MAX_GAPS];
 static int s_first, s_count;
@@ -50,37 +53,52 @@ static void add_gap(uint32_t offset, uint32_t dropped)
     taskEXIT_CRITICAL(&s_lock);
 }
 
-/* Bytes missing right where the reader is (0: none), taking that mark. A gap at offset X was
- * added when X bytes had been accepted and the buffer was full, so before the reader got to X. */
-static uint32_t take_gap(void)
+/* Whether bytes went missing right where the reader is; adds how many (0 if unknown) to *lost.
+ * A gap at offset X was added when X bytes had been accepted and then some could not be, so
+ * before the reader got to X (it cannot pass what was not accepted yet). */
+static int take_gap(unsigned long *lost)
 {
-    uint32_t lost = 0;
+    int here = 0;
     taskENTER_CRITICAL(&s_lock);
-    if (s_count && s_gaps[s_first].offset == s_consumed) {
-        lost = s_gaps[s_first].dropped;
+    while (s_count && s_gaps[s_first].offset == s_consumed) {
+        *lost += s_gaps[s_first].dropped;
         s_first = (s_first + 1) % MAX_GAPS;
         s_count--;
+        here = 1;
     }
     taskEXIT_CRITICAL(&s_lock);
-    return lost;
+    return here;
 }
 
+/* Moves n bytes into the stream buffer; what does not fit is a gap. */
+static void accept(const uint8_t *bytes, size_t n, uint32_t *accepted)
+{
+    size_t sent = xStreamBufferSend(s_stream, bytes, n, 0);
+    *accepted += (uint32_t)sent;
+    if (sent < n) add_gap(*accepted, (uint32_t)(n - sent));
+}
+
+/* Follows the driver's events, as ESP-IDF's uart_events example does: each UART_DATA's bytes in
+ * order, so a UART_FIFO_OVF (the driver reset the FIFO: bytes lost, how many unknown) marks the
+ * right place in the stream. With no event left, whatever the driver still holds is taken too
+ * (an event lost to a full queue must not leave bytes behind). */
 static void reader_task(void *arg)
 {
     const int uart = (int)(intptr_t)arg;
     uint32_t accepted = 0;
     uint8_t chunk[64];
+    uart_event_t ev;
     for (;;) {
-        int n = uart_read_bytes(uart, chunk, 1, portMAX_DELAY); /* wait for a byte, then take what came */
-        if (n <= 0) continue;
-        size_t more = 0;
-        if (uart_get_buffered_data_len(uart, &more) == ESP_OK && more) {
-            int m = uart_read_bytes(uart, chunk + 1, more < sizeof chunk - 1 ? more : sizeof chunk - 1, 0);
-            if (m > 0) n += m;
+        if (xQueueReceive(s_events, &ev, portMAX_DELAY) != pdTRUE) continue;
+        if (ev.type == UART_FIFO_OVF) add_gap(accepted, 0);
+        size_t want = ev.type == UART_DATA ? ev.size : 0;
+        if (uxQueueMessagesWaiting(s_events) == 0) uart_get_buffered_data_len(uart, &want);
+        while (want) {
+            int n = uart_read_bytes(uart, chunk, want < sizeof chunk ? want : sizeof chunk, 0);
+            if (n <= 0) break;
+            accept(chunk, (size_t)n, &accepted);
+            want -= (size_t)n;
         }
-        size_t sent = xStreamBufferSend(s_stream, chunk, (size_t)n, 0);
-        accepted += (uint32_t)sent;
-        if (sent < (size_t)n) add_gap(accepted, (uint32_t)n - (uint32_t)sent);
     }
 }
 
@@ -88,7 +106,8 @@ int console_start(size_t buffer_bytes, const char **why)
 {
 #if CONFIG_ESP_CONSOLE_UART
     const int uart = CONFIG_ESP_CONSOLE_UART_NUM;
-    if (!uart_is_driver_installed(uart) && uart_driver_install(uart, DRIVER_RX_BYTES, 0, 0, NULL, 0) != ESP_OK) {
+    if (uart_is_driver_installed(uart)) uart_driver_delete(uart); /* ours: with the event queue */
+    if (uart_driver_install(uart, DRIVER_RX_BYTES, 0, EVENTS, &s_events, 0) != ESP_OK) {
         *why = "cannot install the console UART driver";
         return -1;
     }
@@ -115,14 +134,14 @@ int console_start(size_t buffer_bytes, const char **why)
 int console_read_line(char *buf, size_t cap, unsigned long *lost)
 {
     size_t len = 0;
-    int overlong = 0;
+    int overlong = 0, damaged = 0;
     *lost = 0;
     for (;;) {
-        *lost += take_gap();
+        if (take_gap(lost)) damaged = 1;
         char c;
         /* a line whose end was among the lost bytes ends at the gap when nothing follows it */
-        if (xStreamBufferReceive(s_stream, &c, 1, *lost ? 0 : portMAX_DELAY) != 1) {
-            if (*lost) break;
+        if (xStreamBufferReceive(s_stream, &c, 1, damaged ? 0 : portMAX_DELAY) != 1) {
+            if (damaged) break;
             continue;
         }
         s_consumed++;
@@ -131,5 +150,5 @@ int console_read_line(char *buf, size_t cap, unsigned long *lost)
         else overlong = 1;
     }
     buf[len] = '\0';
-    return *lost ? CONSOLE_LOST : overlong ? CONSOLE_OVERLONG : (int)len;
+    return damaged ? CONSOLE_LOST : overlong ? CONSOLE_OVERLONG : (int)len;
 }

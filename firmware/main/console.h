@@ -11,8 +11,8 @@ int console_start(size_t buffer_bytes, const char **why);
 
 /* Reads one line (CR, LF or CRLF ends it) into buf, NUL-terminated, without its end.
  * Returns its length; CONSOLE_OVERLONG if it did not fit (the rest was dropped);
- * CONSOLE_LOST if bytes of it were lost because the buffer was full (*lost: how many,
- * counted since the last such line). */
+ * CONSOLE_LOST if bytes of it were lost: the buffer was full (*lost: how many) or the
+ * UART's FIFO overflowed (how many unknown: *lost counts only the former). */
 enum { CONSOLE_OVERLONG = -1, CONSOLE_LOST = -2 };
 int console_read_line(char *buf, size_t cap, unsigned long *lost);
 
