@@ -1,5 +1,5 @@
 /*
- * Tiny-LLM on the AI-Thinker ESP32-CAM (ESP-IDF v5.4).
+ * Tiny-LLM on the AI-Thinker ESP32-CAM (ESP-IDF v5.4 or newer; built and tested with v5.5.4).
  *
  * Start-up: mount the micro-SD card (SD/MMC host, slot 1) at /sdcard, take the
  * arena from PSRAM once, start the core (it checks the card and prints
