@@ -26,7 +26,7 @@ mkdir -p build/reports build/esp32/logs
 rm -f build/esp32/perf-*board*.json
 
 echo "---- the board build (idf.py, sdkconfig.ci.board) ----"
-"$PY" -c 'from harness.targets.esp32 import Esp32QemuTarget as T; T(config="board").build()'
+"$PY" -m harness.cli esp32-build board >/dev/null
 
 if [ "$virtual" = 1 ]; then
   vb=build/virtual-board
@@ -55,7 +55,7 @@ echo "---- tests/test_esp32.py on $port (pytest-embedded esp,idf) ----"
 rc=0
 "$PY" -m pytest tests/test_esp32.py --target esp32 --embedded-services esp,idf --port "$port" "${select[@]}" -rs \
   --root-logdir build/esp32/logs --junitxml build/reports/junit-esp32-board.xml || rc=$?
-"$PY" -m harness.targets.esp32 report build/esp32 build/esp32/report.md >/dev/null || true
+"$PY" -m harness.cli esp32-report build/esp32 --out build/esp32/report.md >/dev/null || true
 [ "$virtual" = 0 ] || { echo "---- the virtual board's log ($vb/server.log) ----"; tail -n 40 "$vb/server.log"; }
 [ "$rc" != 5 ] || { echo "ci/board.sh: no test was collected" >&2; rc=1; }
 exit "$rc"

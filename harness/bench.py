@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.card.export import PRECISIONS
 from harness.errors import HarnessError
 from harness.model.prompts import Prompt
+from harness.oracle.budgets import seed_board
 from harness.report import board
-
-PRECISIONS = ("float32", "int8")
+from harness.targets.protocol import sd_data_reads
 
 
 def _summary(per_token_s: list[float]) -> dict[str, float]:
@@ -116,7 +117,7 @@ def board_speed(image: Path, card_prompts: list[Prompt], n_new: int, log_dir: Pa
             result, info = t.results[0], dut.boot.info or {}
             figures = compare.per_token(result)
             n = len(result["tokens"])
-            reads = (t.sd_commands.get("CMD17", 0) + t.sd_commands.get("CMD18", 0)) / n
+            reads = sd_data_reads(t.sd_commands) / n
             instructions = target.instructions(figures["cycles_per_token"])
             how = board.firmware_layout(info)
             out["precisions"][precision] = {
@@ -154,8 +155,9 @@ def render(record: dict[str, Any]) -> str:
                   "| precision | MB/token | SD reads/token | instructions/token | chunks in | bus | **tokens/s, this "
                   "firmware** | reads then compute | reads overlapped | bandwidth limit | seed's board figures |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        seed = seed_board()
         for p, e in esp["precisions"].items():
-            lo, hi = board.SEED_TOKENS_PER_S[p]
+            lo, hi = seed.tokens_per_s[p]
             for m in (e["board_model"], e["board_model_1bit"]):
                 lines.append(f"| {p} | {e['bytes_per_token'] / 1e6:.2f} | {e['sd_read_commands_per_token']:.0f} | "
                              f"{e['instructions_per_token'] / 1e6:.1f} M | "

@@ -1,24 +1,29 @@
-"""`tinyllm-harness`: export, image, reference, the end-to-end job, bench, and junit-merge.
+"""`tinyllm-harness`: export, image, reference, the end-to-end job, bench, write-card, the
+virtual board, junit-merge, and the esp32 target's build, QEMU and report helpers.
 
-Every command prints what it wrote; input problems end with `error: <what is wrong>` and
-exit status 2, leaving no partial output behind.
+Every command prints what it wrote (JSON; the esp32-build-command and esp32-qemu-args lines as
+they are, for a shell); input problems end with `error: <what is wrong>` and exit status 2,
+leaving no partial output behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from harness.card.export import PRECISIONS, SET_DIRS
 from harness.errors import HarnessError
-
-TARGETS = ("linux", "xtensa-sim", "esp32")
+from harness.targets import TARGET_NAMES, TARGETS, best_target, target_class
+from harness.targets import esp32 as esp32_target
 
 
 def _precisions(text: str) -> tuple[str, ...]:
@@ -75,24 +80,6 @@ def cmd_write_card(args: argparse.Namespace) -> dict[str, Any]:
     return {"written": str(args.device), "image": str(args.image)}
 
 
-def best_target() -> str:
-    """The most board-like target this machine can run the main job on: esp32 (the ESP-IDF
-    app in Espressif's QEMU, where ESP-IDF and that QEMU are installed), else xtensa-sim (the
-    core as Xtensa code in Debian's QEMU), else linux."""
-    from harness.targets import get_target
-
-    for name in ("esp32", "xtensa-sim"):
-        if get_target(name).unavailable() is None:
-            return name
-    return "linux"
-
-
-# Emulated targets run the smoke set: teacher forcing over the edge set's 1024-token prompt is one
-# lm_head stream per position (half an hour of soft-float on lx106; over an hour of Espressif
-# QEMU's byte-at-a-time SD model for float32).
-DEFAULT_PROMPTS = {"linux": "smoke,edge", "xtensa-sim": "smoke", "esp32": "smoke"}
-
-
 def e2e_targets(text: str) -> list[str]:
     """`auto`: the best target here, with linux beside it (a fast host column for comparison);
     else a comma list of targets."""
@@ -100,21 +87,27 @@ def e2e_targets(text: str) -> list[str]:
         best = best_target()
         return [best] if best == "linux" else [best, "linux"]
     names = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in names if t not in TARGETS]
+    bad = [t for t in names if t not in TARGET_NAMES]
     if bad or not names:
-        raise HarnessError(f"--target {text!r}: expected auto or a comma list of {', '.join(TARGETS)}")
+        raise HarnessError(f"--target {text!r}: expected auto or a comma list of {', '.join(TARGET_NAMES)}")
     return list(dict.fromkeys(names))
 
 
-def cmd_e2e(args: argparse.Namespace) -> dict[str, Any]:
-    existed = args.out.exists()
+@contextlib.contextmanager
+def _no_empty_out(out: Path) -> Iterator[None]:
+    """A command that fails before it wrote anything leaves no empty --out folder behind."""
+    existed = out.exists()
     try:
-        return _e2e(args)
+        yield
     except BaseException:
-        # a job that fails before it wrote anything leaves no empty --out folder behind
-        if not existed and args.out.is_dir() and not any(args.out.iterdir()):
-            args.out.rmdir()
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
         raise
+
+
+def cmd_e2e(args: argparse.Namespace) -> dict[str, Any]:
+    with _no_empty_out(args.out):
+        return _e2e(args)
 
 
 def _e2e(args: argparse.Namespace) -> dict[str, Any]:
@@ -124,7 +117,7 @@ def _e2e(args: argparse.Namespace) -> dict[str, Any]:
     names = e2e_targets(args.target)
     records, results = [], {}
     for name in names:
-        prompts = args.prompts or DEFAULT_PROMPTS.get(name, "smoke")
+        prompts = args.prompts or target_class(name).default_prompts
         out = args.out if len(names) == 1 else args.out / name
         record = pipeline.run_e2e(args.model, name, out, tuple(prompts.split(",")), args.precision,
                                   hf_folder=args.hf_folder)
@@ -140,13 +133,8 @@ def _e2e(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from harness.bench import run_bench
 
-    existed = args.out.exists()
-    try:
+    with _no_empty_out(args.out):
         record = run_bench(args.model, args.out, tuple(args.parts.split(",")), args.repeats, args.tokens)
-    except BaseException:
-        if not existed and args.out.is_dir() and not any(args.out.iterdir()):
-            args.out.rmdir()  # a bench that fails before it wrote anything leaves no empty folder
-        raise
     sys.stderr.write((args.out / "bench.md").read_text())
     return {"ok": True, "bench": str(args.out / "bench.json"), "table": str(args.out / "bench.md"),
             **{part: part in record for part in ("host", "board")}, "board_skipped": record.get("board_skipped")}
@@ -169,9 +157,8 @@ def cmd_junit_merge(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_virtual_board(args: argparse.Namespace) -> dict[str, Any]:
     from harness.targets import virtual_board
-    from harness.targets.esp32 import Esp32QemuTarget
 
-    qemu = args.qemu or Esp32QemuTarget().qemu_binary() or "qemu-system-xtensa"
+    qemu = args.qemu or esp32_target.Esp32QemuTarget().qemu_binary() or "qemu-system-xtensa"
     log_dir = args.log_dir or args.flash.parent / "virtual-board-logs"
     virtual_board.run(args.port, args.flash, args.sd, qemu, log_dir, create_flash=args.new_flash)
     return {"ok": True, "port": args.port}
@@ -182,6 +169,28 @@ def cmd_virtual_board_card(args: argparse.Namespace) -> dict[str, Any]:
 
     virtual_board.write_card(args.port, args.sd, args.image)
     return {"ok": True, "card": str(args.sd), "image": str(args.image)}
+
+
+def cmd_esp32_build(args: argparse.Namespace) -> dict[str, Any]:
+    target = esp32_target.Esp32QemuTarget(config=args.config)
+    flash_image = target.build()
+    return {"config": args.config, "build_dir": str(target.build_dir), "flash_image": str(flash_image)}
+
+
+def cmd_esp32_build_command(args: argparse.Namespace) -> str:
+    return shlex.join(esp32_target.build_command(args.config))
+
+
+def cmd_esp32_qemu_args(args: argparse.Namespace) -> str:
+    return esp32_target.qemu_extra_args(args.image, args.icount)
+
+
+def cmd_esp32_report(args: argparse.Namespace) -> dict[str, Any]:
+    from harness.report.esp32 import perf_report
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(perf_report(args.perf_dir))
+    return {"out": str(args.out)}
 
 
 def _path(text: str) -> Path:
@@ -256,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): the best target here — esp32 (Espressif QEMU) where ESP-IDF is installed, "
                         "else xtensa-sim where its tools are, else linux — with linux beside it; or a comma list, "
                         "e.g. esp32,xtensa-sim,linux (one report column per target)")
-    p.add_argument("--prompts", default=None,
-                   help="comma list of prompt sets (default: smoke,edge on linux, smoke on the emulated targets)")
+    p.add_argument("--prompts", default=None, help="comma list of prompt sets (default: " +
+                   ", ".join(f"{t.default_prompts} on {t.name}" for t in TARGETS) + ")")
     p.add_argument("--precision", type=_precisions, default=PRECISIONS)
     p.add_argument("--out", type=_path, default=Path("build/e2e"))
     p.set_defaults(func=cmd_e2e)
@@ -316,6 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=_path, required=True, help="the merged JUnit XML file to write")
     p.add_argument("--summary", type=_path, help="also write the Markdown summary (printed to stderr) to this file")
     p.set_defaults(func=cmd_junit_merge)
+
+    p = sub.add_parser("esp32-build", help="build the ESP-IDF app for one config (idf.py, where it is older than "
+                                           "its sources) and its QEMU flash image; needs ESP-IDF")
+    p.add_argument("config", choices=esp32_target.CONFIGS, help="firmware/sdkconfig.ci.<config>")
+    p.set_defaults(func=cmd_esp32_build)
+
+    p = sub.add_parser("esp32-build-command", help="print the idf.py line that builds one config (run it with "
+                                                   "ESP-IDF exported)")
+    p.add_argument("config", choices=esp32_target.CONFIGS, help="firmware/sdkconfig.ci.<config>")
+    p.set_defaults(func=cmd_esp32_build_command)
+
+    p = sub.add_parser("esp32-qemu-args", help="print the QEMU arguments (PSRAM, the card on the SD/MMC host, "
+                                               "watchdogs off) for an SD image: pytest-embedded's --qemu-extra-args")
+    p.add_argument("image", type=_path, help="the SD image (from `image`: a power-of-two size)")
+    p.add_argument("--icount", type=int, help="also -icount shift=N (0..10): deterministic instruction counts")
+    p.set_defaults(func=cmd_esp32_qemu_args)
+
+    p = sub.add_parser("esp32-report", help="the Markdown table of the esp32 runs' perf-*.json records "
+                                            "(tests/test_esp32.py writes them)")
+    p.add_argument("perf_dir", type=_path, metavar="PERF_DIR", help="the folder of perf-*.json (e.g. build/esp32)")
+    p.add_argument("--out", type=_path, required=True, help="the Markdown file to write")
+    p.set_defaults(func=cmd_esp32_report)
     return parser
 
 
@@ -342,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unexpected input: {type(exc).__name__}: {message[:500]} (TINYLLM_TRACEBACK=1 shows where)",
               file=sys.stderr)
         return 2
+    if isinstance(result, str):  # a line for a shell
+        print(result)
+        return 0
     print(json.dumps(result, indent=1))
     return 0 if result.get("ok", True) else 1
 

@@ -26,6 +26,7 @@ from harness.report import board
 from harness.report.markdown import write_report
 from harness.targets import Target, get_target
 from harness.targets.dut import TinyLLMDut, start_firmware
+from harness.targets.protocol import sd_data_reads
 
 T = TypeVar("T")
 
@@ -105,7 +106,7 @@ def _run_precision(dut: TinyLLMDut, target: Target, oracle: CardOracle, precisio
     if precision == "int8" and vs_float32.steps:
         entry["top1_agreement_with_float32"] = 1 - len(vs_float32.top1_mismatches) / vs_float32.steps
     if sd_steps:
-        entry["sd_read_commands_per_token"] = (sd.get("CMD17", 0) + sd.get("CMD18", 0)) / sd_steps
+        entry["sd_read_commands_per_token"] = sd_data_reads(sd) / sd_steps
         entry["sd_commands_per_token"] = sum(sd.values()) / sd_steps
         entry["sd_commands_by_name"] = sd
         if entry["instructions_per_token"] is not None:  # modelled ESP32-CAM speed from these counts
@@ -138,7 +139,7 @@ def _run_firmware(target: Target, binary: Path, card: Path, oracle: CardOracle, 
                   progress: bool) -> dict[str, dict[str, Any]]:
     """Boots the firmware and runs every prompt in each precision. A device boots once and
     `load` switches the weight set; a process target boots once per precision."""
-    device = target.runs_card_prompts("none")
+    device = target.is_device
     entries: dict[str, dict[str, Any]] = {}
     dut = None
     try:

@@ -11,7 +11,7 @@ from harness.card.fatimage import ImageInfo, build_image
 from harness.card.stage import stage_model
 from harness.model.spec import ModelSpec
 from harness.oracle.card_oracle import CardOracle
-from harness.targets import esp32
+from harness.targets import TARGET_NAMES, esp32
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
@@ -52,9 +52,8 @@ def cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Card]:
 
 
 # --- firmware targets -------------------------------------------------------------------------
-# `--target` is pytest-embedded's option (default "auto" = every target this suite implements;
+# `--target` is pytest-embedded's option (default "auto" = every target, harness.targets.TARGETS;
 # one that cannot run on this machine is skipped with the reason).
-IMPLEMENTED_TARGETS = ("linux", "xtensa-sim", "esp32")
 # CI (.ci/run) sets it where ESP-IDF and Espressif's QEMU are installed: a skipped esp32 case is
 # then a failure, never a silent pass.
 ESP32_REQUIRED_ENV = esp32.REQUIRED_ENV
@@ -63,7 +62,7 @@ ESP32_REQUIRED_ENV = esp32.REQUIRED_ENV
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "target_name" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("target", "auto")
-        names = IMPLEMENTED_TARGETS if chosen in (None, "auto") else tuple(chosen.split(","))
+        names = TARGET_NAMES if chosen in (None, "auto") else tuple(chosen.split(","))
         metafunc.parametrize("target_name", names, scope="session")
 
 
@@ -162,7 +161,7 @@ class Firmwares:
         seen = target.prepare_card(image.path, card.parent / "target")
         cmd = target.argv(self.binary(name), seen, precision, "none", tuple(extra))
         return TinyLLMDut(cmd, card.parent / "firmware.log", target=name, app_path=card.parent,
-                          boot_commands=target.boot_commands(precision, tuple(extra)), halts=target.halts_after_exit,
+                          boot_commands=target.boot_commands(precision, tuple(extra)), halts=target.is_device,
                           pause_when_idle=target.spins_when_idle)
 
     def run(self, name: str, model: str, precision: str, prompt, k: int = 2):
@@ -185,7 +184,7 @@ class Firmwares:
         and switches the weight set with `load` (its boot runs the card's prompt file once). A boot
         that a timeout or a desynchronised console ended (TinyLLMDut.usable) is replaced by a
         fresh one here: a hang costs the case that met it, not every case after it."""
-        device = self.target(name, sanitize).runs_card_prompts("none")  # takes no command-line options
+        device = self.target(name, sanitize).is_device  # takes no command-line options
         key = (name, model, "any" if device else precision, sanitize)
         old = self.duts.get(key)
         if old is None or not old.usable:

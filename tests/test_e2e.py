@@ -152,7 +152,7 @@ def test_boot_time_prompt_file(firmwares, oracle, request, target_name, model):
     spec = firmwares.cards[model].spec
     prompts = load_prompt_set("smoke", spec)
     target = firmwares.target(target_name)
-    if target.runs_card_prompts("none"):  # a device always runs it: its session boot did
+    if target.is_device:  # a device always runs it: its session boot did
         dut = firmwares.get(target_name, model, "float32")
         request.node.user_properties.append(("firmware_log", dut.logfile))
         assert [t.results[0]["tokens"] for t in dut.boot_runs] == [oracle.float32(model, p).tokens for p in prompts]
@@ -190,7 +190,7 @@ def test_sanitizer_build_runs_micro_clean(firmwares, oracle, request, target_nam
 def test_resident_and_streamed_weights_agree(firmwares, request, target_name):
     """A budget too small to keep the layer weights resident streams them: same tokens and logits."""
     dut = firmwares.get(target_name, "micro", "float32")
-    streamed = firmwares.start(target_name, "micro", "float32", extra=("--no-resident",), log_name="micro-streamed")
+    streamed = firmwares.start(target_name, "micro", "float32", extra=("--resident", "0"), log_name="micro-streamed")
     request.node.user_properties.append(("firmware_log", streamed.logfile))
     try:
         assert streamed.boot.info["resident_bytes"] == 0 < dut.boot.info["resident_bytes"]
@@ -244,7 +244,7 @@ def test_a_resident_lm_head_in_chunks_smaller_than_the_vocab(firmwares, oracle, 
     64-row chunks it is computed in 8 passes of the logits buffer (regression: a resident lm_head
     was computed in one pass into a chunk-sized buffer, writing past it)."""
     prompt = load_prompt_set("smoke", firmwares.cards["micro"].spec)[1]
-    dut = firmwares.start(target_name, "micro", precision, extra=(*extra, "--chunk-rows", "64"),
+    dut = firmwares.start(target_name, "micro", precision, extra=(*extra, "--chunk", "64"),
                           log_name=f"micro-{precision}-resident-lm-head-64-row-chunks")
     request.node.user_properties.append(("firmware_log", dut.logfile))
     try:
@@ -344,7 +344,7 @@ def test_sd_commands_per_token_within_budget(firmwares, request, record_property
     t = dut.generate(prompt, timeout=timeout)  # not the memoized run: its SD commands are counted now
     assert not t.errors and t.sd_commands is not None
     n = len(t.results[0]["tokens"])
-    reads = (t.sd_commands.get("CMD17", 0) + t.sd_commands.get("CMD18", 0)) / n
+    reads = protocol.sd_data_reads(t.sd_commands) / n
     total = sum(t.sd_commands.values()) / n
     figures = {"sd_read_commands_per_token": reads, "sd_commands_per_token": total, "by_command": t.sd_commands}
     record_property("sd_commands", figures)
@@ -358,7 +358,7 @@ def test_sd_commands_per_token_within_budget(firmwares, request, record_property
     # straddles a sector boundary, none where FatFs's per-file sector buffer already holds a small
     # read's sector (measured: 1,170 read() calls and 1,185 commands for 3 tokens of tiny-llm
     # float32)
-    result, data_commands = t.results[0], sum(t.sd_commands.get(c, 0) for c in ("CMD17", "CMD18"))
+    result, data_commands = t.results[0], protocol.sd_data_reads(t.sd_commands)
     assert result["read_calls"] <= result["disk_reads"], result
     assert abs(data_commands - result["disk_reads"]) <= 0.05 * result["disk_reads"] + 3, (data_commands, result)
 

@@ -21,8 +21,10 @@ import pytest
 
 from harness import REPO_ROOT
 from harness.card.export import SET_DIRS
+from harness.cli import main as cli_main
 from harness.errors import HarnessError
 from harness.model.prompts import load_prompt_set
+from harness.oracle import budgets
 from harness.report.esp32 import perf_report
 from harness.targets import esp32, protocol, virtual_board
 from harness.targets.dut import ConsoleProtocol
@@ -176,7 +178,7 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(perf, indent=2))
         if env in ("board", "virtual-board") and model == "tiny-llm":
-            floor = esp32.MIN_BOARD_TOKENS_PER_S[precision]
+            floor = budgets.seed_board().min_tokens_per_s(precision)
             print(f"esp32 {env} {model} {precision}: {tok_s:.3f} tokens/s (board budget >= {floor})")
             if virtual:  # QEMU's time is instructions at 8 ns each, not the board's buses
                 record_property("board_budget", f"not judged: a virtual board ({tok_s:.3f} tok/s, budget >= {floor})")
@@ -481,9 +483,15 @@ def test_perf_report_and_cli(tmp_path, capsys):
     (tmp_path / "perf-board-tiny-llm-int8.json").write_text(json.dumps(
         {"environment": "board", "model": "tiny-llm", "precision": "int8", "tokens_per_s": 0.71, "cycles_per_token": 3.3e8}))
     out = tmp_path / "report.md"
-    assert esp32.main(["report", str(tmp_path), str(out)]) == 0
+    assert cli_main(["esp32-report", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text()
     assert "| board | tiny-llm | int8 | 0.71 |" in text and ">= 0.5 tok/s" in text
-    assert esp32.main(["build-command", "qemu"]) == 0
-    assert "sdkconfig.ci.qemu" in capsys.readouterr().out
-    assert esp32.main(["qemu-args", str(tmp_path / "missing.img")]) == 2
+    capsys.readouterr()
+    assert cli_main(["esp32-build-command", "qemu"]) == 0
+    assert shlex.split(capsys.readouterr().out) == esp32.build_command("qemu")  # the line itself, for a shell
+    assert cli_main(["esp32-qemu-args", str(tmp_path / "missing.img")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    image = tmp_path / "sd.img"
+    image.write_bytes(bytes(1 << 20))
+    assert cli_main(["esp32-qemu-args", str(image), "--icount", "3"]) == 0
+    assert shlex.split(capsys.readouterr().out) == esp32.qemu_args(image, icount_shift=3)

@@ -3,7 +3,7 @@
 (a) every committed seed runs through its target without a finding (each input once, as a
     campaign starts), and every committed `regression-*` reproducer is checked on its own;
 (b) the contract checks compiled into each fuzz binary do fail on known-bad output: the
-    binaries' self-check hook (TINYLLM_FUZZ_CHECK_TRANSCRIPT, fuzz_common.c) runs the very
+    binaries' self-check hook (TINYLLM_FUZZ_CHECK_TRANSCRIPT, fuzz_check.c) runs the very
     checks a fuzzing run applies to a command's output on a transcript we give it.
 
 Host only (clang with libFuzzer; skipped with the reason where ci/fuzz.sh exits 3), so like the

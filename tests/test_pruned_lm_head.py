@@ -194,7 +194,7 @@ def test_every_row_equal_and_the_fallback_to_the_full_stream(firmwares, request,
         assert set(candidates) == {w.shape[0]}
         assert all([i for i, _ in s["top"]] == list(range(K)) for s in pruned["steps"])
     # with a cap of 100 candidates every step streams in full instead, says so, and agrees
-    runs = _compare_on_card(firmwares, request, target_name, folder, ("--max-candidates", "100"))
+    runs = _compare_on_card(firmwares, request, target_name, folder, ("--candidates", "100"))
     for pruned, full, _ in runs:
         assert all(s.get("fallback") == 1 for s in pruned["steps"])
         assert all(s["bytes"] > full["steps"][0]["bytes"] for s in pruned["steps"])  # the proxy, then the full stream

@@ -3,7 +3,7 @@
  * set of the micro card named by TINYLLM_FUZZ_CARD, context FZ_CONTEXT) runs
  * each line (split on '\n', the newline kept as a console line has it) with
  * tl_engine_exec_bytes, so NUL bytes inside a line are exercised. After every
- * line its output is checked against the protocol (fuzz_common.c): printable
+ * line its output is checked against the protocol (fuzz_check.c): printable
  * ASCII lines of known shapes, one TINYLLM_READY last, exactly one
  * TINYLLM_ERROR for a failed command. `quit` ends the input as it ends the
  * console. Afterwards a `fault off` and `load float32` put the engine back to

@@ -1,9 +1,9 @@
 /*
  * Shared pieces of the libFuzzer targets (firmware/fuzz/README.md):
  *  - a tl_port over a card folder (pread storage, one arena, output captured
- *    in a buffer, a deterministic clock), and
+ *    in a buffer, a deterministic clock): fuzz_port.c, and
  *  - the output-protocol checks (docs/contracts.md §5) that turn a contract
- *    break into a finding: they print what broke and abort().
+ *    break into a finding: they print what broke and abort(): fuzz_check.c.
  */
 #ifndef TINYLLM_FUZZ_COMMON_H
 #define TINYLLM_FUZZ_COMMON_H
@@ -55,8 +55,8 @@ void fz_echo(const fz_port *p);
 /* First word of a command line as tl_engine_exec splits it: [*start, *start + *n). */
 void fz_first_word(const char *line, size_t len, const char **start, size_t *n);
 /* 1 if the line is a `load` command whose context= option would lift the
- * context above FZ_CONTEXT (context=0 means max_position_embeddings): such a
- * line is not run, so that no command generates more than FZ_CONTEXT steps. */
+ * context above FZ_CONTEXT (its value parsed by the core's option table): such
+ * a line is not run, so that no command generates more than FZ_CONTEXT steps. */
 int fz_load_lifts_context(const char *line, size_t len);
 /* 1 if the line is a `load` or `fault` command (it changes engine state that
  * outlives the input). */

@@ -2,7 +2,7 @@
  * fuzz_prompt_file: the input is a prompt file (card /prompts.txt). It is
  * written to a scratch card folder (the micro card's two weight folders
  * linked in, see below) and run with tl_engine_run_script on an engine booted
- * once like fuzz_commands'. The whole output is checked (fuzz_common.c): every
+ * once like fuzz_commands'. The whole output is checked (fuzz_check.c): every
  * line printable and well-shaped, each command's output ending in one
  * TINYLLM_READY with one TINYLLM_ERROR if it failed, and the count of failed
  * commands the function returns equal to what the output shows. Then the

@@ -11,6 +11,7 @@ then asks the person to type the device's name (unless `assume_yes`), writes wit
 reads the written bytes back to compare SHA-256 digests.
 
 Every system path is looked up under `sys_root`, so tests use a fake /proc and /sys tree.
+From a shell: `tinyllm-harness write-card IMAGE DEVICE [--yes]`.
 """
 
 from __future__ import annotations
@@ -158,25 +159,3 @@ def write_image_to_device(image: Path, device: Path, assume_yes: bool, sys_root:
     if _sha256_prefix(device, image_bytes) != source_digest.hexdigest():
         raise HarnessError(f"verification failed: the first {image_bytes} bytes of {device} differ from {image} "
                            "(bad card or reader?)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m harness.card.sdwriter IMAGE DEVICE [--yes]: write a card image to an SD card."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m harness.card.sdwriter", description=main.__doc__)
-    parser.add_argument("image", type=Path)
-    parser.add_argument("device", type=Path, help="the whole card, e.g. /dev/sdb or /dev/mmcblk0")
-    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    args = parser.parse_args(argv)
-    try:
-        write_image_to_device(args.image, args.device, assume_yes=args.yes)
-    except HarnessError as exc:
-        print(f"error: {exc}")
-        return 2
-    print(f"wrote and verified {args.image} on {args.device}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,15 +1,39 @@
-"""Budgets (fixtures/budgets.json): deterministic per-token costs a run must stay within."""
+"""Budgets (fixtures/budgets.json): deterministic per-token costs a run must stay within, and the
+seed's figures for a real ESP32-CAM (`seed_board`)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from harness import FIXTURES
+from harness.targets import TARGETS
 
 
 def load_budgets() -> dict[str, Any]:
     return json.loads((FIXTURES / "budgets.json").read_text())
+
+
+@dataclass(frozen=True)
+class SeedBoard:
+    """The seed's figures for the real board (ESP32-CAM), per precision: what the reports show
+    for context and what a board run must reach (its lower tokens/s)."""
+
+    tokens_per_s: dict[str, tuple[float, float]]  # precision -> (low, high)
+    peak_ram: dict[str, int]  # precision -> bytes
+    sd_seeks_per_token: int
+
+    def min_tokens_per_s(self, precision: str) -> float:
+        """The board budget: a real ESP32-CAM must reach the low end of the seed's range."""
+        return self.tokens_per_s[precision][0]
+
+
+def seed_board() -> SeedBoard:
+    """fixtures/budgets.json's "seed_board"."""
+    seed = load_budgets()["seed_board"]
+    return SeedBoard({p: (float(lo), float(hi)) for p, (lo, hi) in seed["tokens_per_s"].items()},
+                     {p: int(v) for p, v in seed["peak_ram"].items()}, int(seed["sd_seeks_per_token"]))
 
 
 def check(figures: dict[str, float], model: str, precision: str, target: str | None = None) -> list[str]:
@@ -61,24 +85,19 @@ def estimated_cycles(model: str, precision: str, target: str, prompt_steps: int,
     return prompt_steps * per_prompt + decode_steps * per_token
 
 
-# The reference machine: this project's own (2 cores, nothing else running). QEMU runs lx106
-# code there at ~4e8 instructions/s. Espressif's QEMU, measured on tiny-llm: its SD card model
-# moves data one byte at a time (~5 MB/s), and it runs ~2.5e9 CCOUNT cycles of -icount shift=3
-# virtual time per second. These size test runs and the nominal timeouts only (a busy machine's
-# own speed is measured: harness/targets/pace.py); nothing asserts wall time.
-EMULATED_INSTRUCTIONS_PER_S = 4e8
-ESP32_QEMU_BYTES_PER_S = 5e6
-ESP32_QEMU_CYCLES_PER_S = 2.5e9
-
-
 def reference_seconds(target: str, cycles: float, bytes_read: float) -> float | None:
-    """Wall time the reference machine needs to emulate a run of `cycles` (the firmware's own
-    cycle figure) reading `bytes_read` from the card (None: not an emulated target)."""
-    if target == "esp32":
-        return bytes_read / ESP32_QEMU_BYTES_PER_S + cycles / ESP32_QEMU_CYCLES_PER_S
-    if target == "xtensa-sim":
-        return cycles / EMULATED_INSTRUCTIONS_PER_S  # its cycles are executed instructions (-icount shift=0)
-    return None
+    """Wall time the reference machine (this project's own: 2 cores, nothing else running) needs
+    to emulate a run of `cycles` (the firmware's own cycle figure) reading `bytes_read` from the
+    card, from the target's reference speeds (None: not an emulated target). These size test
+    runs and the nominal timeouts only (a busy machine's own speed is measured:
+    harness/targets/pace.py); nothing asserts wall time."""
+    facts = next((t for t in TARGETS if t.name == target), None)
+    if facts is None or facts.reference_cycles_per_s is None:
+        return None
+    seconds = cycles / facts.reference_cycles_per_s
+    if facts.reference_card_bytes_per_s is not None:
+        seconds = bytes_read / facts.reference_card_bytes_per_s + seconds
+    return seconds
 
 
 def estimated_seconds(model: str, precision: str, target: str, prompt_steps: int, decode_steps: int,

@@ -51,9 +51,6 @@ class BoardAssumptions:
         return 4 / 1024 / self.sd_read_mib_s_4k - 4 / 1024 / self._fitted_stream_mib_s()
 
 
-SEED_TOKENS_PER_S = {"float32": (0.1, 0.3), "int8": (0.5, 1.0)}  # the seed's board figures
-
-
 def model_token(bytes_per_token: float, sd_read_commands: float, instructions: float, resident_bytes: float,
                 assumptions: BoardAssumptions | None = None, chunks_in_psram: bool = True,
                 read_ahead: bool = False) -> dict[str, Any]:

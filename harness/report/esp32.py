@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.targets.esp32 import MIN_BOARD_TOKENS_PER_S
+from harness.oracle.budgets import seed_board
 
 
 def perf_report(perf_dir: Path) -> str:
     """Markdown table of the perf-*.json records the end-to-end cases wrote."""
+    seed = seed_board()
     rows = ["| environment | model | precision | tokens/s | cycles/token | board budget |",
             "| --- | --- | --- | --- | --- | --- |"]
     for path in sorted(Path(perf_dir).glob("perf-*.json")):
         rec = json.loads(path.read_text())
         budget = "-"
         if rec["environment"] in ("board", "virtual-board") and rec["model"] == "tiny-llm":
-            budget = f">= {MIN_BOARD_TOKENS_PER_S[rec['precision']]} tok/s"
+            budget = f">= {seed.min_tokens_per_s(rec['precision'])} tok/s"
             if rec.get("virtual") or rec["environment"] == "virtual-board":
                 budget += " (not judged: virtual board)"
         rows.append(f"| {rec['environment']} | {rec['model']} | {rec['precision']} | {rec['tokens_per_s']:.4g} | "

@@ -5,24 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# The seed's figures for the real board (ESP32-CAM), for context in the report.
-SEED = {
-    "float32": {"tokens_per_s": (0.1, 0.3), "peak_ram": 940 * 1024},
-    "int8": {"tokens_per_s": (0.5, 1.0), "peak_ram": 700 * 1024},
-    "seeks_per_token": 125,
-}
+from harness.oracle.budgets import seed_board
+from harness.targets import TARGETS
 
 
-TIMING_NOTE = {
-    "linux": "Timing on `linux` is the host's, not the board's.",
-    "xtensa-sim": "On `xtensa-sim` (QEMU -icount shift=0) cycles are executed lx106 instructions, deterministic, and "
-                  "time is virtual (1 ns per instruction); float32 uses soft-float there (the lx106 has no FPU; "
-                  "the ESP32 has one).",
-    "esp32": "On `esp32` (the ESP-IDF app in Espressif's QEMU, -icount shift=3, one core) time is virtual: 8 ns per "
-             "executed instruction, so tokens/s and cycles (CCOUNT at 240 MHz of that time) are instruction counts, "
-             "deterministic, not the board's speed: QEMU neither models the ESP32's cycles per instruction, its "
-             "PSRAM cache misses, nor the SD bus's time (its card answers at once).",
-}
+def _timing_note(target: str) -> str:
+    """What tokens/s and cycles mean on a target (the target's own `timing_note`)."""
+    return next((t.timing_note for t in TARGETS if t.name == target), "")
 
 
 def _plot(record: dict[str, Any], path: Path) -> bool:
@@ -41,8 +30,9 @@ def _plot(record: dict[str, Any], path: Path) -> bool:
     speed = [record["precisions"][p]["board_model"]["tokens_per_s"] if modelled
              else record["precisions"][p]["tokens_per_s"] for p in precisions]
     axes[0].bar(precisions, speed, color=["#4477aa", "#ee6677"][: len(precisions)])
+    seed = seed_board()
     for i, p in enumerate(precisions):
-        lo, hi = SEED[p]["tokens_per_s"]
+        lo, hi = seed.tokens_per_s[p]
         axes[0].plot([i - 0.4, i + 0.4], [lo, lo], "k--", linewidth=1)
         axes[0].plot([i - 0.4, i + 0.4], [hi, hi], "k--", linewidth=1)
     axes[0].set_yscale("log")
@@ -116,12 +106,13 @@ def write_report(record: dict[str, Any], out: Path) -> Path:
     lines += _board_section(record)
     over = [problem for e in record["precisions"].values() for problem in e.get("over_budget", [])]
     lines += ["", "Budgets (fixtures/budgets.json): " + ("all within" if not over else "**over**: " + "; ".join(over))]
+    seed = seed_board()
+    (f32_lo, f32_hi), (i8_lo, i8_hi) = seed.tokens_per_s["float32"], seed.tokens_per_s["int8"]
     lines += [
         "",
-        f"Seed's figures for the real ESP32-CAM, for comparison: float32 {SEED['float32']['tokens_per_s'][0]}–"
-        f"{SEED['float32']['tokens_per_s'][1]} tokens/s, int8 {SEED['int8']['tokens_per_s'][0]}–"
-        f"{SEED['int8']['tokens_per_s'][1]} tokens/s, ~940 KB peak RAM, ~{SEED['seeks_per_token']} SD seeks per token. "
-        + TIMING_NOTE.get(record["target"], "") + " Bytes, reads and arena are the same on every target.",
+        f"Seed's figures for the real ESP32-CAM, for comparison: float32 {f32_lo}–{f32_hi} tokens/s, int8 {i8_lo}–"
+        f"{i8_hi} tokens/s, ~{seed.peak_ram['float32'] // 1024} KB peak RAM, ~{seed.sd_seeks_per_token} SD seeks "
+        "per token. " + _timing_note(record["target"]) + " Bytes, reads and arena are the same on every target.",
         "",
         "## Prompts",
         "",
@@ -156,8 +147,9 @@ def _board_section(record: dict[str, Any]) -> list[str]:
              "| precision | SD bus | SD s/token | compute s/token | PSRAM s/token | **tokens/s, this firmware** | "
              "tokens/s, reads then compute | tokens/s, reads overlapped | card bandwidth limit | seed's board range |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    seed = seed_board()
     for p, m in rows:
-        lo, hi = SEED[p]["tokens_per_s"]
+        lo, hi = seed.tokens_per_s[p]
         lines.append(f"| {p} | {m['bus']} | {m['sd_s']:.3f} | {m['compute_s']:.3f} | {m['psram_s']:.3f} | "
                      f"**{m['tokens_per_s']:.2f}** ({'reads ahead' if m['read_ahead'] else 'reads in turn'}) | "
                      f"{m['tokens_per_s_sequential']:.2f} | {m['tokens_per_s_overlapped']:.2f} | "
@@ -212,7 +204,7 @@ def write_comparison(records: list[dict[str, Any]], out: Path) -> Path:
     lines += ["", "Bytes, reads and the arena are the same on every target (the same core and arena layout). "
               "Tokens/s are each target's own clock: the host's on linux, virtual time (instructions) on the "
               "emulated targets — none of them is the board's speed."]
-    lines += [""] + [f"- {r['target']}: {TIMING_NOTE.get(r['target'], '')} Report: `{Path(r['report']).relative_to(out)}`"
+    lines += [""] + [f"- {r['target']}: {_timing_note(r['target'])} Report: `{Path(r['report']).relative_to(out)}`"
                      for r in records] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

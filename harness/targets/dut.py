@@ -349,13 +349,13 @@ def start_firmware(target: Target, binary: Path, card: Path, precision: str, log
     `extra` become arguments (linux, xtensa-sim) or console commands (`load ...`, esp32); where
     the card's prompt file runs (asked for with prompts="card", or always on a device), the
     results of its `card_prompts` are in `dut.boot_runs`."""
-    runs = list(card_prompts) if target.runs_card_prompts(prompts) else []
+    runs = list(card_prompts) if target.is_device or prompts == "card" else []
     sd_trace = target.sd_trace_path(log_path)  # where an emulated SD card logs what it is asked
     cmd = target.argv(binary, card, precision, prompts, extra, sd_trace=sd_trace)
     dut = TinyLLMDut(cmd, log_path, target=target.name, app_path=binary.parent, boot_timeout=120.0,
                      prompt_file_lines=len(runs), prompt_line_timeout=line_timeout,
                      boot_commands=target.boot_commands(precision, extra), sd_trace=sd_trace,
-                     halts=target.halts_after_exit, pause_when_idle=target.spins_when_idle)
+                     halts=target.is_device, pause_when_idle=target.spins_when_idle)
     dut.precision = precision
     dut.card_prompts = runs
     return dut

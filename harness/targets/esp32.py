@@ -11,9 +11,9 @@
 - `Esp32QemuTarget`: the target as the main job and the tests use every target (build, argv,
   boot commands), booted under the same Dut as linux and xtensa-sim (harness/targets/dut.py);
 - the board check: the card id the firmware printed must be the image's, else the card holds
-  other weights; an optional lab SD multiplexer command writes the image first;
-- `python -m harness.targets.esp32` (or the old `python -m harness.esp32`): build-command,
-  qemu-args, report.
+  other weights; an optional lab SD multiplexer command writes the image first.
+
+From a shell: `tinyllm-harness esp32-build`, `esp32-build-command`, `esp32-qemu-args`, `esp32-report`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from harness import REPO_ROOT
 from harness.errors import HarnessError
@@ -39,7 +40,6 @@ FIRMWARE = REPO_ROOT / "firmware"
 BUILD = REPO_ROOT / "build"
 TARGET = "esp32"
 ENVIRONMENTS = ("qemu", "board")
-PRECISIONS = ("float32", "int8")
 CONFIGS = ENVIRONMENTS  # firmware/sdkconfig.ci.qemu, firmware/sdkconfig.ci.board
 IDF_VERSION = "v5.5"
 APP_NAME = "tinyllm_esp32cam"  # project() in firmware/CMakeLists.txt
@@ -51,9 +51,6 @@ SD_MUX_ENV = "TINYLLM_SD_MUX_CMD"
 BOARD_MODEL_ENV = "TINYLLM_BOARD_MODEL"
 REQUIRED_ENV = "TINYLLM_ESP32_REQUIRED"  # CI sets it: a skip of the end-to-end cases becomes a failure
 
-# Minimum speed on a real ESP32-CAM (the seed: float32 0.1-0.3 tok/s, int8 0.5-1 tok/s).
-MIN_BOARD_TOKENS_PER_S = {"float32": 0.1, "int8": 0.5}
-
 Which = Callable[[str], str | None]
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -61,6 +58,8 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 # --- builds ------------------------------------------------------------------------------------
 def config_name(environment: str, precision: str) -> str:
     """The build config for an environment; the precision is chosen at run time (`load`)."""
+    from harness.card.export import PRECISIONS
+
     if environment not in ENVIRONMENTS or precision not in PRECISIONS:
         raise HarnessError(f"no esp32 build config for {environment!r}/{precision!r} "
                            f"(environments {ENVIRONMENTS}, precisions {PRECISIONS})")
@@ -270,12 +269,26 @@ def _sources() -> list[Path]:
 class Esp32QemuTarget:
     """The ESP-IDF app in Espressif's QEMU: `-machine esp32 -m 4M`, the card on the SD/MMC host."""
 
-    name: str = "esp32"
-    sanitize: bool = False
-    halts_after_exit = True  # the app halts after TINYLLM_EXIT: QEMU runs on until stopped
+    name: ClassVar[str] = "esp32"
+    is_device: ClassVar[bool] = True  # the app halts after TINYLLM_EXIT: QEMU runs on until stopped
     # -icount sleep=off: while the app waits for a console line QEMU skips idle time as fast as it
     # can, a whole host core (89% measured); the Dut pauses it between commands
-    spins_when_idle = True
+    spins_when_idle: ClassVar[bool] = True
+    board_rank: ClassVar[int] = 2  # the board's own app, in an emulated ESP32
+    # the smoke set only: the edge set's 1024-token prompt, teacher-forced, is one lm_head stream
+    # per position, over an hour of Espressif QEMU's byte-at-a-time SD model for float32
+    default_prompts: ClassVar[str] = "smoke"
+    timing_note: ClassVar[str] = (
+        "On `esp32` (the ESP-IDF app in Espressif's QEMU, -icount shift=3, one core) time is virtual: 8 ns per "
+        "executed instruction, so tokens/s and cycles (CCOUNT at 240 MHz of that time) are instruction counts, "
+        "deterministic, not the board's speed: QEMU neither models the ESP32's cycles per instruction, its "
+        "PSRAM cache misses, nor the SD bus's time (its card answers at once).")
+    # on the reference machine (measured on tiny-llm) its SD card model moves data one byte at a
+    # time (~5 MB/s), and it runs ~2.5e9 CCOUNT cycles of -icount shift=3 virtual time per second
+    reference_cycles_per_s: ClassVar[float | None] = 2.5e9
+    reference_card_bytes_per_s: ClassVar[float | None] = 5e6
+    has_sanitizer_build: ClassVar[bool] = False
+    sanitize: bool = False
     config: str = "qemu"  # firmware/sdkconfig.ci.<config>
     # -icount shift=3: every instruction advances virtual time by 8 ns, so esp_timer and CCOUNT
     # (240 MHz) count executed instructions, identically on every run; sleep=off: idle time is
@@ -382,9 +395,6 @@ class Esp32QemuTarget:
         """Console lines that give the firmware what the process targets take as options."""
         return load_command(precision, extra, default_precision="float32")
 
-    def runs_card_prompts(self, prompts: str) -> bool:
-        return True  # no argument can turn the card's prompts.txt off: the Dut reads its results
-
     def sd_trace_path(self, log_path: Path) -> Path | None:
         return log_path.with_suffix(".sd-trace.log")  # QEMU's SD model counts what the card sees
 
@@ -392,24 +402,19 @@ class Esp32QemuTarget:
         return None  # ESP-IDF's heap: the app reports what it has (TINYLLM_INFO, the boot log)
 
 
-# the process targets' options and the `load` command's (docs/contracts.md §3)
-_LOAD_OPTIONS = {"--context": "context", "--chunk-rows": "chunk", "--arena-bytes": "arena", "--lm-head": "lm_head",
-                 "--max-candidates": "candidates"}
+# The process targets' own options: the command line's others are the core's layout options,
+# which `load` takes under the same names (docs/contracts.md §3).
+_PORT_ONLY = ("--card", "--precision", "--prompts", "--chunk-buffer-bytes", "--selftest-exception")
 
 
 def load_command(precision: str, extra: tuple[str, ...], default_precision: str) -> list[str]:
-    """`load <precision> [options]` for what differs from the firmware's boot defaults, or nothing."""
-    words, i = [], 0
-    while i < len(extra):
-        if extra[i] == "--no-resident":
-            words.append("resident=0")
-            i += 1
-        elif extra[i] in _LOAD_OPTIONS and i + 1 < len(extra):
-            words.append(f"{_LOAD_OPTIONS[extra[i]]}={extra[i + 1]}")
-            i += 2
-        else:
-            raise HarnessError(f"option {extra[i]!r} has no console equivalent (load float32|int8 "
-                               "[context=N] [chunk=N] [resident=0|1] [arena=N] [lm_head=M] [candidates=N])")
+    """`load <precision> [options]` for what differs from the firmware's boot defaults, or nothing:
+    each `--x-y V` of the command line is `x_y=V` in `load`."""
+    if len(extra) % 2 or any(not o.startswith("--") or o in _PORT_ONLY for o in extra[::2]):
+        raise HarnessError(f"options {' '.join(extra)!r} have no console equivalent: `load` takes the layout "
+                           "options only (docs/contracts.md §3), as --name value pairs, not the process "
+                           f"targets' own {', '.join(_PORT_ONLY)}")
+    words = [f"{o[2:].replace('-', '_')}={v}" for o, v in zip(extra[::2], extra[1::2], strict=True)]
     if precision == default_precision and not words:
         return []
     return [" ".join(["load", precision, *words])]
@@ -425,7 +430,7 @@ def expected_card_id(weights_dir: Path) -> str:
 
 def _write_hint(image: Path | None) -> str:
     source = str(image) if image else "the image from `tinyllm-harness image`"
-    return (f"write {source} to the card (`tinyllm-harness` sdwriter, or dd), or set {SD_MUX_ENV} "
+    return (f"write {source} to the card (`tinyllm-harness write-card`, or dd), or set {SD_MUX_ENV} "
             "to a command that writes {image} to the board's card through an SD multiplexer")
 
 
@@ -486,39 +491,3 @@ def write_image_with_mux(command: str, image: Path, run: Runner = subprocess.run
     if result.returncode != 0:
         raise HarnessError(f"SD multiplexer command exited {result.returncode}: {line}\n"
                            f"{(result.stdout or '')[-2000:]}{(result.stderr or '')[-2000:]}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m harness.targets.esp32 {build-command CONFIG | qemu-args IMAGE | report PERF_DIR OUT}"""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m harness.targets.esp32", description=main.__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("build-command", help="print the idf.py line that builds one config")
-    p.add_argument("config", choices=CONFIGS)
-    p = sub.add_parser("qemu-args", help="print the --qemu-extra-args string for an SD image")
-    p.add_argument("image", type=Path)
-    p.add_argument("--icount", type=int)
-    p = sub.add_parser("report", help="write the Markdown perf table of an esp32 run")
-    p.add_argument("perf_dir", type=Path)
-    p.add_argument("out", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.cmd == "build-command":
-            print(shlex.join(build_command(args.config)))
-        elif args.cmd == "qemu-args":
-            print(qemu_extra_args(args.image, args.icount))
-        else:
-            from harness.report.esp32 import perf_report
-
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(perf_report(args.perf_dir))
-            print(f"wrote {args.out}")
-    except HarnessError as exc:
-        print(f"error: {exc}")
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,9 +18,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from harness import REPO_ROOT
-from harness.card.stage import extract_image
 from harness.errors import HarnessError
 
 FIRMWARE = REPO_ROOT / "firmware"
@@ -48,15 +48,26 @@ def _cmake_build(name: str, source: Path, build_dir: Path, flags: list[str], art
 def _card_from_image(image: Path, work: Path) -> Path:
     """The card a process target sees: the image's files, extracted with mtools, so an image
     bug shows on every target."""
+    from harness.card.stage import extract_image  # numpy: imported when a card is made, not with the targets
+
     return extract_image(image, work / "card-from-image")
 
 
 @dataclass(frozen=True)
 class LinuxTarget:
-    name: str = "linux"
+    """The core and the POSIX port as a host process (the facts: harness/targets/__init__.py's Target)."""
+
+    name: ClassVar[str] = "linux"
+    is_device: ClassVar[bool] = False
+    spins_when_idle: ClassVar[bool] = False  # it blocks reading stdin
+    board_rank: ClassVar[int] = 0  # runs wherever the harness does: `--target auto`'s fallback
+    # the edge set's 1024-token prompt too: teacher forcing over it is fast on the host
+    default_prompts: ClassVar[str] = "smoke,edge"
+    timing_note: ClassVar[str] = "Timing on `linux` is the host's, not the board's."
+    reference_cycles_per_s: ClassVar[float | None] = None  # not emulated
+    reference_card_bytes_per_s: ClassVar[float | None] = None
+    has_sanitizer_build: ClassVar[bool] = True  # ASan + UBSan (build/firmware/linux-asan)
     sanitize: bool = False
-    halts_after_exit = False  # not a field: the same for every instance
-    spins_when_idle = False  # it blocks reading stdin
 
     @property
     def build_dir(self) -> Path:
@@ -89,9 +100,6 @@ class LinuxTarget:
     def boot_commands(self, precision: str, extra: tuple[str, ...] = ()) -> list[str]:
         return []  # precision and options are command-line arguments here
 
-    def runs_card_prompts(self, prompts: str) -> bool:
-        return prompts == "card"
-
     def sd_trace_path(self, log_path: Path) -> Path | None:
         return None  # the card is a folder: no SD commands to count
 
@@ -106,10 +114,23 @@ class LinuxTarget:
 class XtensaSimTarget:
     """QEMU `-M sim -cpu lx106`, RAM sized like the ESP32-CAM's: 4 MiB PSRAM + 512 KiB SRAM."""
 
-    name: str = "xtensa-sim"
-    sanitize: bool = False  # no sanitizers on bare metal
-    halts_after_exit = False  # semihosting ends QEMU with the firmware's exit code
-    spins_when_idle = False  # a semihosting console read blocks QEMU's CPU thread: no CPU while idle
+    name: ClassVar[str] = "xtensa-sim"
+    is_device: ClassVar[bool] = False  # semihosting ends QEMU with the firmware's exit code
+    spins_when_idle: ClassVar[bool] = False  # a semihosting console read blocks QEMU's CPU thread: no CPU while idle
+    board_rank: ClassVar[int] = 1  # Xtensa code, bare metal, board-sized RAM; not the ESP-IDF app
+    # the smoke set only: teacher forcing over the edge set's 1024-token prompt is one lm_head
+    # stream per position, half an hour of soft-float on lx106
+    default_prompts: ClassVar[str] = "smoke"
+    timing_note: ClassVar[str] = (
+        "On `xtensa-sim` (QEMU -icount shift=0) cycles are executed lx106 instructions, deterministic, and "
+        "time is virtual (1 ns per instruction); float32 uses soft-float there (the lx106 has no FPU; "
+        "the ESP32 has one).")
+    # QEMU runs lx106 code at ~4e8 instructions/s on the reference machine; its cycles are
+    # executed instructions (-icount shift=0); semihosting reads the card's files from the host
+    reference_cycles_per_s: ClassVar[float | None] = 4e8
+    reference_card_bytes_per_s: ClassVar[float | None] = None
+    has_sanitizer_build: ClassVar[bool] = False  # no sanitizers on bare metal
+    sanitize: bool = False
     ram: str = "4608K"
     # -icount shift=0: 1 ns of virtual time per instruction; sleep=off: virtual time never
     # follows the host clock, so CCOUNT (and every cycle figure) is the same on every run.
@@ -153,9 +174,6 @@ class XtensaSimTarget:
 
     def boot_commands(self, precision: str, extra: tuple[str, ...] = ()) -> list[str]:
         return []
-
-    def runs_card_prompts(self, prompts: str) -> bool:
-        return prompts == "card"
 
     def sd_trace_path(self, log_path: Path) -> Path | None:
         return None  # semihosting reads host files: no SD commands to count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,15 @@ STARTING = re.compile(r"Starting inference with prompt length: (\d+)$")
 GENERATED_N = re.compile(r"Generated (\d+) tokens$")
 GENERATED_TOKENS = re.compile(r"^Generated tokens:((?: \d+)*) ?$")
 COMPLETED = re.compile(r"Inference completed: (\d+) tokens in (\d+) ms \(([\d.]+) tokens/sec\)$")
+
+
+# the SD commands that move data from the card: READ_SINGLE_BLOCK and READ_MULTIPLE_BLOCK
+SD_DATA_READS = ("CMD17", "CMD18")
+
+
+def sd_data_reads(commands: Mapping[str, int]) -> int:
+    """How many of the counted SD commands (Transcript.sd_commands) read data from the card."""
+    return sum(commands.get(name, 0) for name in SD_DATA_READS)
 
 
 class ProtocolError(AssertionError):

@@ -2,9 +2,11 @@
  * Linux host port: the card is a folder, storage is pread(), the console is
  * stdin/stdout, the arena is one malloc of the board's memory budget.
  *
- *   tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none]
- *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] [--lm-head M]
- *           [--max-candidates N] [--chunk-buffer-bytes N]
+ *   tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none] [--chunk-buffer-bytes N]
+ *           [--context N] [--chunk N] [--resident 0|1] [--arena N] [--lm-head M] [--candidates N]
+ *
+ * The options of the second line are the core's table (options.c), the same as `load`'s;
+ * --arena is the size of the arena this port allocates.
  *
  * Exit codes: 0 ok, 1 a command failed, 2 start-up error.
  */
@@ -55,25 +57,19 @@ static void posix_write(void *ctx, const char *text, size_t n)
 
 static void usage(FILE *f)
 {
+    char args[256], help[1024];
     fprintf(f,
-            "usage: tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none]\n"
-            "               [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident]\n"
-            "               [--lm-head auto|full|pruned] [--max-candidates N] [--chunk-buffer-bytes N]\n"
-            "  --card DIR        card root: DIR/tinyllm_float32_weights or DIR/tinyllm_weights\n"
-            "  --precision P     float32 (default) or int8\n"
-            "  --prompts FILE    prompt file run at start-up (default DIR/prompts.txt if present;\n"
-            "                    'none' disables); then commands are read from stdin\n"
-            "  --arena-bytes N   memory budget (default %u = the ESP32 app's 3840 KiB PSRAM arena)\n"
-            "  --context N       max positions, 1.. (default max_position_embeddings)\n"
-            "  --chunk-rows N    rows per streamed chunk, 1.. (default 256)\n"
-            "  --no-resident     stream every matrix from the card at every use\n"
-            "  --lm-head MODE    float32 logits: auto (default: pruned through lm_head_proxy.bin when\n"
-            "                    the set has it), full (stream the float32 lm_head), pruned (require it)\n"
-            "  --max-candidates N  pruned lm_head: a step with more candidate rows streams it in full\n"
-            "                    (1..512, default 512)\n"
-            "  --chunk-buffer-bytes N  the port's chunk buffer outside the arena, as the ESP32 app's\n"
-            "                    internal SRAM one (0..%u, default %u; 0: chunks in the arena)\n",
-            TL_DEFAULT_ARENA_BYTES, TL_DEFAULT_CHUNK_BUFFER_BYTES, TL_DEFAULT_CHUNK_BUFFER_BYTES);
+            "usage: tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none] [--chunk-buffer-bytes N]\n"
+            "               %s\n"
+            "  --card DIR                 card root: DIR/tinyllm_float32_weights or DIR/tinyllm_weights\n"
+            "  --precision P              float32 (default) or int8\n"
+            "  --prompts FILE             prompt file run at start-up (default DIR/prompts.txt if present;\n"
+            "                             'none' disables); then commands are read from stdin\n"
+            "  --chunk-buffer-bytes N     the port's chunk buffer outside the arena, as the ESP32 app's\n"
+            "                             internal SRAM one (default %u; 0: chunks in the arena) [0..%u]\n"
+            "the weight-set layout, as `load`'s options (--lm-head M is load's lm_head=M):\n%s",
+            tl_option_usage(TL_USAGE_ARGS, args, sizeof args), TL_DEFAULT_CHUNK_BUFFER_BYTES,
+            TL_DEFAULT_CHUNK_BUFFER_BYTES, tl_option_usage(TL_USAGE_HELP, help, sizeof help));
 }
 
 /* Runs a stream's lines (a --prompts FILE, then stdin) into the session until it ends or quits. */
@@ -116,81 +112,85 @@ static int bad_usage(const tl_port *port, const char *what, const char *value)
     return 2;
 }
 
-int main(int argc, char **argv)
-{
-    const char *card = NULL, *precision = "float32", *prompts = NULL;
-    unsigned long long arena_bytes = TL_DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
-    unsigned long long chunk_buffer_bytes = TL_DEFAULT_CHUNK_BUFFER_BYTES;
-    int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
-    posix_port pp = {{card, 0}, {0, 0}};
-    clock_gettime(CLOCK_MONOTONIC, &pp.start);
-    tl_port port = {.ctx = &pp, .time_us = posix_time_us, .cycles = posix_cycles, .write = posix_write};
-    posix_card_storage(&port);
+/* The command line. The port's own options are its flags[]; every other one is the core's
+ * table of layout options (tl_option_set) or unknown. Each option at most once (which of two
+ * should win would be a guess). Returns -1 to go on, or the exit code: 0 after --help, 2
+ * after a bad option (its error and exit lines printed). */
+typedef struct args {
+    const char *card, *prompts;
+    unsigned long long chunk_buffer_bytes;
+    tl_options opt; /* the precision, and the layout options */
+} args;
 
-    /* Each option at most once (which of two should win would be a guess); counts from 1 where
-     * 0 would silently mean "the default", as `load` refuses context=0 and chunk=0. */
-    enum { F_CARD, F_PRECISION, F_PROMPTS, F_ARENA, F_CONTEXT, F_CHUNK_ROWS, F_LM_HEAD, F_CANDIDATES, F_CHUNK_BUFFER,
-           F_NO_RESIDENT, F_COUNT };
-    static const char *const flags[F_COUNT] = {"--card", "--precision", "--prompts", "--arena-bytes", "--context",
-                                               "--chunk-rows", "--lm-head", "--max-candidates",
-                                               "--chunk-buffer-bytes", "--no-resident"};
-    uint32_t seen = 0;
+static int parse_args(const tl_port *port, int argc, char **argv, args *a)
+{
+    enum { F_CARD, F_PRECISION, F_PROMPTS, F_CHUNK_BUFFER, F_COUNT };
+    static const char *const flags[F_COUNT] = {"--card", "--precision", "--prompts", "--chunk-buffer-bytes"};
+    uint32_t seen = 0, seen_layout = 0;
+    char msg[200];
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+        const char *name = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) {
             usage(stdout);
             return 0;
         }
-        int f = tl_option_index(flags, F_COUNT, a, &seen);
-        if (f == TL_OPTION_UNKNOWN) return bad_usage(&port, "unknown option", a);
-        if (f == TL_OPTION_REPEATED) return bad_usage(&port, "option given twice", a);
-        if (f == F_NO_RESIDENT) {
-            no_resident = 1;
+        int f = tl_option_index(flags, F_COUNT, name, &seen);
+        if (f == TL_OPTION_REPEATED) return bad_usage(port, "option given twice", name);
+        if (f == TL_OPTION_UNKNOWN) {
+            int rc = tl_option_set(&a->opt, name, val, &seen_layout, msg, sizeof msg);
+            if (rc == TL_OPTION_UNKNOWN) return bad_usage(port, "unknown option", name);
+            if (rc != TL_OK) return bad_usage(port, msg, NULL);
+            i++;
             continue;
         }
-        const char *val = i + 1 < argc ? argv[++i] : NULL;
-        int bad = !val || !*val;
-        if (bad) return bad_usage(&port, a, "(missing value)");
+        if (!val || !*val) return bad_usage(port, name, "(missing value)");
+        i++;
+        int bad = 0;
         switch (f) {
-        case F_CARD: card = val; break;
-        case F_PRECISION: precision = val; break;
-        case F_PROMPTS: prompts = val; break;
-        case F_ARENA: bad = tl_parse_count(val, (size_t)-1 / 2, &arena_bytes); break;
-        case F_CONTEXT: bad = tl_parse_count(val, 1u << 24, &context) || !context; break;
-        case F_CHUNK_ROWS: bad = tl_parse_count(val, 1u << 24, &chunk_rows) || !chunk_rows; break;
-        case F_LM_HEAD: bad = (lm_head = tl_lm_head_mode(val)) < 0; break;
-        case F_CANDIDATES: bad = tl_parse_count(val, 512, &max_candidates) || !max_candidates; break;
-        default: bad = tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes); break;
+        case F_CARD: a->card = val; break;
+        case F_PRECISION: a->opt.precision = val; break;
+        case F_PROMPTS: a->prompts = val; break;
+        default: bad = tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &a->chunk_buffer_bytes); break;
         }
-        if (bad) return bad_usage(&port, a, val);
+        if (bad) return bad_usage(port, name, val);
     }
-    if (!card) return bad_usage(&port, "--card DIR is required", NULL);
-    if (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0)
-        return bad_usage(&port, "--precision (expected float32 or int8)", precision);
+    if (!a->card) return bad_usage(port, "--card DIR is required", NULL);
+    if (strcmp(a->opt.precision, "float32") != 0 && strcmp(a->opt.precision, "int8") != 0)
+        return bad_usage(port, "--precision (expected float32 or int8)", a->opt.precision);
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    posix_port pp = {{NULL, 0}, {0, 0}};
+    clock_gettime(CLOCK_MONOTONIC, &pp.start);
+    tl_port port = {.ctx = &pp, .time_us = posix_time_us, .cycles = posix_cycles, .write = posix_write};
+    posix_card_storage(&port);
+    /* --arena sizes the arena this port allocates; the engine's budget is then all of it
+     * (tl_options' arena_bytes: `load ... arena=N` can only ask for less) */
+    args a = {NULL, NULL, TL_DEFAULT_CHUNK_BUFFER_BYTES,
+              {.precision = "float32", .arena_bytes = TL_DEFAULT_ARENA_BYTES}};
+    int done = parse_args(&port, argc, argv, &a);
+    if (done >= 0) return done;
+    const char *card = a.card, *precision = a.opt.precision, *prompts = a.prompts;
+    size_t arena_bytes = a.opt.arena_bytes;
     pp.card.root = card;
 
-    void *arena = malloc(arena_bytes ? (size_t)arena_bytes : 1u);
+    void *arena = malloc(arena_bytes);
     if (!arena) {
-        tl_port_error(&port, TL_E_OOM, "cannot allocate an arena of %llu bytes", arena_bytes);
+        tl_port_error(&port, TL_E_OOM, "cannot allocate an arena of %llu bytes", (unsigned long long)arena_bytes);
         tl_exit_line(&port, 2);
         return 2;
     }
     port.arena = arena;
-    port.arena_bytes = (size_t)arena_bytes;
-    port.chunk_buffer = chunk_buffer_bytes ? chunk_buffer : NULL;
-    port.chunk_buffer_bytes = (size_t)chunk_buffer_bytes;
-    tl_options opt = {
-        .precision = precision,
-        .context = (int)context,
-        .chunk_rows = (int)chunk_rows,
-        .no_resident = no_resident,
-        .lm_head = lm_head,
-        .max_candidates = (int)max_candidates,
-    };
+    port.arena_bytes = arena_bytes;
+    port.chunk_buffer = a.chunk_buffer_bytes ? chunk_buffer : NULL;
+    port.chunk_buffer_bytes = (size_t)a.chunk_buffer_bytes;
 
     tl_log(&port, "app_main", "Tiny-LLM ESP32 Inference Engine Starting");
-    tl_log(&port, "app_main", "Linux port: card %s, precision %s, arena %llu bytes", card, precision, arena_bytes);
-    tl_engine *e = tl_engine_init(&port, &opt);
+    tl_log(&port, "app_main", "Linux port: card %s, precision %s, arena %llu bytes", card, precision,
+           (unsigned long long)arena_bytes);
+    tl_engine *e = tl_engine_init(&port, &a.opt);
     if (!e) {
         tl_exit_line(&port, 2);
         free(arena);

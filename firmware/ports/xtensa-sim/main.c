@@ -6,10 +6,13 @@
  * files mtools extracted from the FAT image), and exit ends QEMU with our exit code.
  * Arguments come from `-semihosting-config enable=on,arg=...`:
  *
- *   tinyllm --card DIR [--precision float32|int8] [--prompts card|none]
- *           [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] [--lm-head M]
- *           [--max-candidates N] [--chunk-buffer-bytes N]
+ *   tinyllm --card DIR [--precision float32|int8] [--prompts card|none] [--chunk-buffer-bytes N]
+ *           [--context N] [--chunk N] [--resident 0|1] [--arena N] [--lm-head M] [--candidates N]
  *           [--selftest-exception]   (executes an illegal instruction: tests the vectors)
+ *
+ * The options of the second line are the core's table (options.c), the same as `load`'s;
+ * --arena is the size of the arena this port hands the core (at most the RAM the linker
+ * script leaves it).
  *
  * Cycles: under `-icount shift=0,sleep=off` QEMU advances virtual time by 1 ns per
  * executed instruction and CCOUNT ticks at the core's clock, so CCOUNT is
@@ -18,6 +21,7 @@
  * measured at start-up on a loop of known length): "cycles" on this target are the
  * instructions of an ideal one-instruction-per-cycle core, and "us" is virtual time.
  */
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -215,91 +219,104 @@ static char *read_line(int *overlong, size_t *len)
     }
 }
 
-/* A bad option (and the value after it, if any): the protocol's error and exit lines. */
-static _Noreturn void usage_exit(const char *bad, const char *value)
+/* A bad command line: the protocol's error and exit lines, with the usage. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 1, 2)))
+#endif
+static _Noreturn void usage_exit(const char *fmt, ...)
 {
-    tl_port_error(&console, TL_E_COMMAND, "bad argument: '%s'%s%s%s: usage tinyllm --card DIR [--precision float32|int8] "
-                     "[--prompts card|none] [--arena-bytes N] [--context N] [--chunk-rows N] [--no-resident] "
-                  "[--lm-head auto|full|pruned] [--max-candidates N] [--chunk-buffer-bytes N]", bad,
-                  value ? " '" : "", value ? value : "", value ? "'" : "");
+    char what[160], layout[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    tl_port_error(&console, TL_E_COMMAND, "bad argument: %s: usage tinyllm --card DIR [--precision float32|int8] "
+                  "[--prompts card|none] [--chunk-buffer-bytes N] %s", what,
+                  tl_option_usage(TL_USAGE_ARGS, layout, sizeof layout));
     tl_exit_line(&console, 2);
     sim_exit(2);
+}
+
+typedef struct args {
+    const char *card, *prompts;
+    unsigned long long chunk_buffer_bytes;
+    tl_options opt; /* the precision, and the layout options */
+} args;
+
+/* As the linux port: the port's own options are its flags[], every other one is the core's
+ * table (tl_option_set) or unknown; each at most once. Exits on a bad one. */
+static void parse_args(int argc, char **argv, args *a)
+{
+    enum { F_CARD, F_PRECISION, F_PROMPTS, F_CHUNK_BUFFER, F_SELFTEST, F_COUNT };
+    static const char *const flags[F_COUNT] = {"--card", "--precision", "--prompts", "--chunk-buffer-bytes",
+                                               "--selftest-exception"};
+    uint32_t seen = 0, seen_layout = 0;
+    char msg[200];
+    for (int i = 1; i < argc; i++) {
+        const char *name = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        int f = tl_option_index(flags, F_COUNT, name, &seen);
+        if (f == TL_OPTION_REPEATED) usage_exit("'%s' given twice", name);
+        if (f == TL_OPTION_UNKNOWN) {
+            int rc = tl_option_set(&a->opt, name, val, &seen_layout, msg, sizeof msg);
+            if (rc == TL_OPTION_UNKNOWN) usage_exit("unknown option '%s'", name);
+            if (rc != TL_OK) usage_exit("%s", msg);
+            i++;
+            continue;
+        }
+        if (f == F_SELFTEST) __asm__ volatile("ill"); /* proves the vectors: E_CRASH, exit 3 */
+        if (!val || !*val) usage_exit("'%s' (missing value)", name);
+        i++;
+        switch (f) {
+        case F_CARD: a->card = val; break;
+        case F_PRECISION: a->opt.precision = val; break;
+        case F_PROMPTS: a->prompts = val; break;
+        default:
+            if (tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &a->chunk_buffer_bytes))
+                usage_exit("'%s' '%s'", name, val);
+            break;
+        }
+    }
+    if (!a->card) usage_exit("(missing --card)");
+    if (strcmp(a->opt.precision, "float32") != 0 && strcmp(a->opt.precision, "int8") != 0)
+        usage_exit("'--precision' '%s'", a->opt.precision);
+    if (strcmp(a->prompts, "card") != 0 && strcmp(a->prompts, "none") != 0) usage_exit("'--prompts' '%s'", a->prompts);
 }
 
 static int run(void)
 {
     char **argv = NULL;
     int argc = sim_args(&argv);
-    const char *card = NULL, *precision = "float32", *prompts = "card";
-    unsigned long long arena_bytes = TL_DEFAULT_ARENA_BYTES, context = 0, chunk_rows = 0, max_candidates = 0;
-    unsigned long long chunk_buffer_bytes = TL_DEFAULT_CHUNK_BUFFER_BYTES;
-    int no_resident = 0, lm_head = TL_LM_HEAD_AUTO;
-    /* As the linux port: each option once, counts from 1 where 0 would mean "the default". */
-    enum { F_CARD, F_PRECISION, F_PROMPTS, F_ARENA, F_CONTEXT, F_CHUNK_ROWS, F_LM_HEAD, F_CANDIDATES, F_CHUNK_BUFFER,
-           F_NO_RESIDENT, F_SELFTEST, F_COUNT };
-    static const char *const flags[F_COUNT] = {"--card", "--precision", "--prompts", "--arena-bytes", "--context",
-                                               "--chunk-rows", "--lm-head", "--max-candidates",
-                                               "--chunk-buffer-bytes", "--no-resident", "--selftest-exception"};
-    uint32_t seen = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int f = tl_option_index(flags, F_COUNT, a, &seen);
-        if (f == TL_OPTION_UNKNOWN) usage_exit(a, NULL);
-        if (f == TL_OPTION_REPEATED) usage_exit(a, "given twice");
-        if (f == F_NO_RESIDENT) {
-            no_resident = 1;
-            continue;
-        }
-        if (f == F_SELFTEST) __asm__ volatile("ill"); /* proves the vectors: E_CRASH, exit 3 */
-        const char *val = i + 1 < argc ? argv[++i] : NULL;
-        int bad = !val || !*val;
-        if (bad) usage_exit(a, "(missing value)");
-        switch (f) {
-        case F_CARD: card = val; break;
-        case F_PRECISION: precision = val; break;
-        case F_PROMPTS: prompts = val; break;
-        case F_ARENA: bad = tl_parse_count(val, 0x7fffffffULL, &arena_bytes); break;
-        case F_CONTEXT: bad = tl_parse_count(val, 1ULL << 24, &context) || !context; break;
-        case F_CHUNK_ROWS: bad = tl_parse_count(val, 1ULL << 24, &chunk_rows) || !chunk_rows; break;
-        case F_LM_HEAD: bad = (lm_head = tl_lm_head_mode(val)) < 0; break;
-        case F_CANDIDATES: bad = tl_parse_count(val, 512, &max_candidates) || !max_candidates; break;
-        default: bad = tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &chunk_buffer_bytes); break;
-        }
-        if (bad) usage_exit(a, val);
-    }
-    if (!card) usage_exit("(missing --card)", NULL);
-    if (strcmp(precision, "float32") != 0 && strcmp(precision, "int8") != 0) usage_exit("--precision", precision);
-    if (strcmp(prompts, "card") != 0 && strcmp(prompts, "none") != 0) usage_exit("--prompts", prompts);
+    /* --arena sizes the arena handed to the core; the engine's budget is then all of it
+     * (tl_options' arena_bytes: `load ... arena=N` can only ask for less) */
+    args a = {NULL, "card", TL_DEFAULT_CHUNK_BUFFER_BYTES,
+              {.precision = "float32", .arena_bytes = TL_DEFAULT_ARENA_BYTES}};
+    parse_args(argc, argv, &a);
 
-    sim_port sp = {card};
-    size_t available = (size_t)(__arena_end - __arena_start);
+    sim_port sp = {a.card};
+    size_t arena_bytes = a.opt.arena_bytes, available = (size_t)(__arena_end - __arena_start);
     tl_port port = {
         .ctx = &sp, .open = sim_open, .size = sim_size, .read_at = sim_read_at, .close = sim_close,
         .time_us = sim_time_us, .cycles = sim_cycles, .write = sim_console,
-        .arena = __arena_start, .arena_bytes = (size_t)arena_bytes,
-        .chunk_buffer = chunk_buffer_bytes ? chunk_buffer : NULL, .chunk_buffer_bytes = (size_t)chunk_buffer_bytes,
+        .arena = __arena_start, .arena_bytes = arena_bytes,
+        .chunk_buffer = a.chunk_buffer_bytes ? chunk_buffer : NULL, .chunk_buffer_bytes = (size_t)a.chunk_buffer_bytes,
     };
     tl_log(&port, "app_main", "Tiny-LLM ESP32 Inference Engine Starting");
-    tl_log(&port, "app_main", "xtensa-sim port: card %s, precision %s, arena %llu bytes (%lu available in RAM), "
-           "1 CCOUNT tick = %lu instructions", card, precision, arena_bytes, (unsigned long)available,
-           (unsigned long)insns_per_tick);
+    tl_log(&port, "app_main", "xtensa-sim port: card %s, precision %s, arena %lu bytes (%lu available in RAM), "
+           "1 CCOUNT tick = %lu instructions", a.card, a.opt.precision, (unsigned long)arena_bytes,
+           (unsigned long)available, (unsigned long)insns_per_tick);
     if (arena_bytes > available) {
-        tl_port_error(&port, TL_E_OOM, "arena: %llu bytes requested, the simulated RAM leaves %lu (raise QEMU's -m)",
-                      arena_bytes, (unsigned long)available);
+        tl_port_error(&port, TL_E_OOM, "arena: %lu bytes requested, the simulated RAM leaves %lu (raise QEMU's -m)",
+                      (unsigned long)arena_bytes, (unsigned long)available);
         tl_exit_line(&port, 2);
         return 2;
     }
-    tl_options opt = {
-        .precision = precision, .context = (int)context, .chunk_rows = (int)chunk_rows, .no_resident = no_resident,
-        .lm_head = lm_head, .max_candidates = (int)max_candidates,
-    };
-    tl_engine *e = tl_engine_init(&port, &opt);
+    tl_engine *e = tl_engine_init(&port, &a.opt);
     if (!e) {
         tl_exit_line(&port, 2);
         return 2;
     }
     tl_session session = {0, 0};
-    if (strcmp(prompts, "card") == 0) tl_engine_run_script(e, "prompts.txt", &session);
+    if (strcmp(a.prompts, "card") == 0) tl_engine_run_script(e, "prompts.txt", &session);
     char *line;
     int overlong;
     size_t len;

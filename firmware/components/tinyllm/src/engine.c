@@ -1,7 +1,8 @@
 /*
- * The command interpreter and output protocol (contracts.md §3-§5):
- * gen / info / verify / quit, prompt validation, greedy decoding, and the
- * TINYLLM_* machine lines next to the ESP-IDF-style human log lines.
+ * The command interpreter (docs/contracts.md §3-§5): gen, info, verify, load, quit and
+ * the test builds' fault; prompt validation, greedy decoding, and the TINYLLM_* machine
+ * lines next to the ESP-IDF-style human log lines. Lines reach it from a console session
+ * or the prompt file (session.c); `load`'s options are the table's (options.c).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -9,52 +10,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "arena.h"
-#include "error.h"
-#include "model.h"
-#include "output.h"
+#include "engine.h"
 #include "storage.h"
-#include "tinyllm/tinyllm.h"
-
-static const char *const TAG_INFER = "tinyllm_inference";
 
 #define TL_DEFAULT_N 16
 #define TL_DEFAULT_K 2
 
 #define TL_STEP_FULL (-1)     /* lm_head streamed in full (as asked, or no logits) */
 #define TL_STEP_FALLBACK (-2) /* pruning was on, but this step streamed lm_head in full */
-
-/* What one forward pass cost, kept until the TINYLLM_RESULT line is printed
- * (printing during generation would put console time into the step times). */
-typedef struct tl_step {
-    int32_t token;
-    int16_t ntop;       /* -1: logits not computed at this position */
-    int16_t candidates; /* pruned lm_head: float32 rows read; TL_STEP_FULL / TL_STEP_FALLBACK */
-    uint64_t us, cycles, bytes, reads;
-    int32_t top_id[TL_MAX_TOPK];
-    float top_logit[TL_MAX_TOPK];
-} tl_step;
-
-struct tl_engine {
-    const tl_port *port;
-    tl_arena arena;
-    size_t base; /* arena bytes the engine itself takes: every weight set is laid out after them */
-    tl_err err;
-    tl_options boot;   /* the port's options; `load` starts from these */
-    tl_options loaded; /* those of the set in the arena (its precision points to `precision`) */
-    char precision[8]; /* "float32", "int8", or "" when no set is loaded (a failed load) */
-    tl_model model;
-    tl_writer out;
-    uint32_t card_id;
-    /* The export of the last set loaded: the other precision's set must come from it too,
-     * or `load` would switch models without a word (a card left half-replaced). */
-    char export_precision[8]; /* "" before the first load succeeds */
-    char export_id[sizeof(((tl_config *)0)->export_id)];
-    int32_t *tokens; /* prompt then generated ids [context + 1] */
-    tl_step *steps;  /* [context] */
-    tl_fault fault;  /* injected storage fault (test builds), kept across loads */
-    char script_line[TL_LINE_BYTES]; /* the prompt file's current line */
-};
 
 /* ------------------------------------------------------------------- lines */
 
@@ -68,12 +31,12 @@ static void print_info(tl_engine *e)
                 (unsigned long)e->arena.size, (unsigned long)e->arena.used, m->context,
                 (unsigned long long)m->resident_bytes);
     tl_w_printf(w, "\"lm_head\":\"%s\",\"chunk_buffer\":\"%s\",\"chunk_bytes\":%lu,\"chunk_buffers\":%d,"
-                "\"read_ahead\":%d}", m->prune ? "pruned" : "full", m->stream_in_port ? "port" : "arena",
+                "\"read_ahead\":%d}", m->prune.on ? "pruned" : "full", m->stream_in_port ? "port" : "arena",
                 (unsigned long)m->stream_bytes, m->stream2 ? 2 : 1, m->stream2 && e->port->read_start ? 1 : 0);
     tl_w_endline(w);
 }
 
-static int report_error(tl_engine *e)
+int tl_engine_report(tl_engine *e)
 {
     tl_emit_error(e->port, e->err.code, e->err.msg);
     e->err.code = TL_OK;
@@ -81,15 +44,6 @@ static int report_error(tl_engine *e)
 }
 
 /* ------------------------------------------------------------------- start */
-
-int tl_lm_head_mode(const char *name)
-{
-    if (!name) return -1;
-    if (strcmp(name, "auto") == 0) return TL_LM_HEAD_AUTO;
-    if (strcmp(name, "full") == 0) return TL_LM_HEAD_FULL;
-    if (strcmp(name, "pruned") == 0) return TL_LM_HEAD_PRUNED;
-    return -1;
-}
 
 const char *tl_weights_dir(const char *precision)
 {
@@ -167,12 +121,12 @@ static int load_set(tl_engine *e, const tl_options *opt)
     e->loaded = o;
     e->loaded.precision = e->precision;
     e->loaded.weights_dir = NULL; /* derived from the precision again on a reload */
-    tl_log(port, TAG_INFER, "Arena: budget %lu bytes, used %lu (resident weights %llu), context %d, chunk rows %d, "
+    tl_log(port, TL_TAG_INFER, "Arena: budget %lu bytes, used %lu (resident weights %llu), context %d, chunk rows %d, "
            "%s chunk buffer%s of %lu bytes in %s", (unsigned long)e->arena.size, (unsigned long)e->arena.used,
            (unsigned long long)m->resident_bytes, m->context, m->chunk_rows, m->stream2 ? "two" : "one",
            m->stream2 ? "s (lm_head reads ahead)" : "", (unsigned long)m->stream_bytes,
            m->stream_in_port ? "the port's fast memory" : "the arena");
-    tl_log(port, TAG_INFER, "Tiny-LLM inference engine initialized successfully");
+    tl_log(port, TL_TAG_INFER, "Tiny-LLM inference engine initialized successfully");
     print_info(e);
     return TL_OK;
 }
@@ -221,7 +175,7 @@ static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int
 {
     tl_writer *w = &e->out;
     tl_w_printf(w, "TINYLLM_RESULT {\"precision\":\"%s\",\"lm_head\":\"%s\",\"prompt\":[",
-                tl_config_dtype(&e->model.cfg), e->model.prune && !full ? "pruned" : "full");
+                tl_config_dtype(&e->model.cfg), e->model.prune.on && !full ? "pruned" : "full");
     for (int i = 0; i < n_prompt; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[i]);
     tl_w_puts(w, "],\"tokens\":[");
     for (int i = 0; i < n_new; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[n_prompt + i]);
@@ -365,7 +319,7 @@ static int gen_decode(tl_engine *e, const tl_gen *g, int n_steps)
         s->reads = m->read_calls - rs;
         s->ntop = (int16_t)(want_logits ? top.n : -1);
         s->candidates = (int16_t)(!want_logits ? TL_STEP_FULL
-                                  : m->last_fallback ? TL_STEP_FALLBACK : m->last_candidates);
+                                  : m->prune.last_fallback ? TL_STEP_FALLBACK : m->prune.last_candidates);
         for (int i = 0; i < top.n && want_logits; i++) {
             s->top_id[i] = top.id[i];
             s->top_logit[i] = top.logit[i];
@@ -383,7 +337,7 @@ static int cmd_gen(tl_engine *e, char *args)
     if (gen_parse(e, args, &g)) return e->err.code;
     int n_prompt = g.n_prompt, n_new = g.n_new;
     int n_steps = n_prompt + n_new - 1;
-    tl_log(port, TAG_INFER, "Starting inference with prompt length: %d", n_prompt);
+    tl_log(port, TL_TAG_INFER, "Starting inference with prompt length: %d", n_prompt);
     if (port->settle) port->settle(port->ctx);
     uint64_t t0 = port->time_us(port->ctx), c0 = port->cycles(port->ctx);
     uint64_t b0 = m->bytes_read, r0 = m->read_calls;
@@ -391,14 +345,14 @@ static int cmd_gen(tl_engine *e, char *args)
     if (gen_decode(e, &g, n_steps)) return e->err.code;
     uint64_t us = port->time_us(port->ctx) - t0, cycles = port->cycles(port->ctx) - c0;
 
-    tl_log(port, TAG_INFER, "Generated %d tokens", n_new);
+    tl_log(port, TL_TAG_INFER, "Generated %d tokens", n_new);
     tl_writer *w = &e->out;
     tl_w_puts(w, "Generated tokens:");
     for (int i = 0; i < n_new; i++) tl_w_printf(w, " %ld", (long)e->tokens[n_prompt + i]);
     tl_w_endline(w);
     unsigned long ms = (unsigned long)(us / 1000u);
     double tps = us ? (double)n_new * 1e6 / (double)us : 0.0;
-    tl_log(port, TAG_INFER, "Inference completed: %d tokens in %lu ms (%.2f tokens/sec)", n_new, ms, tps);
+    tl_log(port, TL_TAG_INFER, "Inference completed: %d tokens in %lu ms (%.2f tokens/sec)", n_new, ms, tps);
     long long disk_reads = port->disk_reads ? (long long)(port->disk_reads(port->ctx) - d0) : -1;
     print_result(e, n_prompt, n_new, n_steps, g.k, g.full, us, cycles, m->bytes_read - b0, m->read_calls - r0,
                  disk_reads);
@@ -407,50 +361,34 @@ static int cmd_gen(tl_engine *e, char *args)
 
 /* --------------------------------------------------------------------- load */
 
-/* load <float32|int8> [context=N] [chunk=N] [resident=0|1] [arena=N] [lm_head=auto|full|pruned]
- * [candidates=N]: lay out
- * another weight set (or the same one with other options) in the arena, as if
- * the firmware had booted with them; options not given are the port's. One
- * firmware build thus serves both precisions. */
+/* load <float32|int8> [context=N] [chunk=N] ... (the options of options.c's table): lay out
+ * another weight set (or the same one with other options) in the arena, as if the firmware
+ * had booted with them; options not given are the port's. One firmware build thus serves
+ * both precisions. */
 static int cmd_load(tl_engine *e, char *args, tl_options *opt)
 {
+    char usage[160], msg[sizeof e->err.msg - 8];
+    tl_option_usage(TL_USAGE_LOAD, usage, sizeof usage);
     *opt = e->boot;
     opt->weights_dir = NULL;
     opt->precision = next_word(&args);
     if (!opt->precision)
-        return tl_fail(&e->err, TL_E_COMMAND, "load: expected a precision (load float32|int8 [context=N] [chunk=N] "
-                                              "[resident=0|1] [arena=N] [lm_head=auto|full|pruned] [candidates=N])");
+        return tl_fail(&e->err, TL_E_COMMAND, "load: expected a precision (load float32|int8 %s)", usage);
     if (!tl_weights_dir(opt->precision))
         return tl_fail(&e->err, TL_E_COMMAND, "load: unknown precision '%s' (expected float32 or int8)",
                        opt->precision);
-    static const char *const names[] = {"context", "chunk", "resident", "arena", "lm_head", "candidates"};
     uint32_t seen = 0;
     for (char *word; (word = next_word(&args)) != NULL;) {
         char *eq = strchr(word, '=');
-        long v;
-        if (!eq)
-            return tl_fail(&e->err, TL_E_COMMAND,
-                           "load: '%s' is not an option (context=, chunk=, resident=, arena=, lm_head=, candidates=)",
-                           word);
-        *eq = '\0';
-        if (tl_option_index(names, 6, word, &seen) == TL_OPTION_REPEATED)
-            return tl_fail(&e->err, TL_E_COMMAND, "load: option %s= given twice", word);
-        if (strcmp(word, "lm_head") == 0) {
-            opt->lm_head = tl_lm_head_mode(eq + 1);
-            if (opt->lm_head < 0)
-                return tl_fail(&e->err, TL_E_COMMAND, "load: lm_head=%s, expected auto, full or pruned", eq + 1);
-            continue;
+        int rc = TL_OPTION_UNKNOWN;
+        if (eq && word[0] != '-') { /* "--context=5" is neither spelling */
+            *eq = '\0';
+            rc = tl_option_set(opt, word, eq + 1, &seen, msg, sizeof msg);
+            *eq = '=';
         }
-        if (parse_long(eq + 1, &v) || v < 0)
-            return tl_fail(&e->err, TL_E_COMMAND, "load: option %s=%s is not a count >= 0", word, eq + 1);
-        /* 0 is the ports' "not given" (the model's whole context, 256 rows): refused here */
-        if (strcmp(word, "context") == 0 && v >= 1 && v <= 0x7fffffffL) opt->context = (int)v;
-        else if (strcmp(word, "chunk") == 0 && v >= 1 && v <= 0x7fffffffL) opt->chunk_rows = (int)v;
-        else if (strcmp(word, "resident") == 0 && v <= 1) opt->no_resident = v == 0;
-        else if (strcmp(word, "arena") == 0) opt->arena_bytes = (size_t)v;
-        else if (strcmp(word, "candidates") == 0 && v >= 1 && v <= TL_PRUNE_MAX_CANDIDATES) opt->max_candidates = (int)v;
-        else return tl_fail(&e->err, TL_E_COMMAND, "load: bad option %s=%ld (context=1.., chunk=1.., resident=0|1, arena=, lm_head=, candidates=1..512)",
-                            word, v);
+        if (rc == TL_OPTION_UNKNOWN)
+            return tl_fail(&e->err, TL_E_COMMAND, "load: '%s' is not an option (%s)", word, usage);
+        if (rc != TL_OK) return tl_fail(&e->err, rc, "load: %s", msg);
     }
     return load_set(e, opt);
 }
@@ -479,7 +417,7 @@ static int cmd_fault(tl_engine *e, char *args)
         return tl_fail(&e->err, TL_E_COMMAND, "fault: expected fault fail|short|flip <N >= 1> or fault off");
     e->fault.kind = k;
     e->fault.countdown = (uint64_t)n;
-    tl_log(e->port, TAG_INFER, "Fault armed: storage read %ld from now will %s", n, kind);
+    tl_log(e->port, TL_TAG_INFER, "Fault armed: storage read %ld from now will %s", n, kind);
     return TL_OK;
 }
 #endif
@@ -503,7 +441,7 @@ int tl_engine_exec(tl_engine *e, char *line)
         rc = cmd_gen(e, cursor);
     } else if (strcmp(cmd, "info") == 0 && bare) {
         tl_model *m = &e->model;
-        tl_log(e->port, TAG_INFER, "Model %s (%s), card id %08lx, context %d, resident %llu bytes, arena %lu/%lu",
+        tl_log(e->port, TL_TAG_INFER, "Model %s (%s), card id %08lx, context %d, resident %llu bytes, arena %lu/%lu",
                m->cfg.model_name, tl_config_dtype(&m->cfg), (unsigned long)e->card_id, m->context,
                (unsigned long long)m->resident_bytes, (unsigned long)e->arena.used, (unsigned long)e->arena.size);
         print_info(e);
@@ -521,8 +459,8 @@ int tl_engine_exec(tl_engine *e, char *line)
         if (rc != TL_OK && previous_precision[0] && !e->precision[0]) {
             /* The old set was dropped before the new one failed: say why, then
              * load the old one again so the firmware keeps answering. */
-            report_error(e);
-            tl_log(e->port, TAG_INFER, "Load failed: loading the %s set again", previous_precision);
+            tl_engine_report(e);
+            tl_log(e->port, TL_TAG_INFER, "Load failed: loading the %s set again", previous_precision);
             if (load_set(e, &previous) == TL_OK) {
                 tl_emit_ready(e->port);
                 return TL_CMD_FAILED;
@@ -540,7 +478,7 @@ int tl_engine_exec(tl_engine *e, char *line)
                      "unknown command or arguments: '%s' (expected gen, info, verify, load, quit)", cmd);
     }
     int result = TL_CMD_OK;
-    if (rc != TL_OK) result = report_error(e);
+    if (rc != TL_OK) result = tl_engine_report(e);
     tl_emit_ready(e->port);
     return result;
 }
@@ -551,7 +489,7 @@ int tl_engine_exec_bytes(tl_engine *e, char *line, size_t len)
     if (nul) {
         tl_fail(&e->err, TL_E_COMMAND, "command line has a NUL byte at column %lu: ignored",
                 (unsigned long)(nul - line) + 1u);
-        report_error(e);
+        tl_engine_report(e);
         tl_emit_ready(e->port);
         return TL_CMD_FAILED;
     }
@@ -566,133 +504,4 @@ void tl_port_error(const tl_port *port, int code, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     tl_emit_error(port, code, msg);
-}
-
-int tl_option_index(const char *const *names, int n, const char *word, uint32_t *seen)
-{
-    for (int i = 0; i < n && i < 32; i++)
-        if (strcmp(word, names[i]) == 0) {
-            if (*seen & (UINT32_C(1) << i)) return TL_OPTION_REPEATED;
-            *seen |= UINT32_C(1) << i;
-            return i;
-        }
-    return TL_OPTION_UNKNOWN;
-}
-
-int tl_parse_count(const char *s, unsigned long long max, unsigned long long *out)
-{
-    char *end;
-    if (!s || !*s || *s == '-') return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || v > max) return -1;
-    *out = v;
-    return 0;
-}
-
-/* ------------------------------------------------------------------ session */
-
-int tl_session_line(tl_engine *e, tl_session *s, char *line, size_t len)
-{
-    int r;
-    if (line) {
-        r = tl_engine_exec_bytes(e, line, len);
-    } else {
-        tl_session_refuse(e, s, TL_E_COMMAND, "console line longer than %lu bytes: ignored",
-                          (unsigned long)(TL_LINE_BYTES - 1u));
-        return TL_CMD_FAILED;
-    }
-    if (r == TL_CMD_FAILED) s->failed++;
-    if (r == TL_CMD_QUIT) s->quit = 1;
-    return r;
-}
-
-void tl_session_refuse(tl_engine *e, tl_session *s, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->err.msg, sizeof e->err.msg, fmt, ap);
-    va_end(ap);
-    e->err.code = code;
-    report_error(e);
-    tl_emit_ready(e->port);
-    s->failed++;
-}
-
-int tl_session_exit_code(const tl_session *s) { return s->failed ? 1 : 0; }
-
-
-/* ------------------------------------------------------------------ scripts */
-
-/* A prompt file is commands for a session, not a data set: 1 MiB is thousands of them. */
-#define TL_SCRIPT_MAX_BYTES (1024u * 1024u)
-
-/* A failure of the prompt file itself (not of one of its commands): one error line, TINYLLM_READY. */
-static int script_failed(tl_engine *e, tl_session *s)
-{
-    report_error(e);
-    tl_emit_ready(e->port);
-    s->failed++;
-    return 1;
-}
-
-int tl_engine_run_script(tl_engine *e, const char *path, tl_session *s)
-{
-    const tl_port *port = e->port;
-    int32_t fh = port->open(port->ctx, path);
-    if (fh == TL_OPEN_NOT_FOUND) return -1;
-    if (fh < 0) { /* there, but not a file we can read (a pipe, a directory...) */
-        tl_fail_open(&e->err, path, fh);
-        return script_failed(e, s);
-    }
-    int64_t size = port->size(port->ctx, fh);
-    if (size > (int64_t)TL_SCRIPT_MAX_BYTES) { /* read 128 bytes at a time, a huge one would look like a hang */
-        tl_fail(&e->err, TL_E_FILE_SIZE, "%s: %lld bytes, more than the %lu a prompt file may hold", path,
-                (long long)size, (unsigned long)TL_SCRIPT_MAX_BYTES);
-        port->close(port->ctx, fh);
-        return script_failed(e, s);
-    }
-    tl_log(port, TAG_INFER, "Running prompt file %s (%lld bytes)", path, (long long)size);
-
-    char *line = e->script_line; /* in the engine: a `load` in the file re-lays out the arena */
-    int failed_before = s->failed;
-    size_t len = 0;
-    int overlong = 0;
-    char chunk[128];
-    uint64_t off = 0;
-    while (!s->quit) {
-        int64_t got = 0;
-        if (size > 0 && off < (uint64_t)size) {
-            uint64_t left = (uint64_t)size - off;
-            got = port->read_at(port->ctx, fh, off, chunk, left < sizeof chunk ? (size_t)left : sizeof chunk);
-            if (got <= 0) {
-                tl_fail(&e->err, TL_E_IO, "read %s: offset %llu failed", path, (unsigned long long)off);
-                script_failed(e, s);
-                break;
-            }
-            off += (uint64_t)got;
-        }
-        int at_end = got == 0;
-        if (at_end) chunk[got++] = '\n'; /* the last line may lack its newline */
-        for (int64_t i = 0; i < got && !s->quit; i++) {
-            if (chunk[i] != '\n') {
-                if (len + 1 < TL_LINE_BYTES) line[len++] = chunk[i];
-                else overlong = 1;
-                continue;
-            }
-            line[len] = '\0';
-            if (!overlong) {
-                tl_session_line(e, s, line, len);
-            } else {
-                tl_fail(&e->err, TL_E_COMMAND, "%s: line longer than %lu bytes", path,
-                        (unsigned long)(TL_LINE_BYTES - 1u));
-                script_failed(e, s);
-            }
-            len = 0;
-            overlong = 0;
-        }
-        if (at_end) break;
-    }
-    port->close(port->ctx, fh);
-    return s->failed - failed_before;
 }

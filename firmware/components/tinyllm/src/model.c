@@ -1,3 +1,7 @@
+/*
+ * The model (docs/contracts.md §2): arena layout and weight residency, then the forward
+ * pass with lm_head streamed in full. The pruned lm_head is prune.c's.
+ */
 #include "model.h"
 
 #include <math.h>
@@ -25,12 +29,10 @@ static void *alloc_floats(tl_model *m, uint64_t n, const char *what)
 
 static uint64_t align16(uint64_t n) { return (n + 15u) & ~(uint64_t)15u; }
 
-/* Bytes of one proxy read: chunk_rows records rounded down to 4 KiB (up to a
- * 512-byte sector if smaller), so every read starts and ends on a sector
- * (FatFs reads a partial sector with a single-block command of its own) and
- * splits evenly into DMA bounce-buffer pieces (the ESP32 port's are 4 KiB
- * multiples). */
-static uint64_t proxy_block_bytes(int chunk_rows, int hidden)
+/* Rounded down to 4 KiB (up to a 512-byte sector if smaller), so every read starts and
+ * ends on a sector (FatFs reads a partial sector with a single-block command of its own)
+ * and splits evenly into DMA bounce-buffer pieces (the ESP32 port's are 4 KiB multiples). */
+uint64_t tl_proxy_block_bytes(int chunk_rows, int hidden)
 {
     uint64_t bytes = (uint64_t)chunk_rows * ((uint64_t)hidden + TL_PROXY_HEADER_BYTES);
     return bytes >= 4096u ? bytes & ~(uint64_t)4095u : (bytes + 511u) & ~(uint64_t)511u;
@@ -55,7 +57,7 @@ static int fully_resident(const tl_tensor *t) { return t->resident_rows == (long
 static int keep_lm_head_rows(tl_model *m, uint64_t reserve)
 {
     tl_tensor *w = &m->w[TL_T_LM_HEAD], *s = &m->scale[TL_T_LM_HEAD];
-    if (m->prune || w->resident) return TL_OK;
+    if (m->prune.on || w->resident) return TL_OK;
     if (s->fh >= 0 && !s->resident) {
         if (s->bytes + TL_ARENA_PAD(2) + reserve > (uint64_t)tl_arena_available(m->arena)) return TL_OK; /* scales, rows */
         if (make_resident(m, s)) return m->err->code;
@@ -81,24 +83,25 @@ static int keep_lm_head_rows(tl_model *m, uint64_t reserve)
 static int alloc_activations(tl_model *m)
 {
     const tl_config *c = &m->cfg;
+    tl_activations *a = &m->act;
     int H = c->hidden, d = c->head_dim, qdim = c->heads * d, kvdim = c->kv_heads * d;
     int max_in = max3(H, qdim, c->inter);
     uint64_t kv = (uint64_t)c->layers * (uint64_t)m->context * (uint64_t)kvdim;
-    if (!(m->key_cache = alloc_floats(m, kv, "key cache")) || !(m->value_cache = alloc_floats(m, kv, "value cache")))
+    if (!(a->key_cache = alloc_floats(m, kv, "key cache")) || !(a->value_cache = alloc_floats(m, kv, "value cache")))
         return m->err->code;
 
-    if (!(m->x = alloc_floats(m, (size_t)H, "x")) || !(m->xb = alloc_floats(m, (size_t)H, "xb")) ||
-        !(m->q = alloc_floats(m, (size_t)qdim, "q")) || !(m->att_out = alloc_floats(m, (size_t)qdim, "att_out")) ||
-        !(m->hb = alloc_floats(m, (size_t)c->inter, "hb")) || !(m->hb2 = alloc_floats(m, (size_t)c->inter, "hb2")) ||
-        !(m->att = alloc_floats(m, (size_t)m->context, "attention scores")) ||
-        !(m->logits = alloc_floats(m, (size_t)m->chunk_rows, "logits chunk")) ||
-        !(m->norm_row = alloc_floats(m, (size_t)H, "norm row")) ||
-        !(m->row_scales = alloc_floats(m, (size_t)m->chunk_rows, "row scales")) ||
-        !(m->inv_freq = alloc_floats(m, (size_t)(d / 2), "rope inv_freq")) ||
-        !(m->rope_cos = alloc_floats(m, (size_t)(d / 2), "rope cos")) ||
-        !(m->rope_sin = alloc_floats(m, (size_t)(d / 2), "rope sin")))
+    if (!(a->x = alloc_floats(m, (size_t)H, "x")) || !(a->xb = alloc_floats(m, (size_t)H, "xb")) ||
+        !(a->q = alloc_floats(m, (size_t)qdim, "q")) || !(a->att_out = alloc_floats(m, (size_t)qdim, "att_out")) ||
+        !(a->hb = alloc_floats(m, (size_t)c->inter, "hb")) || !(a->hb2 = alloc_floats(m, (size_t)c->inter, "hb2")) ||
+        !(a->att = alloc_floats(m, (size_t)m->context, "attention scores")) ||
+        !(a->logits = alloc_floats(m, (size_t)m->chunk_rows, "logits chunk")) ||
+        !(a->norm_row = alloc_floats(m, (size_t)H, "norm row")) ||
+        !(a->row_scales = alloc_floats(m, (size_t)m->chunk_rows, "row scales")) ||
+        !(a->inv_freq = alloc_floats(m, (size_t)(d / 2), "rope inv_freq")) ||
+        !(a->rope_cos = alloc_floats(m, (size_t)(d / 2), "rope cos")) ||
+        !(a->rope_sin = alloc_floats(m, (size_t)(d / 2), "rope sin")))
         return m->err->code;
-    if (c->quantized && !(m->qx = (int8_t *)tl_arena_alloc(m->arena, (size_t)max_in, "quantized activation", m->err)))
+    if (c->quantized && !(a->qx = (int8_t *)tl_arena_alloc(m->arena, (size_t)max_in, "quantized activation", m->err)))
         return m->err->code;
     return TL_OK;
 }
@@ -119,7 +122,7 @@ static int alloc_stream(tl_model *m, const tl_options *opt, uint64_t reserve)
     /* the proxy's records (5 + H bytes) straddle sectors: it is read in aligned
      * blocks of about chunk_rows records, plus room to carry one partial record over */
     uint64_t proxy_rec = (uint64_t)H + TL_PROXY_HEADER_BYTES;
-    uint64_t proxy_bytes = proxy_block_bytes(m->chunk_rows, H) + proxy_rec;
+    uint64_t proxy_bytes = tl_proxy_block_bytes(m->chunk_rows, H) + proxy_rec;
     if (full_bytes < one_row) full_bytes = one_row;
     if (proxy_bytes < one_row) proxy_bytes = one_row;
 
@@ -134,15 +137,15 @@ static int alloc_stream(tl_model *m, const tl_options *opt, uint64_t reserve)
          * stream's chunk would (then pruning is better in every way). The arena
          * aligns every allocation to 16 bytes. */
         uint64_t need = align16(proxy_bytes) + align16((uint64_t)c->vocab * 4u) + align16(TL_PRUNE_MAX_CANDIDATES * 4u);
-        m->prune = opt->lm_head == TL_LM_HEAD_PRUNED || need <= align16(full_bytes) ||
+        m->prune.on = opt->lm_head == TL_LM_HEAD_PRUNED || need <= align16(full_bytes) ||
                    need + reserve <= (uint64_t)tl_arena_available(m->arena);
-        if (!m->prune)
+        if (!m->prune.on)
             tl_log(m->port, TL_TAG_LOADER, "lm_head proxy: %llu arena bytes needed, %lu free: streaming lm_head in full",
                    (unsigned long long)(need + reserve), (unsigned long)tl_arena_available(m->arena));
     }
-    m->max_candidates = opt->max_candidates > 0 && opt->max_candidates < TL_PRUNE_MAX_CANDIDATES
+    m->prune.max_candidates = opt->max_candidates > 0 && opt->max_candidates < TL_PRUNE_MAX_CANDIDATES
                             ? opt->max_candidates : TL_PRUNE_MAX_CANDIDATES;
-    m->stream_bytes = clamp_size(m->prune ? proxy_bytes : full_bytes);
+    m->stream_bytes = clamp_size(m->prune.on ? proxy_bytes : full_bytes);
     m->stream_in_port = m->port->chunk_buffer && m->port->chunk_buffer_bytes >= m->stream_bytes;
     m->stream2 = NULL;
     if (m->stream_in_port) { /* same size as from the arena: the same reads */
@@ -153,9 +156,9 @@ static int alloc_stream(tl_model *m, const tl_options *opt, uint64_t reserve)
     } else if (!(m->stream = (uint8_t *)tl_arena_alloc(m->arena, m->stream_bytes, "stream chunk buffer", m->err))) {
         return m->err->code;
     }
-    if (m->prune &&
-        (!(m->upper = alloc_floats(m, (uint64_t)c->vocab, "lm_head upper bounds")) ||
-         !(m->candidates = (int32_t *)tl_arena_alloc(m->arena, TL_PRUNE_MAX_CANDIDATES * sizeof(int32_t),
+    if (m->prune.on &&
+        (!(m->prune.upper = alloc_floats(m, (uint64_t)c->vocab, "lm_head upper bounds")) ||
+         !(m->prune.candidates = (int32_t *)tl_arena_alloc(m->arena, TL_PRUNE_MAX_CANDIDATES * sizeof(int32_t),
                                                       "lm_head candidates", m->err))))
         return m->err->code;
     return TL_OK;
@@ -192,7 +195,8 @@ static void log_residency(const tl_model *m)
     tl_log(m->port, TL_TAG_LOADER, "Resident (%llu bytes): %s", (unsigned long long)m->resident_bytes,
            resident[0] ? resident : "none");
     tl_log(m->port, TL_TAG_LOADER, "Streamed from card: %s", streamed[0] ? streamed : "none");
-    if (m->prune) tl_log(m->port, TL_TAG_LOADER, "lm_head pruned: %s streamed, candidate float32 rows read", TL_PROXY_FILE);
+    if (m->prune.on)
+        tl_log(m->port, TL_TAG_LOADER, "lm_head pruned: %s streamed, candidate float32 rows read", TL_PROXY_FILE);
 }
 
 int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, size_t reserve_per_position)
@@ -206,7 +210,7 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
     uint64_t reserve = (uint64_t)reserve_fixed + (uint64_t)reserve_per_position * ((uint64_t)m->context + 1u) +
                        TL_ARENA_PAD(4);
     if (alloc_activations(m) || alloc_stream(m, opt, reserve)) return m->err->code;
-    tl_rope_inv_freq(m->inv_freq, c->head_dim, c->theta);
+    tl_rope_inv_freq(m->act.inv_freq, c->head_dim, c->theta);
     m->attn_scale = (float)(1.0 / sqrt((double)c->head_dim)); /* HF: head_dim**-0.5 */
     if (!opt->no_resident && place_resident(m, reserve)) return m->err->code;
     log_residency(m);
@@ -234,9 +238,9 @@ static int fetch_rows(tl_model *m, int id, long row0, int n, const void **rows, 
         if (s->resident) {
             *scales = (const float *)s->resident + row0;
         } else {
-            if (read_exact(m, s->fh, s->name, (uint64_t)row0 * 4u, m->row_scales, (size_t)n * 4u))
+            if (read_exact(m, s->fh, s->name, (uint64_t)row0 * 4u, m->act.row_scales, (size_t)n * 4u))
                 return m->err->code;
-            *scales = m->row_scales;
+            *scales = m->act.row_scales;
         }
     }
     return TL_OK;
@@ -245,7 +249,7 @@ static int fetch_rows(tl_model *m, int id, long row0, int n, const void **rows, 
 /* Corrupt weights (a NaN, an infinity, a RoPE theta that overflows) must not
  * turn into silent garbage tokens: every activation is checked as it is made,
  * and the first non-finite value ends the command naming where it appeared. */
-static int check_finite(tl_model *m, const float *v, int n, const char *what, int layer)
+int tl_check_finite(tl_model *m, const float *v, int n, const char *what, int layer)
 {
     for (int i = 0; i < n; i++)
         if (!isfinite(v[i]))
@@ -266,7 +270,7 @@ static int rows_per_chunk(const tl_model *m, const tl_tensor *w)
 static void matvec(const tl_model *m, float *y, const void *rows, const float *sc, const float *x, float sx, int n,
                    int cols)
 {
-    if (m->cfg.quantized) tl_matvec_i8(y, (const int8_t *)rows, sc, m->qx, sx, n, cols);
+    if (m->cfg.quantized) tl_matvec_i8(y, (const int8_t *)rows, sc, m->act.qx, sx, n, cols);
     else tl_matvec_f32(y, (const float *)rows, x, n, cols);
 }
 
@@ -275,7 +279,7 @@ static int linear(tl_model *m, float *y, int id, int layer, const float *x)
 {
     const tl_tensor *w = &m->w[id];
     int rows = w->shape.rows, cols = w->shape.cols;
-    float sx = m->cfg.quantized ? tl_quantize_act(m->qx, x, cols) : 0.0f;
+    float sx = m->cfg.quantized ? tl_quantize_act(m->act.qx, x, cols) : 0.0f;
     int per = rows_per_chunk(m, w);
     for (int r0 = 0; r0 < rows; r0 += per) {
         int n = rows - r0 < per ? rows - r0 : per;
@@ -284,7 +288,7 @@ static int linear(tl_model *m, float *y, int id, int layer, const float *x)
         if (fetch_rows(m, id, (long)layer * rows + r0, n, &wr, &sc)) return m->err->code;
         matvec(m, y + r0, wr, sc, x, sx, n, cols);
     }
-    return check_finite(m, y, rows, tl_tensor_base(id), layer);
+    return tl_check_finite(m, y, rows, tl_tensor_base(id), layer);
 }
 
 /* Norm weights of one layer (resident, or read into norm_row). */
@@ -296,8 +300,8 @@ static int norm_weights(tl_model *m, int id, int layer, const float **out)
         *out = (const float *)t->resident + (size_t)layer * H;
         return TL_OK;
     }
-    *out = m->norm_row;
-    return read_exact(m, t->fh, t->name, (uint64_t)layer * H * 4u, m->norm_row, H * 4u);
+    *out = m->act.norm_row;
+    return read_exact(m, t->fh, t->name, (uint64_t)layer * H * 4u, m->act.norm_row, H * 4u);
 }
 
 /* x = embed_tokens[token]: only that row (and its scale) is read. */
@@ -306,32 +310,16 @@ static int embed(tl_model *m, int token)
     tl_tensor *t = &m->w[TL_T_EMBED];
     size_t H = (size_t)m->cfg.hidden;
     if (!m->cfg.quantized) {
-        if (read_exact(m, t->fh, "embed_tokens.bin", (uint64_t)token * H * 4u, m->x, H * 4u)) return m->err->code;
-        return check_finite(m, m->x, (int)H, "embed_tokens", 0);
+        if (read_exact(m, t->fh, "embed_tokens.bin", (uint64_t)token * H * 4u, m->act.x, H * 4u)) return m->err->code;
+        return tl_check_finite(m, m->act.x, (int)H, "embed_tokens", 0);
     }
     float scale;
     if (read_exact(m, t->fh, "embed_tokens.bin", (uint64_t)token * H, m->stream, H) ||
         read_exact(m, m->scale[TL_T_EMBED].fh, "embed_tokens_scales.bin", (uint64_t)token * 4u, &scale, 4u))
         return m->err->code;
     const int8_t *q = (const int8_t *)m->stream;
-    for (size_t j = 0; j < H; j++) m->x[j] = (float)q[j] * scale;
-    return check_finite(m, m->x, (int)H, "embed_tokens", 0);
-}
-
-/* Inserts (id, v) if it beats the current k-th; ids arrive in ascending order,
- * so an equal logit never displaces an earlier (lower) id. */
-static void topk_push(tl_topk *t, int32_t id, float v)
-{
-    if (t->n == t->k && !(v > t->logit[t->n - 1])) return;
-    int p = t->n < t->k ? t->n : t->k - 1;
-    while (p > 0 && v > t->logit[p - 1]) {
-        t->id[p] = t->id[p - 1];
-        t->logit[p] = t->logit[p - 1];
-        p--;
-    }
-    t->id[p] = id;
-    t->logit[p] = v;
-    if (t->n < t->k) t->n++;
+    for (size_t j = 0; j < H; j++) m->act.x[j] = (float)q[j] * scale;
+    return tl_check_finite(m, m->act.x, (int)H, "embed_tokens", 0);
 }
 
 /* Rows in lm_head's chunk that starts at row r0: up to `per`, never past the
@@ -351,8 +339,8 @@ static int lm_head_scales(tl_model *m, int r0, int n, const float **sc)
         *sc = (const float *)s->resident + r0;
         return TL_OK;
     }
-    *sc = m->row_scales;
-    return read_exact(m, s->fh, s->name, (uint64_t)r0 * 4u, m->row_scales, (size_t)n * 4u);
+    *sc = m->act.row_scales;
+    return read_exact(m, s->fh, s->name, (uint64_t)r0 * 4u, m->act.row_scales, (size_t)n * 4u);
 }
 
 /* logits = lm_head xb, streamed in chunks of rows and folded into the top-k:
@@ -361,9 +349,9 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
 {
     const tl_tensor *w = &m->w[TL_T_LM_HEAD];
     int rows = w->shape.rows, cols = w->shape.cols;
-    float sx = m->cfg.quantized ? tl_quantize_act(m->qx, xn, cols) : 0.0f;
+    float sx = m->cfg.quantized ? tl_quantize_act(m->act.qx, xn, cols) : 0.0f;
     int per = rows_per_chunk(m, w);
-    if (per > m->chunk_rows) per = m->chunk_rows; /* a resident lm_head too: m->logits holds chunk_rows */
+    if (per > m->chunk_rows) per = m->chunk_rows; /* a resident lm_head too: m->act.logits holds chunk_rows */
     size_t row_bytes = (size_t)cols * (size_t)w->elem;
     uint8_t *buf[2] = {m->stream, m->stream2 ? m->stream2 : m->stream};
     int cur = 0;
@@ -385,9 +373,9 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
         int stream_next = n1 > 0 && r1 + n1 > w->resident_rows;
         if (stream_next && nxt != cur)
             read_start(m, w->fh, w->name, (uint64_t)r1 * row_bytes, buf[nxt], (size_t)n1 * row_bytes);
-        matvec(m, m->logits, wr, sc, xn, sx, n, cols);
-        if (check_finite(m, m->logits, n, "lm_head", 0)) return read_drain(m, m->err->code);
-        for (int i = 0; i < n; i++) topk_push(top, r0 + i, m->logits[i]);
+        matvec(m, m->act.logits, wr, sc, xn, sx, n, cols);
+        if (tl_check_finite(m, m->act.logits, n, "lm_head", 0)) return read_drain(m, m->err->code);
+        for (int i = 0; i < n; i++) tl_topk_push(top, r0 + i, m->act.logits[i]);
         if (stream_next && nxt == cur) /* one buffer: read the next chunk now */
             read_start(m, w->fh, w->name, (uint64_t)r1 * row_bytes, buf[nxt], (size_t)n1 * row_bytes);
         r0 = r1;
@@ -397,226 +385,90 @@ static int lm_head_topk(tl_model *m, const float *xn, tl_topk *top)
     return TL_OK;
 }
 
-/* ------------------------------------------------------- pruned lm_head */
+/* ------------------------------------------------------------ forward pass */
 
-/* Inserts v into the k best values kept in descending order in best[0..*n). */
-static void keep_largest(float *best, int *n, int k, float v)
-{
-    if (*n == k && !(v > best[k - 1])) return;
-    int p = *n < k ? (*n)++ : k - 1;
-    while (p > 0 && v > best[p - 1]) {
-        best[p] = best[p - 1];
-        p--;
-    }
-    best[p] = v;
-}
-
-/* Per-row constants of the bound (docs/contracts.md §2, "pruned lm_head"), all
- * rounded up: float32 unit roundoff u, gamma_n = n u / (1 - n u), the norm
- * bound 127 sqrt(n) of an int8 row, and the underflow allowance. */
-typedef struct tl_bound_consts {
-    float gamma, two_qnorm, three_u, tiny, inflate, xnorm, error_unit;
-} tl_bound_consts;
-
-static float round_up(double v)
-{
-    float f = (float)v;
-    return (double)f < v ? nextafterf(f, INFINITY) : f;
-}
-
-static tl_bound_consts bound_consts(const float *x, int n)
-{
-    const double u = 0x1p-24;
-    double ss = 0.0; /* once per token, in double: its rounding is far below the slack */
-    for (int j = 0; j < n; j++) ss += (double)x[j] * (double)x[j];
-    tl_bound_consts b;
-    b.gamma = round_up((double)n * u / (1.0 - (double)n * u));
-    b.two_qnorm = round_up(2.0 * 127.0 * sqrt((double)n) * (1.0 + 0x1p-40));
-    b.three_u = round_up(3.0 * u);
-    b.tiny = round_up(((double)n + 2.0) * 0x1p-125);
-    b.inflate = round_up(1.0 + 0x1p-16);
-    b.xnorm = round_up(sqrt(ss) * (1.0 + 0x1p-40));
-    b.error_unit = round_up(sqrt((double)n) / TL_PROXY_ERROR_DIVISOR * (1.0 + 0x1p-40));
-    return b;
-}
-
-/* A candidate's exact logit contradicts the bounds the proxy gave it, which the
- * proof (contracts.md §2) rules out for an exported pair: lm_head.bin and its
- * proxy are not one export. Pruning could then miss the true top-k unseen, so
- * this step and every later one until the next load stream lm_head in full. */
-static int proxy_disproved(tl_model *m, tl_topk *top, int row, float logit, const char *where, float bound)
-{
-    m->proxy_disproved = 1;
-    top->n = 0;
-    tl_log(m->port, TL_TAG_LOADER,
-           "lm_head proxy disproved at position %d: row %d's logit %.9g is %s %.9g; %s does not bound this "
-           "lm_head.bin, streaming it in full until the next load",
-           m->pos, row, (double)logit, where, (double)bound, TL_PROXY_FILE);
-    return TL_OK; /* *fallback is still 1 */
-}
-
-/* logits = lm_head xn through the proxy: stream the int8 proxy, bound every
- * row's float32 logit, read only the rows whose upper bound reaches the k-th
- * best lower bound, and fold their exact logits (the full path's arithmetic,
- * in ascending row order) into the top-k. Any other row is below k rows for
- * certain, so the top-k equals the full stream's bit for bit. Sets *fallback
- * (and leaves *top empty) when the step must stream in full instead: too many
- * candidates, a NaN in the bounds, or a candidate that disproves them. */
-static int lm_head_pruned(tl_model *m, const float *xn, tl_topk *top, int *fallback)
+/* Attention of layer l at position pos, from xb: q, and k and v into the KV cache, rotated
+ * (RoPE); each head's softmax-weighted sum of the values so far into att_out; then
+ * xb = o_proj att_out. */
+static int attention(tl_model *m, int l, int pos)
 {
     const tl_config *c = &m->cfg;
-    const tl_tensor *p = &m->proxy, *w = &m->w[TL_T_LM_HEAD];
-    int V = c->vocab, H = c->hidden, k = top->k;
-    size_t rec = (size_t)H + TL_PROXY_HEADER_BYTES;
-    tl_bound_consts b = bound_consts(xn, H);
-    float lower[TL_MAX_TOPK];
-    int n_lower = 0;
-    *fallback = 1;
-    top->n = 0;
-    if (!isfinite(b.xnorm)) return TL_OK;
+    tl_activations *a = &m->act;
+    int d = c->head_dim, half = d / 2;
+    int kvdim = c->kv_heads * d, group = c->heads / c->kv_heads;
+    size_t layer_off = (size_t)l * (size_t)m->context * (size_t)kvdim;
+    float *k = a->key_cache + layer_off + (size_t)pos * (size_t)kvdim;
+    float *v = a->value_cache + layer_off + (size_t)pos * (size_t)kvdim;
+    if (linear(m, a->q, TL_T_Q, l, a->xb) || linear(m, k, TL_T_K, l, a->xb) || linear(m, v, TL_T_V, l, a->xb))
+        return m->err->code;
+    for (int h = 0; h < c->heads; h++) tl_rope_apply(a->q + h * d, a->rope_cos, a->rope_sin, half);
+    for (int h = 0; h < c->kv_heads; h++) tl_rope_apply(k + h * d, a->rope_cos, a->rope_sin, half);
 
-    /* Sector-aligned blocks, each read `rec` bytes into its buffer; a record
-     * cut by a block's end is carried to just before the next block (in the
-     * other buffer, whose read is then in flight: it writes only from `rec` on). */
-    size_t block = (size_t)proxy_block_bytes(m->chunk_rows, H), carry = 0;
-    if (block + rec > m->stream_bytes) block = (m->stream_bytes - rec) & ~(size_t)511u;
-    uint8_t *buf[2] = {m->stream, m->stream2 ? m->stream2 : m->stream};
-    int cur = 0, r = 0;
-    read_start(m, p->fh, p->name, 0, buf[0] + rec, p->bytes < block ? (size_t)p->bytes : block);
-    for (uint64_t off = 0; off < p->bytes; off += block) {
-        size_t n = p->bytes - off < block ? (size_t)(p->bytes - off) : block;
-        if (read_wait(m)) return m->err->code;
-        uint64_t off1 = off + block; /* the next block: into the other buffer while this one is computed */
-        size_t n1 = off1 < p->bytes ? (p->bytes - off1 < block ? (size_t)(p->bytes - off1) : block) : 0;
-        int nxt = cur ^ (buf[0] != buf[1]);
-        if (n1 && nxt != cur) read_start(m, p->fh, p->name, off1, buf[nxt] + rec, n1);
-        const uint8_t *data = buf[cur] + rec - carry;
-        size_t have = carry + n, used = 0;
-        int whole = (int)(have / rec); /* the block's complete records: their dot products first, */
-        tl_proxy_dots(m->upper + r, (const int8_t *)(data + TL_PROXY_HEADER_BYTES), rec, xn, H, whole);
-        for (; have - used >= rec; used += rec, r++) { /* then each one's bounds, in place */
-            const uint8_t *record = data + used;
-            float scale;
-            memcpy(&scale, record, 4);
-            float proxy = scale * m->upper[r];
-            float s = fabsf(scale);
-            if (s < 0x1p-100f) return read_drain(m, TL_OK); /* the error term could underflow: stream in full */
-            float error = (float)record[4] * s * b.error_unit; /* >= ||w_r - scale q_r||, see above */
-            float bound = (error + b.gamma * (b.two_qnorm * s + error)) * b.xnorm;
-            bound = (bound + b.three_u * fabsf(proxy) + b.tiny * (1.0f + s)) * b.inflate;
-            float hi = proxy + bound, lo = proxy - bound;
-            if (!isfinite(proxy) || hi != hi || lo != lo) return read_drain(m, TL_OK); /* NaN, overflow: in full */
-            m->upper[r] = hi;
-            keep_largest(lower, &n_lower, k, lo);
+    for (int h = 0; h < c->heads; h++) {
+        const float *qh = a->q + h * d;
+        int kv_off = (h / group) * d; /* grouped-query attention */
+        for (int u = 0; u <= pos; u++) {
+            const float *ku = a->key_cache + layer_off + (size_t)u * (size_t)kvdim + kv_off;
+            float s = 0.0f;
+            for (int i = 0; i < d; i++) s += qh[i] * ku[i];
+            a->att[u] = s * m->attn_scale;
         }
-        carry = have - used; /* < rec */
-        memmove(buf[nxt] + rec - carry, data + used, carry);
-        if (n1 && nxt == cur) read_start(m, p->fh, p->name, off1, buf[nxt] + rec, n1); /* one buffer: now */
-        cur = nxt;
+        tl_softmax(a->att, pos + 1);
+        float *o = a->att_out + h * d;
+        for (int i = 0; i < d; i++) o[i] = 0.0f;
+        for (int u = 0; u <= pos; u++) {
+            const float *vu = a->value_cache + layer_off + (size_t)u * (size_t)kvdim + kv_off;
+            float p = a->att[u];
+            for (int i = 0; i < d; i++) o[i] += p * vu[i];
+        }
     }
-    float threshold = n_lower == k ? lower[k - 1] : -INFINITY;
-    int n_cand = 0;
-    for (r = 0; r < V; r++) {
-        if (!(m->upper[r] >= threshold)) continue;
-        if (n_cand == m->max_candidates) return TL_OK;
-        m->candidates[n_cand++] = r;
-    }
-
-    size_t row_bytes = (size_t)H * 4u;
-    for (int i = 0; i < n_cand; i++) {
-        r = m->candidates[i];
-        const float *row = (const float *)m->stream;
-        if (r < w->resident_rows) row = (const float *)w->resident + (size_t)r * (size_t)H;
-        else if (read_exact(m, w->fh, w->name, (uint64_t)r * row_bytes, m->stream, row_bytes)) return m->err->code;
-        float logit;
-        tl_matvec_f32(&logit, row, xn, 1, H); /* the full path's kernel: the same bits */
-        if (check_finite(m, &logit, 1, "lm_head", 0)) return m->err->code;
-        if (!(logit <= m->upper[r])) return proxy_disproved(m, top, r, logit, "above its upper bound", m->upper[r]);
-        topk_push(top, r, logit);
-    }
-    /* The k rows that set the threshold are candidates and their logits are >= their lower
-     * bounds >= threshold: a k-th best logit below it means those bounds were false. */
-    if (n_lower == k && (top->n < k || top->logit[k - 1] < threshold))
-        return proxy_disproved(m, top, top->n < k ? -1 : top->id[k - 1], top->n < k ? NAN : top->logit[k - 1],
-                               "below the threshold", threshold);
-    m->last_candidates = n_cand;
-    *fallback = 0;
+    if (tl_check_finite(m, a->att_out, c->heads * d, "attention", l) || linear(m, a->xb, TL_T_O, l, a->att_out))
+        return m->err->code;
     return TL_OK;
 }
-
-/* ------------------------------------------------------------ forward pass */
 
 int tl_model_forward(tl_model *m, int token, int pos, tl_topk *top, int full)
 {
     const tl_config *c = &m->cfg;
-    int H = c->hidden, d = c->head_dim, half = d / 2;
-    int kvdim = c->kv_heads * d, group = c->heads / c->kv_heads;
-    float *x = m->x;
+    tl_activations *a = &m->act;
+    int H = c->hidden, half = c->head_dim / 2;
+    float *x = a->x;
     const float *w;
 
     m->pos = pos;
     if (embed(m, token)) return m->err->code;
-    tl_rope_angles(m->rope_cos, m->rope_sin, m->inv_freq, half, pos);
-    if (check_finite(m, m->rope_cos, half, "RoPE cos", 0) || check_finite(m, m->rope_sin, half, "RoPE sin", 0))
+    tl_rope_angles(a->rope_cos, a->rope_sin, a->inv_freq, half, pos);
+    if (tl_check_finite(m, a->rope_cos, half, "RoPE cos", 0) || tl_check_finite(m, a->rope_sin, half, "RoPE sin", 0))
         return m->err->code;
 
     for (int l = 0; l < c->layers; l++) {
         /* Attention block */
         if (norm_weights(m, TL_T_NORM1, l, &w)) return m->err->code;
-        tl_rmsnorm(m->xb, x, w, H, c->eps);
-        if (check_finite(m, m->xb, H, "norm1", l)) return m->err->code;
-
-        size_t layer_off = (size_t)l * (size_t)m->context * (size_t)kvdim;
-        float *k = m->key_cache + layer_off + (size_t)pos * (size_t)kvdim;
-        float *v = m->value_cache + layer_off + (size_t)pos * (size_t)kvdim;
-        if (linear(m, m->q, TL_T_Q, l, m->xb) || linear(m, k, TL_T_K, l, m->xb) || linear(m, v, TL_T_V, l, m->xb))
-            return m->err->code;
-        for (int h = 0; h < c->heads; h++) tl_rope_apply(m->q + h * d, m->rope_cos, m->rope_sin, half);
-        for (int h = 0; h < c->kv_heads; h++) tl_rope_apply(k + h * d, m->rope_cos, m->rope_sin, half);
-
-        for (int h = 0; h < c->heads; h++) {
-            const float *qh = m->q + h * d;
-            int kv_off = (h / group) * d; /* grouped-query attention */
-            for (int u = 0; u <= pos; u++) {
-                const float *ku = m->key_cache + layer_off + (size_t)u * (size_t)kvdim + kv_off;
-                float s = 0.0f;
-                for (int i = 0; i < d; i++) s += qh[i] * ku[i];
-                m->att[u] = s * m->attn_scale;
-            }
-            tl_softmax(m->att, pos + 1);
-            float *o = m->att_out + h * d;
-            for (int i = 0; i < d; i++) o[i] = 0.0f;
-            for (int u = 0; u <= pos; u++) {
-                const float *vu = m->value_cache + layer_off + (size_t)u * (size_t)kvdim + kv_off;
-                float p = m->att[u];
-                for (int i = 0; i < d; i++) o[i] += p * vu[i];
-            }
-        }
-        if (check_finite(m, m->att_out, c->heads * d, "attention", l) || linear(m, m->xb, TL_T_O, l, m->att_out))
-            return m->err->code;
-        for (int i = 0; i < H; i++) x[i] += m->xb[i];
+        tl_rmsnorm(a->xb, x, w, H, c->eps);
+        if (tl_check_finite(m, a->xb, H, "norm1", l) || attention(m, l, pos)) return m->err->code;
+        for (int i = 0; i < H; i++) x[i] += a->xb[i];
 
         /* MLP block: down(silu(gate h) * up h) */
         if (norm_weights(m, TL_T_NORM2, l, &w)) return m->err->code;
-        tl_rmsnorm(m->xb, x, w, H, c->eps);
-        if (check_finite(m, m->xb, H, "norm2", l)) return m->err->code;
-        if (linear(m, m->hb, TL_T_GATE, l, m->xb) || linear(m, m->hb2, TL_T_UP, l, m->xb)) return m->err->code;
-        for (int i = 0; i < c->inter; i++) m->hb[i] = tl_silu(m->hb[i]) * m->hb2[i];
-        if (check_finite(m, m->hb, c->inter, "SiLU(gate) * up", l)) return m->err->code;
-        if (linear(m, m->xb, TL_T_DOWN, l, m->hb)) return m->err->code;
-        for (int i = 0; i < H; i++) x[i] += m->xb[i];
+        tl_rmsnorm(a->xb, x, w, H, c->eps);
+        if (tl_check_finite(m, a->xb, H, "norm2", l)) return m->err->code;
+        if (linear(m, a->hb, TL_T_GATE, l, a->xb) || linear(m, a->hb2, TL_T_UP, l, a->xb)) return m->err->code;
+        for (int i = 0; i < c->inter; i++) a->hb[i] = tl_silu(a->hb[i]) * a->hb2[i];
+        if (tl_check_finite(m, a->hb, c->inter, "SiLU(gate) * up", l)) return m->err->code;
+        if (linear(m, a->xb, TL_T_DOWN, l, a->hb)) return m->err->code;
+        for (int i = 0; i < H; i++) x[i] += a->xb[i];
     }
 
     if (!top) return TL_OK; /* logits not needed at this position */
     if (norm_weights(m, TL_T_FINAL_NORM, 0, &w)) return m->err->code;
-    tl_rmsnorm(m->xb, x, w, H, c->eps);
-    if (check_finite(m, m->xb, H, "final_norm", 0)) return m->err->code;
-    m->last_candidates = -1;
-    m->last_fallback = 0;
-    if (m->prune && !full) {
-        if (m->proxy_disproved) m->last_fallback = 1; /* see proxy_disproved() */
-        else if (lm_head_pruned(m, m->xb, top, &m->last_fallback)) return m->err->code;
-        if (!m->last_fallback) return TL_OK;
+    tl_rmsnorm(a->xb, x, w, H, c->eps);
+    if (tl_check_finite(m, a->xb, H, "final_norm", 0)) return m->err->code;
+    m->prune.last_candidates = -1;
+    m->prune.last_fallback = 0;
+    if (m->prune.on && !full) {
+        if (m->prune.disproved) m->prune.last_fallback = 1; /* see prune.c's proxy_disproved() */
+        else if (tl_lm_head_pruned(m, a->xb, top, &m->prune.last_fallback)) return m->err->code;
+        if (!m->prune.last_fallback) return TL_OK;
     }
-    return lm_head_topk(m, m->xb, top);
+    return lm_head_topk(m, a->xb, top);
 }

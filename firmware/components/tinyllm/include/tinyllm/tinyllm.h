@@ -32,15 +32,17 @@
  * whole (E_COMMAND), never run cut off. Ports size their line buffer with it. */
 #define TL_LINE_BYTES 8192u
 
+/* How a weight set is laid out. All but the first two are the options of the table in
+ * options.c (tl_option_set): a `load` line's words and a port's command-line options. */
 typedef struct tl_options {
     const char *weights_dir; /* card-relative folder; NULL: the precision's (tl_weights_dir) */
     const char *precision;   /* "float32" or "int8"; must equal model_config.json "dtype" */
-    int context;             /* 0: max_position_embeddings, else min(that, context) */
-    int chunk_rows;          /* rows per streamed chunk (lm_head, streamed matrices); 0: 256 */
-    int no_resident;         /* 1: stream every matrix from the card even if it would fit */
-    size_t arena_bytes;      /* memory budget: 0 = the port's whole arena, else at most that */
-    int lm_head;             /* TL_LM_HEAD_*: how a float32 set computes its logits */
-    int max_candidates;      /* pruned lm_head: more candidate rows than this stream in full; 0: 512 */
+    int context;             /* context: 0 = max_position_embeddings, else min(that, context) */
+    int chunk_rows;          /* chunk: rows per streamed chunk (lm_head, streamed matrices); 0: 256 */
+    int no_resident;         /* resident=0: stream every matrix from the card even if it would fit */
+    size_t arena_bytes;      /* arena: memory budget; 0 = the port's whole arena, else at most that */
+    int lm_head;             /* lm_head: TL_LM_HEAD_*, how a float32 set computes its logits */
+    int max_candidates;      /* candidates: pruned lm_head's cap on candidate rows; 0: 512 */
 } tl_options;
 
 /* How a float32 set computes lm_head (docs/contracts.md §2, "pruned lm_head"):
@@ -48,8 +50,6 @@ typedef struct tl_options {
  * FULL always streams the float32 matrix, PRUNED requires the proxy. Pruned and
  * full give the same tokens and top-k logits, bit for bit. */
 enum { TL_LM_HEAD_AUTO = 0, TL_LM_HEAD_FULL = 1, TL_LM_HEAD_PRUNED = 2 };
-/* "auto" / "full" / "pruned" -> TL_LM_HEAD_*, or -1. */
-int tl_lm_head_mode(const char *name);
 
 /* The card folder of a precision's weight set (docs/contracts.md §1):
  * "tinyllm_float32_weights" or "tinyllm_weights"; NULL for an unknown precision. */
@@ -122,14 +122,32 @@ int tl_session_exit_code(const tl_session *s);
  * the file does not exist. */
 int tl_engine_run_script(tl_engine *e, const char *path, tl_session *s);
 
-/* Parses a whole-word decimal count 0..max (no sign, no blanks) for a port's
- * command-line options. Returns 0, or -1 (then *out is left alone). */
+/* ---- options (options.c) ---- */
+
+/* The weight-set layout options, one table for a `load` line and a port's command line,
+ * with the same names: context, chunk, resident, arena, lm_head, candidates, spelled
+ * `lm_head=full` in `load` and `--lm-head full` on a command line. Sets option `name` (either
+ * spelling) of *o from `value` (NULL: none was given), checked against the option's range.
+ * Returns TL_OK; TL_OPTION_UNKNOWN if the table has no such name (nothing written); else
+ * TL_E_COMMAND with msg[msg_bytes] naming the option, the value and what it takes. *seen
+ * (start at 0 for each line): an option given twice is an error, as for tl_option_index.
+ * `arena`: on a port's command line the memory the port allocates (the engine's budget is
+ * then all of it); in `load`, a budget within the port's arena. */
+enum { TL_OPTION_UNKNOWN = -1, TL_OPTION_REPEATED = -2 };
+int tl_option_set(tl_options *o, const char *name, const char *value, uint32_t *seen, char *msg, size_t msg_bytes);
+
+/* The table as text in buf[n] (cut to fit), returned: TL_USAGE_LOAD "[context=N] [chunk=N] ...",
+ * TL_USAGE_ARGS "[--context N] [--chunk N] ...", TL_USAGE_HELP one line per option with its help. */
+enum { TL_USAGE_LOAD, TL_USAGE_ARGS, TL_USAGE_HELP };
+const char *tl_option_usage(int style, char *buf, size_t n);
+
+/* Parses a whole-word decimal count 0..max (digits only: no sign, no blanks) for a port's
+ * own command-line options. Returns 0, or -1 (then *out is left alone). */
 int tl_parse_count(const char *s, unsigned long long max, unsigned long long *out);
 
 /* Index of `word` in names[0..n) (n <= 32), or TL_OPTION_UNKNOWN; TL_OPTION_REPEATED when
  * *seen already has its bit: which of two values should win would be a guess, so every
  * option list (a port's command line, `load`, `gen`) refuses a repeat. Sets the bit. */
-enum { TL_OPTION_UNKNOWN = -1, TL_OPTION_REPEATED = -2 };
 int tl_option_index(const char *const *names, int n, const char *word, uint32_t *seen);
 
 /* Output helpers shared with the ports. */
