@@ -43,7 +43,8 @@ typedef struct tl_topk {
 } tl_topk;
 
 /* Storage fault injection (test builds, TINYLLM_FAULT_INJECTION): the
- * countdown-th storage read from now fails (-1) or comes back short (half). */
+ * countdown-th storage read from now fails (-1), comes back short (half), or
+ * comes back with one bit flipped (flip: what `verify` must name). */
 enum { TL_FAULT_NONE, TL_FAULT_FAIL, TL_FAULT_SHORT, TL_FAULT_FLIP };
 typedef struct tl_fault {
     int kind;
@@ -123,7 +124,8 @@ typedef struct tl_model {
 
 /* Lays out the arena. Weights are made resident only while `reserve_fixed +
  * reserve_per_position * (context + 1)` bytes stay free for what the caller
- * allocates afterwards (token buffer, step log, prompt-file line buffer). */
+ * allocates afterwards (the engine's token buffer and step log; its prompt-file
+ * line buffer is part of the engine's own state, laid out before every set). */
 int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, size_t reserve_per_position);
 /* One forward pass of `token` at position `pos`. If top != NULL the logits are
  * computed (lm_head pruned through its proxy when m->prune.on and !full, else

@@ -107,6 +107,11 @@ int tl_engine_run_script(tl_engine *e, const char *path, tl_session *s)
         return script_failed(e, s);
     }
     int64_t size = port->size(port->ctx, fh);
+    if (size < 0) { /* running it as empty would skip its commands without a word */
+        tl_fail(&e->err, TL_E_IO, "%s: its size cannot be read", path);
+        port->close(port->ctx, fh);
+        return script_failed(e, s);
+    }
     if (size > (int64_t)TL_SCRIPT_MAX_BYTES) { /* read 128 bytes at a time, a huge one would look like a hang */
         tl_fail(&e->err, TL_E_FILE_SIZE, "%s: %lld bytes, more than the %lu a prompt file may hold", path,
                 (long long)size, (unsigned long)TL_SCRIPT_MAX_BYTES);
@@ -115,7 +120,7 @@ int tl_engine_run_script(tl_engine *e, const char *path, tl_session *s)
     }
     tl_log(port, TL_TAG_INFER, "Running prompt file %s (%lld bytes)", path, (long long)size);
     int failed_before = s->failed;
-    script_lines(e, s, fh, size > 0 ? (uint64_t)size : 0u, path);
+    script_lines(e, s, fh, (uint64_t)size, path);
     port->close(port->ctx, fh);
     return s->failed - failed_before;
 }
