@@ -54,8 +54,9 @@ static void add_gap(uint32_t offset, uint32_t dropped)
 }
 
 /* Whether bytes went missing right where the reader is; adds how many (0 if unknown) to *lost.
- * A gap at offset X was added when X bytes had been accepted and then some could not be, so
- * before the reader got to X (it cannot pass what was not accepted yet). */
+ * A full buffer's gap at offset X is added before the reader gets to X (X - buffer bytes were
+ * taken then). A FIFO overflow's may come while the reader waits at X: it is then seen with the
+ * next byte, which belongs to the same damaged line, so that line is still the one refused. */
 static int take_gap(unsigned long *lost)
 {
     int here = 0;
