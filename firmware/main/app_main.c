@@ -112,7 +112,9 @@ static void *alloc_arena(size_t *got)
     return arena;
 }
 
-void app_main(void)
+/* The port: SD read buffer, chunk buffer and reader task. A chunk buffer or reader
+ * task that could not be had only costs speed (said in a line); no SD read buffer is fatal. */
+static void start_port(void)
 {
     int bounce_failed = esp32_port_init(&s_ctx, &s_port, MOUNT_POINT, (size_t)CONFIG_TINYLLM_SD_BUFFER_KB * 1024u,
                                         (size_t)CONFIG_TINYLLM_CHUNK_BUFFER_KB * 1024u);
@@ -128,7 +130,35 @@ void app_main(void)
               (unsigned)heap_caps_get_largest_free_block(MALLOC_CAP_DMA | MALLOC_CAP_INTERNAL));
     tl_log(&s_port, TAG, "Free heap: %u bytes (PSRAM free %u bytes)", (unsigned)esp_get_free_heap_size(),
            (unsigned)heap_caps_get_free_size(MALLOC_CAP_SPIRAM));
+}
 
+/* Serves console commands until "quit". A line that lost bytes on the way in is
+ * refused, not run: what is left of it could be another, valid command. */
+static void serve_console(tl_engine *e, tl_session *session)
+{
+    fflush(stdout);
+    fsync(fileno(stdout)); /* let pending output leave before the UART driver takes over */
+    const char *why = NULL;
+    if (console_start((size_t)CONFIG_TINYLLM_CONSOLE_BUFFER_KB * 1024u, &why) != 0) fatal(TL_E_IO, "console: %s", why);
+    while (!session->quit) {
+        unsigned long lost = 0;
+        int len = console_read_line(s_line, sizeof s_line, &lost);
+        if (len == CONSOLE_LOST && lost)
+            tl_session_refuse(e, session, TL_E_IO,
+                              "console input overflowed: %lu bytes of this line were lost while a command ran "
+                              "(the console buffer holds %d KiB; the serial line has no flow control): not run",
+                              lost, CONFIG_TINYLLM_CONSOLE_BUFFER_KB);
+        else if (len == CONSOLE_LOST)
+            tl_session_refuse(e, session, TL_E_IO,
+                              "console input overflowed: bytes of this line were lost in the UART's FIFO "
+                              "(the serial line has no flow control): not run");
+        else tl_session_line(e, session, len < 0 ? NULL : s_line, len < 0 ? 0 : (size_t)len);
+    }
+}
+
+void app_main(void)
+{
+    start_port();
     mount_card();
 
     size_t arena_bytes = 0;
@@ -156,24 +186,6 @@ void app_main(void)
 
     tl_session session = {0, 0};
     if (CONFIG_TINYLLM_PROMPT_FILE[0] != '\0') tl_engine_run_script(e, CONFIG_TINYLLM_PROMPT_FILE, &session);
-
-    fflush(stdout);
-    fsync(fileno(stdout)); /* let pending output leave before the UART driver takes over */
-    const char *why = NULL;
-    if (console_start((size_t)CONFIG_TINYLLM_CONSOLE_BUFFER_KB * 1024u, &why) != 0) fatal(TL_E_IO, "console: %s", why);
-    while (!session.quit) {
-        unsigned long lost = 0;
-        int len = console_read_line(s_line, sizeof s_line, &lost);
-        if (len == CONSOLE_LOST && lost)
-            tl_session_refuse(e, &session, TL_E_IO,
-                              "console input overflowed: %lu bytes of this line were lost while a command ran "
-                              "(the console buffer holds %d KiB; the serial line has no flow control): not run",
-                              lost, CONFIG_TINYLLM_CONSOLE_BUFFER_KB);
-        else if (len == CONSOLE_LOST)
-            tl_session_refuse(e, &session, TL_E_IO,
-                              "console input overflowed: bytes of this line were lost in the UART's FIFO "
-                              "(the serial line has no flow control): not run");
-        else tl_session_line(e, &session, len < 0 ? NULL : s_line, len < 0 ? 0 : (size_t)len);
-    }
+    serve_console(e, &session);
     halt(tl_session_exit_code(&session));
 }

@@ -160,6 +160,32 @@ static int parse_args(const tl_port *port, int argc, char **argv, args *a)
     return -1;
 }
 
+/* The start-up prompts: the card's prompts.txt if there is one, else the host file
+ * --prompts names ('none': no prompts). Returns -1 if that named file cannot be run
+ * (its error line printed): a start-up error. */
+static int run_start_prompts(tl_engine *e, tl_session *s, const tl_port *port, const char *prompts)
+{
+    if (prompts == NULL) {
+        tl_engine_run_script(e, "prompts.txt", s); /* optional, card-rooted */
+    } else if (strcmp(prompts, "none") != 0 && run_host_prompts(e, s, prompts) < 0) {
+        /* An explicitly named prompt file that is missing is a start-up error. */
+        tl_port_error(port, TL_E_FILE_MISSING, "%s: prompt file not found or not a regular file", prompts);
+        return -1;
+    }
+    return 0;
+}
+
+/* Output that could not be written (a full disk, a closed pipe) is a failed run, said on
+ * stderr: the protocol lines themselves are what was lost. Returns the exit code. */
+static int check_output(int code)
+{
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "tinyllm: cannot write the output (stdout): %s\n", strerror(errno));
+        return code ? code : 1;
+    }
+    return code;
+}
+
 int main(int argc, char **argv)
 {
     posix_port pp = {{NULL, 0}, {0, 0}};
@@ -172,7 +198,7 @@ int main(int argc, char **argv)
               {.precision = "float32", .arena_bytes = TL_DEFAULT_ARENA_BYTES}};
     int done = parse_args(&port, argc, argv, &a);
     if (done >= 0) return done;
-    const char *card = a.card, *precision = a.opt.precision, *prompts = a.prompts;
+    const char *card = a.card, *precision = a.opt.precision;
     size_t arena_bytes = a.opt.arena_bytes;
     pp.card.root = card;
 
@@ -191,18 +217,8 @@ int main(int argc, char **argv)
     tl_log(&port, "app_main", "Linux port: card %s, precision %s, arena %llu bytes", card, precision,
            (unsigned long long)arena_bytes);
     tl_engine *e = tl_engine_init(&port, &a.opt);
-    if (!e) {
-        tl_exit_line(&port, 2);
-        free(arena);
-        return 2;
-    }
-
     tl_session session = {0, 0};
-    if (prompts == NULL) {
-        tl_engine_run_script(e, "prompts.txt", &session); /* optional, card-rooted */
-    } else if (strcmp(prompts, "none") != 0 && run_host_prompts(e, &session, prompts) < 0) {
-        /* An explicitly named prompt file that is missing is a start-up error. */
-        tl_port_error(&port, TL_E_FILE_MISSING, "%s: prompt file not found or not a regular file", prompts);
+    if (!e || run_start_prompts(e, &session, &port, a.prompts) < 0) {
         tl_exit_line(&port, 2);
         free(arena);
         return 2;
@@ -214,11 +230,5 @@ int main(int argc, char **argv)
     int code = tl_session_exit_code(&session);
     tl_exit_line(&port, code);
     free(arena);
-    /* Output that could not be written (a full disk, a closed pipe) is a failed run, said on
-     * stderr: the protocol lines themselves are what was lost. */
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "tinyllm: cannot write the output (stdout): %s\n", strerror(errno));
-        return code ? code : 1;
-    }
-    return code;
+    return check_output(code);
 }

@@ -367,44 +367,48 @@ static const cJSON *duplicate_key(const cJSON *item)
     return NULL;
 }
 
-int tl_config_parse(const char *json, size_t len, const char *precision, tl_config *cfg, tl_manifest *man,
-                    tl_err *err)
+/* Parses the file into a tree cJSON and Python's json module read alike: refuses
+ * unsafe bytes, invalid JSON, data after the value, a top level that is not an
+ * object and duplicate keys. Returns the root, or NULL with the error recorded. */
+static cJSON *parse_root(const char *json, size_t len, tl_err *err)
 {
-    memset(cfg, 0, sizeof *cfg);
-    memset(man, 0, sizeof *man);
     const char *what = "";
     long unsafe_at = unsafe_bytes(json, len, &what);
-    if (unsafe_at >= 0) return tl_fail(err, TL_E_CONFIG, "model_config.json: %s at byte %ld", what, unsafe_at);
+    if (unsafe_at >= 0) {
+        tl_fail(err, TL_E_CONFIG, "model_config.json: %s at byte %ld", what, unsafe_at);
+        return NULL;
+    }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!root) {
         const char *at = cJSON_GetErrorPtr();
         long off = (at && at >= json && at <= json + len) ? (long)(at - json) : -1;
-        return tl_fail(err, TL_E_CONFIG, "model_config.json: invalid JSON near byte %ld", off);
+        tl_fail(err, TL_E_CONFIG, "model_config.json: invalid JSON near byte %ld", off);
+        return NULL;
     }
-    int rc = TL_OK;
+    const cJSON *dup = NULL;
     while (end && end < json + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
-    if (end && end < json + len) { /* Python's json refuses what follows the value; cJSON would ignore it */
-        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: data after the top-level value at byte %ld",
-                     (long)(end - json));
-        goto done;
-    }
-    if (!cJSON_IsObject(root)) {
-        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: top level is not an object");
-        goto done;
-    }
-    const cJSON *dup = duplicate_key(root);
-    if (dup) {
-        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: key \"%s\" appears twice in one object", dup->string);
-        goto done;
-    }
-    if (expect_string(root, "", "format", "tinyllm-sd/1", err)) goto fail;
+    if (end && end < json + len) /* Python's json refuses what follows the value; cJSON would ignore it */
+        tl_fail(err, TL_E_CONFIG, "model_config.json: data after the top-level value at byte %ld",
+                (long)(end - json));
+    else if (!cJSON_IsObject(root))
+        tl_fail(err, TL_E_CONFIG, "model_config.json: top level is not an object");
+    else if ((dup = duplicate_key(root)) != NULL)
+        tl_fail(err, TL_E_CONFIG, "model_config.json: key \"%s\" appears twice in one object", dup->string);
+    else
+        return root;
+    cJSON_Delete(root);
+    return NULL;
+}
+
+/* The format tag, then the model's name and export id (both optional). */
+static int parse_names(const cJSON *root, tl_config *cfg, tl_err *err)
+{
+    if (expect_string(root, "", "format", "tinyllm-sd/1", err)) return err->code;
 
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "model_name");
-    if (name && !cJSON_IsString(name)) { /* absent: the default name; present: the harness reads it as text */
-        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: model_name is not a string");
-        goto done;
-    }
+    if (name && !cJSON_IsString(name)) /* absent: the default name; present: the harness reads it as text */
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: model_name is not a string");
     snprintf(cfg->model_name, sizeof cfg->model_name, "%s",
              cJSON_IsString(name) ? name->valuestring : "tiny-llm");
     /* The name goes into JSON output unescaped: keep it to safe characters. */
@@ -412,61 +416,72 @@ int tl_config_parse(const char *json, size_t len, const char *precision, tl_conf
         if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '_'; /* DEL too */
 
     const cJSON *export = cJSON_GetObjectItemCaseSensitive(root, "export_id");
-    if (export && !(cJSON_IsString(export) && strlen(export->valuestring) < sizeof cfg->export_id)) {
-        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: export_id is not a string of at most %d bytes",
-                     (int)sizeof cfg->export_id - 1);
-        goto done;
-    }
+    if (export && !(cJSON_IsString(export) && strlen(export->valuestring) < sizeof cfg->export_id))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: export_id is not a string of at most %d bytes",
+                       (int)sizeof cfg->export_id - 1);
     snprintf(cfg->export_id, sizeof cfg->export_id, "%s", export ? export->valuestring : ""); /* compared as is */
+    return TL_OK;
+}
 
+/* The set's dtype: float32 or int8, and the one this precision loads. */
+static int parse_dtype(const cJSON *root, const char *precision, tl_config *cfg, tl_err *err)
+{
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(root, "dtype");
     if (!cJSON_IsString(dtype) ||
-        (strcmp(dtype->valuestring, "float32") != 0 && strcmp(dtype->valuestring, "int8") != 0)) {
-        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: dtype = %s, expected \"float32\" or \"int8\"",
-                     cJSON_IsString(dtype) ? dtype->valuestring : "(missing)");
-        goto done;
-    }
-    if (strcmp(dtype->valuestring, precision) != 0) {
-        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: dtype = %s, expected %s for this precision",
-                     dtype->valuestring, precision);
-        goto done;
-    }
+        (strcmp(dtype->valuestring, "float32") != 0 && strcmp(dtype->valuestring, "int8") != 0))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: dtype = %s, expected \"float32\" or \"int8\"",
+                       cJSON_IsString(dtype) ? dtype->valuestring : "(missing)");
+    if (strcmp(dtype->valuestring, precision) != 0)
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: dtype = %s, expected %s for this precision",
+                       dtype->valuestring, precision);
     cfg->quantized = strcmp(dtype->valuestring, "int8") == 0;
+    return TL_OK;
+}
 
-    if (parse_model(cJSON_GetObjectItemCaseSensitive(root, "config"), cfg, err)) goto fail;
-    /* The int8 matvec's int32 accumulator must convert to float exactly
-     * (|acc| <= 127*127*in_features < 2^24): the contract's bit-exactness needs it. */
-    if (cfg->quantized) {
-        int widest = cfg->hidden > cfg->inter ? cfg->hidden : cfg->inter;
-        if (cfg->heads * cfg->head_dim > widest) widest = cfg->heads * cfg->head_dim;
-        if (widest > TL_I8_MAX_COLS) {
-            rc = tl_fail(err, TL_E_CONFIG, "model_config.json: int8 needs every matrix input <= %d wide, got %d",
-                         TL_I8_MAX_COLS, widest);
-            goto done;
-        }
-    }
-    if (parse_quantization(root, cfg, err)) goto fail;
+/* The int8 matvec's int32 accumulator must convert to float exactly
+ * (|acc| <= 127*127*in_features < 2^24): the contract's bit-exactness needs it. */
+static int check_int8_width(const tl_config *cfg, tl_err *err)
+{
+    if (!cfg->quantized) return TL_OK;
+    int widest = cfg->hidden > cfg->inter ? cfg->hidden : cfg->inter;
+    if (cfg->heads * cfg->head_dim > widest) widest = cfg->heads * cfg->head_dim;
+    if (widest > TL_I8_MAX_COLS)
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: int8 needs every matrix input <= %d wide, got %d",
+                       TL_I8_MAX_COLS, widest);
+    return TL_OK;
+}
 
+/* The "files" manifest: every file of the set, the optional proxy, and nothing else. */
+static int parse_files(const cJSON *root, const tl_config *cfg, tl_manifest *man, tl_err *err)
+{
     const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
-    if (!cJSON_IsObject(files)) {
-        rc = tl_fail(err, TL_E_CONFIG, "model_config.json: \"files\" manifest missing or not an object");
-        goto done;
-    }
+    if (!cJSON_IsObject(files))
+        return tl_fail(err, TL_E_CONFIG, "model_config.json: \"files\" manifest missing or not an object");
     for (int id = 0; id < TL_NT; id++) {
-        if (parse_file_entry(files, cfg, id, 0, man, err)) goto fail;
-        if (cfg->quantized && tl_tensor_quantized(id) && parse_file_entry(files, cfg, id, 1, man, err)) goto fail;
+        if (parse_file_entry(files, cfg, id, 0, man, err)) return err->code;
+        if (cfg->quantized && tl_tensor_quantized(id) && parse_file_entry(files, cfg, id, 1, man, err))
+            return err->code;
     }
-    if (parse_proxy_entry(files, cfg, man, err)) goto fail;
+    if (parse_proxy_entry(files, cfg, man, err)) return err->code;
     for (const cJSON *f = files->child; f; f = f->next) /* a file listed but not part of the set: */
-        if (!known_file(cfg, f->string)) {               /* the harness would load (or miss) it */
-            rc = tl_fail(err, TL_E_CONFIG, "model_config.json: files lists \"%s\", not a file of a %s set",
-                         f->string, cfg->quantized ? "int8" : "float32");
-            goto done;
-        }
-    goto done;
-fail:
-    rc = err->code;
-done:
+        if (!known_file(cfg, f->string))                 /* the harness would load (or miss) it */
+            return tl_fail(err, TL_E_CONFIG, "model_config.json: files lists \"%s\", not a file of a %s set",
+                           f->string, cfg->quantized ? "int8" : "float32");
+    return TL_OK;
+}
+
+int tl_config_parse(const char *json, size_t len, const char *precision, tl_config *cfg, tl_manifest *man,
+                    tl_err *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    memset(man, 0, sizeof *man);
+    cJSON *root = parse_root(json, len, err);
+    if (!root) return err->code;
+    int rc = TL_OK;
+    if (parse_names(root, cfg, err) || parse_dtype(root, precision, cfg, err) ||
+        parse_model(cJSON_GetObjectItemCaseSensitive(root, "config"), cfg, err) || check_int8_width(cfg, err) ||
+        parse_quantization(root, cfg, err) || parse_files(root, cfg, man, err))
+        rc = err->code;
     cJSON_Delete(root);
     return rc;
 }

@@ -65,6 +65,37 @@ static int same_export(tl_engine *e, const tl_config *cfg)
                    tl_config_dtype(cfg), cfg->export_id, e->export_precision, e->export_id);
 }
 
+/* Closes the loaded set (if any) and empties the engine's end of the arena:
+ * the model is zeroed and pointed at the engine's arena, error and fault. */
+static void drop_set(tl_engine *e)
+{
+    tl_model *m = &e->model;
+    if (e->precision[0]) tl_model_close(m);
+    e->precision[0] = '\0';
+    memset(m, 0, sizeof *m);
+    m->port = e->port;
+    m->arena = &e->arena;
+    m->err = &e->err;
+    m->fault = &e->fault;
+    e->tokens = NULL;
+    e->steps = NULL;
+    e->arena.used = e->arena.peak = e->base;
+}
+
+/* The loader's lines for the set just laid out, then TINYLLM_INFO. */
+static void log_loaded(tl_engine *e)
+{
+    const tl_port *port = e->port;
+    const tl_model *m = &e->model;
+    tl_log(port, TL_TAG_INFER, "Arena: budget %lu bytes, used %lu (resident weights %llu), context %d, chunk rows %d, "
+           "%s chunk buffer%s of %lu bytes in %s", (unsigned long)e->arena.size, (unsigned long)e->arena.used,
+           (unsigned long long)m->resident_bytes, m->context, m->chunk_rows, m->stream2 ? "two" : "one",
+           m->stream2 ? "s (lm_head reads ahead)" : "", (unsigned long)m->stream_bytes,
+           m->stream_in_port ? "the port's fast memory" : "the arena");
+    tl_log(port, TL_TAG_INFER, "Tiny-LLM inference engine initialized successfully");
+    print_info(e);
+}
+
 /* Drops the loaded set (if any) and lays out the one `opt` names from the
  * engine's end of the arena: config and file checks, KV cache, buffers,
  * resident weights, token buffer and step log. Prints the loader lines and
@@ -73,16 +104,7 @@ static int load_set(tl_engine *e, const tl_options *opt)
 {
     const tl_port *port = e->port;
     tl_model *m = &e->model;
-    if (e->precision[0]) tl_model_close(m);
-    e->precision[0] = '\0';
-    memset(m, 0, sizeof *m);
-    m->port = port;
-    m->arena = &e->arena;
-    m->err = &e->err;
-    m->fault = &e->fault;
-    e->tokens = NULL;
-    e->steps = NULL;
-    e->arena.used = e->arena.peak = e->base;
+    drop_set(e);
 
     size_t budget = opt->arena_bytes ? opt->arena_bytes : port->arena_bytes;
     if (budget > port->arena_bytes)
@@ -121,13 +143,7 @@ static int load_set(tl_engine *e, const tl_options *opt)
     e->loaded = o;
     e->loaded.precision = e->precision;
     e->loaded.weights_dir = NULL; /* derived from the precision again on a reload */
-    tl_log(port, TL_TAG_INFER, "Arena: budget %lu bytes, used %lu (resident weights %llu), context %d, chunk rows %d, "
-           "%s chunk buffer%s of %lu bytes in %s", (unsigned long)e->arena.size, (unsigned long)e->arena.used,
-           (unsigned long long)m->resident_bytes, m->context, m->chunk_rows, m->stream2 ? "two" : "one",
-           m->stream2 ? "s (lm_head reads ahead)" : "", (unsigned long)m->stream_bytes,
-           m->stream_in_port ? "the port's fast memory" : "the arena");
-    tl_log(port, TL_TAG_INFER, "Tiny-LLM inference engine initialized successfully");
-    print_info(e);
+    log_loaded(e);
     return TL_OK;
 }
 
