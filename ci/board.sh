@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The board job: the app's board build (firmware/sdkconfig.ci.board) flashed with esptool and run
-# through pytest-embedded's esp,idf services (tests/test_esp32.py), tokens and logits checked against
+# through pytest-embedded's esp,idf services (firmware/pytest_tinyllm_esp32.py), tokens and logits checked against
 # the reference, the card written by $TINYLLM_SD_MUX_CMD where there is one. The same script runs a
 # real ESP32-CAM on a lab runner and the virtual one on every push.
 #
@@ -51,9 +51,9 @@ else
 fi
 [ "$#" = 0 ] || select=("$@")
 
-echo "---- tests/test_esp32.py on $port (pytest-embedded esp,idf) ----"
+echo "---- firmware/pytest_tinyllm_esp32.py on $port (pytest-embedded esp,idf) ----"
 rc=0
-"$PY" -m pytest tests/test_esp32.py --target esp32 --embedded-services esp,idf --port "$port" "${select[@]}" -rs \
+"$PY" -m pytest firmware/pytest_tinyllm_esp32.py --target esp32 --embedded-services esp,idf --port "$port" "${select[@]}" -rs \
   --root-logdir build/esp32/logs --junitxml build/reports/junit-esp32-board.xml || rc=$?
 "$PY" -m harness.cli esp32-report build/esp32 --out build/esp32/report.md >/dev/null || true
 [ "$virtual" = 0 ] || { echo "---- the virtual board's log ($vb/server.log) ----"; tail -n 40 "$vb/server.log"; }

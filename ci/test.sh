@@ -12,7 +12,7 @@
 #  lane 3 (where the esp32 target runs): the board job against the virtual ESP32-CAM
 #          (ci/board.sh --virtual), then plain esptool flashing it (tests/test_virtual_board.py).
 # Then, where the esp32 target runs here, the app once more through pytest-embedded's own
-# `--embedded-services idf,qemu` (tests/test_esp32.py, micro), as a pytest-embedded user runs it.
+# `--embedded-services idf,qemu` (firmware/pytest_tinyllm_esp32.py, micro), as a pytest-embedded user runs it.
 #
 #   bash ci/test.sh [--shard I/N] [pytest arguments...]
 #
@@ -38,7 +38,7 @@ fi
 PY=$(bash ci/python.sh)
 mkdir -p build/reports/durations
 rm -f build/reports/junit*.xml  # a report left by an earlier run (another shard) would be merged as this one's
-"$PY" -m ruff check harness tests
+"$PY" -m ruff check harness tests firmware/pytest_tinyllm_esp32.py
 [ "$shards" = 1 ] || echo "ci/test.sh: shard $shard of $shards"
 
 # The pytest arguments of one of the suite's pytest processes (NAME names its durations file):
@@ -109,7 +109,7 @@ rm -f build/reports/esp32.rc build/reports/fuzz.rc
   echo "$rc" > build/reports/esp32.rc
   if [ "$#" = 0 ]; then rc=0; fuzz >> build/reports/lane1.log 2>&1 || rc=$?; echo "$rc" > build/reports/fuzz.rc; fi ) &
 lane1_pid=$!
-rc=0; "$PY" -m pytest --target linux,xtensa-sim --deselect tests/test_esp32.py::test_esp32_end_to_end "${SPLIT_HOST[@]}" \
+rc=0; "$PY" -m pytest --target linux,xtensa-sim --deselect firmware/pytest_tinyllm_esp32.py::test_esp32_end_to_end "${SPLIT_HOST[@]}" \
   --junitxml=build/reports/junit.xml "$@" || rc=$?
 checked "$rc" "linux, xtensa-sim and harness tests" || status=1
 echo "---- esp32 error cases and hangs (a second esp32 process) ----"
@@ -136,7 +136,7 @@ elif [ -n "$qemu" ]; then
   echo "---- esp32 through pytest-embedded's idf,qemu services ($qemu) ----"
   # pytest-embedded's qemu service runs `esptool.py merge-bin` from PATH: the harness's
   # environment has esptool >= 5 (ESP-IDF's own environment may carry 4.x, which lacks merge-bin).
-  rc=0; PATH="$(dirname "$(command -v "$PY")"):$(dirname "$qemu"):$PATH" "$PY" -m pytest tests/test_esp32.py -k end_to_end -m "not slow" --target esp32 \
+  rc=0; PATH="$(dirname "$(command -v "$PY")"):$(dirname "$qemu"):$PATH" "$PY" -m pytest firmware/pytest_tinyllm_esp32.py -m "not slow" --target esp32 \
     --embedded-services idf,qemu --junitxml=build/reports/junit-esp32-services.xml || rc=$?
   checked "$rc" "esp32 services" || status=1
 elif [ "${TINYLLM_ESP32_REQUIRED:-0}" = 1 ]; then

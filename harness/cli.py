@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,11 +178,11 @@ def cmd_esp32_build(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_esp32_build_command(args: argparse.Namespace) -> str:
-    return shlex.join(esp32_target.build_command(args.config))
+    return shlex.join(esp32_target.Esp32QemuTarget(config=args.config).build_command(idf=("idf.py",)))
 
 
 def cmd_esp32_qemu_args(args: argparse.Namespace) -> str:
-    return esp32_target.qemu_extra_args(args.image, args.icount)
+    return shlex.join(esp32_target.Esp32QemuTarget(icount_shift=args.icount).qemu_args(args.image, snapshot=False))
 
 
 def cmd_esp32_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,14 +200,21 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: a TCP port is 1..65535 (0: any free one)")
-    return value
+def _int_in(low: int, high: int, what: str, bounds: str) -> Callable[[str], int]:
+    """An argparse type: a whole number in low..high, else one error naming `what` or `bounds`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: {bounds}")
+        return value
+    return parse
+
+
+_port = _int_in(0, 65535, "a TCP port number", "a TCP port is 1..65535 (0: any free one)")
+_positive = _int_in(1, 1000, "a whole number", "expected 1..1000")
 
 
 def _parts(text: str) -> str:
@@ -219,16 +226,7 @@ def _parts(text: str) -> str:
     return ",".join(names)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected 1..1000")
-    return value
-
-
+# Long on purpose: one declarative table, the one place every subcommand and option is listed.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyllm-harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_esp32_qemu_args)
 
     p = sub.add_parser("esp32-report", help="the Markdown table of the esp32 runs' perf-*.json records "
-                                            "(tests/test_esp32.py writes them)")
+                                            "(firmware/pytest_tinyllm_esp32.py writes them)")
     p.add_argument("perf_dir", type=_path, metavar="PERF_DIR", help="the folder of perf-*.json (e.g. build/esp32)")
     p.add_argument("--out", type=_path, required=True, help="the Markdown file to write")
     p.set_defaults(func=cmd_esp32_report)

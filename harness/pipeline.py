@@ -25,73 +25,72 @@ from harness.oracle.reference import PromptResult, decode_tokens_per_s, min_marg
 from harness.report import board
 from harness.report.markdown import write_report
 from harness.targets import Target, get_target
-from harness.targets.dut import TinyLLMDut, start_firmware
-from harness.targets.protocol import sd_data_reads
+from harness.targets.dut import ConsoleProtocol, start_firmware
+from harness.targets.protocol import Transcript, sd_data_reads
 
 T = TypeVar("T")
 
 
-# --- the main job: export -> image -> build -> run -> compare -> report -----------------------
+# --- the prompt loop: every prompt on a running firmware --------------------------------------
 
-def _instructions(target: Target, cycles: float) -> float | None:
-    """Executed instructions from the firmware's cycle figure, where the target counts them
-    deterministically (QEMU -icount): xtensa-sim's port reports instructions as cycles; the
-    esp32's CCOUNT runs at 240 MHz of virtual time."""
-    return target.instructions(cycles)
+class _Tally:
+    """What one precision's prompts gave so far: rows, per-token figures, logit comparisons and
+    the SD commands QEMU's card model saw during the teacher-forced runs."""
+
+    def __init__(self, precision: str) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.figures: list[dict[str, Any]] = []
+        self.logits = logit_comparison(precision)
+        self.vs_float32 = LogitComparison(rank_tolerance=float("inf"))
+        self.sd: dict[str, int] = {}
+        self.sd_steps = 0
 
 
-def _run_precision(dut: TinyLLMDut, target: Target, oracle: CardOracle, precision: str, prompts: list[Prompt],
-                   boot_results: dict[Prompt, Any], progress: bool) -> dict[str, Any]:
-    """Every prompt on a running firmware: greedy tokens, teacher-forced logits, per-token figures."""
-    spec = oracle.spec
-    rows, figures = [], []
-    logits = logit_comparison(precision)
-    vs_float32 = LogitComparison(rank_tolerance=float("inf"))
-    bar = tqdm(prompts, desc=f"{target.name} {precision}", unit="prompt", disable=not progress, leave=True)
-    tokens_done = 0
-    sd: dict[str, int] = {}  # SD commands QEMU's card model saw during the teacher-forced runs
-    sd_steps = 0
-    for prompt in bar:
-        r = oracle.float32(prompt)
-        expected, oracle_logits = oracle.int8(prompt) if precision == "int8" else (r.tokens, r.logits)
-        steps = len(prompt.ids) + prompt.n_new
+def _run_prompt(dut: ConsoleProtocol, target: Target, oracle: CardOracle, precision: str, prompt: Prompt,
+                boot: Transcript | None, tally: _Tally) -> None:
+    """One prompt: its greedy tokens (or the boot's run of it), then its logits teacher-forced
+    along the expected sequence (int8: also along float32's, for their top-1 agreement)."""
+    r = oracle.float32(prompt)
+    expected, oracle_logits = oracle.int8(prompt) if precision == "int8" else (r.tokens, r.logits)
+    steps = len(prompt.ids) + prompt.n_new
 
-        def timeout(tf: bool, steps: int = steps, n_prompt: int = len(prompt.ids)) -> float:
-            return budgets.command_timeout(spec.name, precision, target.name, 0 if tf else n_prompt,
-                                           steps if tf else steps - n_prompt)
+    def timeout(tf: bool) -> float:
+        return budgets.command_timeout(oracle.spec.name, precision, target.name, 0 if tf else len(prompt.ids),
+                                       steps if tf else prompt.n_new)
 
-        boot = boot_results.get(prompt) if precision == "float32" else None  # the card's prompts.txt ran it
-        result = (boot or dut.generate(prompt, timeout=timeout(False))).results[0]
-        figures.append(per_token(result))
-        forced = Prompt(prompt.name, tuple((list(prompt.ids) + expected)[:-1]), 1)
-        tf = dut.generate(forced, k=8, teacher_forced=True, timeout=timeout(True))
-        logits.add(tf.results[0]["steps"], oracle_logits)
-        if tf.sd_commands is not None:  # every teacher-forced step streams the lm_head, like a token
-            sd_steps += len(tf.results[0]["steps"])
-            for name, count in tf.sd_commands.items():
-                sd[name] = sd.get(name, 0) + count
-        if precision == "int8":
-            forced32 = Prompt(prompt.name, tuple((list(prompt.ids) + r.tokens)[:-1]), 1)
-            vs_float32.add(dut.generate(forced32, teacher_forced=True, timeout=timeout(True)).results[0]["steps"],
-                           r.logits)
-        rows.append({"prompt": prompt.name, "n_prompt": len(prompt.ids), "tokens": result["tokens"],
-                     "expected": expected, "match": result["tokens"] == expected, **figures[-1]})
-        tokens_done += len(result["tokens"])
-        bar.set_postfix(tokens=tokens_done, fw_tok_s=f"{figures[-1]['tokens_per_s']:.3g}")
-    bar.close()
-    info = dut.boot.info or {}
-    tokens_ok = all(row["match"] for row in rows)
-    logits_ok = not logit_verdict(logits, precision)
-    over = [problem for f in figures for problem in budgets.check(f, spec.name, precision, target.name)]
-    total_tokens = sum(f["n_tokens"] for f in figures)
+    result = (boot or dut.generate(prompt, timeout=timeout(False))).results[0]
+    tally.figures.append(per_token(result))
+    forced = Prompt(prompt.name, tuple((list(prompt.ids) + expected)[:-1]), 1)
+    tf = dut.generate(forced, k=8, teacher_forced=True, timeout=timeout(True))
+    tally.logits.add(tf.results[0]["steps"], oracle_logits)
+    if tf.sd_commands is not None:  # every teacher-forced step streams the lm_head, like a token
+        tally.sd_steps += len(tf.results[0]["steps"])
+        for name, count in tf.sd_commands.items():
+            tally.sd[name] = tally.sd.get(name, 0) + count
+    if precision == "int8":
+        forced32 = Prompt(prompt.name, tuple((list(prompt.ids) + r.tokens)[:-1]), 1)
+        tally.vs_float32.add(dut.generate(forced32, teacher_forced=True, timeout=timeout(True)).results[0]["steps"],
+                             r.logits)
+    tally.rows.append({"prompt": prompt.name, "n_prompt": len(prompt.ids), "tokens": result["tokens"],
+                       "expected": expected, "match": result["tokens"] == expected, **tally.figures[-1]})
+
+
+def _entry(tally: _Tally, target: Target, spec_name: str, precision: str, info: dict[str, Any],
+           log: str) -> dict[str, Any]:
+    """One precision's record: verdicts (tokens, logits, budgets) and the figures over its prompts."""
+    figures = tally.figures
+    logit_problems = logit_verdict(tally.logits, precision)
     cycles = sum(f["cycles_per_token"] for f in figures) / len(figures)
+    total_tokens = sum(f["n_tokens"] for f in figures)
     entry: dict[str, Any] = {
         "oracle": "HF PyTorch float32" if precision == "float32" else "int8 emulation (bit-exact)",
-        "tokens_match": tokens_ok, "logits": logits.to_json(), "logits_ok": logits_ok, "over_budget": over,
+        "tokens_match": all(row["match"] for row in tally.rows), "logits": tally.logits.to_json(),
+        "logits_ok": not logit_problems, "logit_problems": logit_problems,
+        "over_budget": [problem for f in figures for problem in budgets.check(f, spec_name, precision, target.name)],
         "tokens_per_s": total_tokens / sum(f["us_per_token"] * f["n_tokens"] / 1e6 for f in figures),
         "bytes_per_token": max(f["bytes_per_token"] for f in figures),
         "reads_per_token": max(f["reads_per_token"] for f in figures),
-        "cycles_per_token": cycles, "instructions_per_token": _instructions(target, cycles),
+        "cycles_per_token": cycles, "instructions_per_token": target.instructions(cycles),
         "peak_arena": max(f["peak_arena"] for f in figures),
         **({"internal_ram_peak": max(f["internal_ram_peak"] for f in figures),
             "internal_ram_size": figures[0]["internal_ram_size"]} if "internal_ram_peak" in figures[0] else {}),
@@ -101,20 +100,39 @@ def _run_precision(dut: TinyLLMDut, target: Target, oracle: CardOracle, precisio
         "candidates_per_token": sum(f["candidates_per_token"] for f in figures) / len(figures),
         "max_candidates": max(f["max_candidates"] for f in figures),
         "fallback_steps": sum(f["fallback_steps"] for f in figures),
-        "prompts": rows, "log": str(dut.logfile),
+        "prompts": tally.rows, "log": log,
     }
-    if precision == "int8" and vs_float32.steps:
-        entry["top1_agreement_with_float32"] = 1 - len(vs_float32.top1_mismatches) / vs_float32.steps
-    if sd_steps:
-        entry["sd_read_commands_per_token"] = sd_data_reads(sd) / sd_steps
-        entry["sd_commands_per_token"] = sum(sd.values()) / sd_steps
-        entry["sd_commands_by_name"] = sd
+    if precision == "int8" and tally.vs_float32.steps:
+        entry["top1_agreement_with_float32"] = 1 - len(tally.vs_float32.top1_mismatches) / tally.vs_float32.steps
+    if tally.sd_steps:
+        entry["sd_read_commands_per_token"] = sd_data_reads(tally.sd) / tally.sd_steps
+        entry["sd_commands_per_token"] = sum(tally.sd.values()) / tally.sd_steps
+        entry["sd_commands_by_name"] = tally.sd
         if entry["instructions_per_token"] is not None:  # modelled ESP32-CAM speed from these counts
             entry.update(board.model_entries(entry["bytes_per_token"], entry["sd_read_commands_per_token"],
                                              entry["instructions_per_token"], entry["resident_bytes"] or 0,
                                              **board.firmware_layout(info)))
     return entry
 
+
+def run_prompts(dut: ConsoleProtocol, target: Target, oracle: CardOracle, precision: str, prompts: list[Prompt],
+                boot_results: dict[Prompt, Transcript], progress: bool = False) -> dict[str, Any]:
+    """The main job's prompt loop on a running firmware (the harness's own boot, or
+    pytest-embedded's dut on QEMU or a board): every prompt's greedy tokens against the
+    reference, its teacher-forced logits and per-token figures; `boot_results`: prompts the
+    card's prompts.txt already ran at boot (float32). Returns the precision's record."""
+    tally = _Tally(precision)
+    bar = tqdm(prompts, desc=f"{target.name} {precision}", unit="prompt", disable=not progress, leave=True)
+    for prompt in bar:
+        boot = boot_results.get(prompt) if precision == "float32" else None
+        _run_prompt(dut, target, oracle, precision, prompt, boot, tally)
+        bar.set_postfix(tokens=sum(len(row["tokens"]) for row in tally.rows),
+                        fw_tok_s=f"{tally.figures[-1]['tokens_per_s']:.3g}")
+    bar.close()
+    return _entry(tally, target, oracle.spec.name, precision, dut.boot.info or {}, str(dut.logfile))
+
+
+# --- the main job: export -> image -> build -> run -> compare -> report -----------------------
 
 def _say(progress: bool, text: str) -> None:
     if progress:
@@ -154,7 +172,7 @@ def _run_firmware(target: Target, binary: Path, card: Path, oracle: CardOracle, 
                 dut = start_firmware(target, binary, card, precision, out / "logs" / f"{precision}.log",
                                      card_prompts=card_prompts, line_timeout=3600)
             boot_results = dict(zip(dut.card_prompts, dut.boot_runs, strict=True))
-            entries[precision] = _run_precision(dut, target, oracle, precision, prompts, boot_results, progress)
+            entries[precision] = run_prompts(dut, target, oracle, precision, prompts, boot_results, progress)
     finally:
         if dut is not None:
             dut.close()

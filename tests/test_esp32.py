@@ -1,17 +1,10 @@
-"""The esp32 target: the ESP-IDF app in Espressif's QEMU or on an ESP32-CAM, through pytest-embedded.
-
-    pytest tests/test_esp32.py --target esp32 --embedded-services idf,qemu     # emulator
-    pytest tests/test_esp32.py --target esp32 --embedded-services esp,idf --port /dev/ttyUSB0   # board
-
-Builds come first (`firmware/build_esp32_<config>`, see harness.targets.esp32.build_command). Where the
-tools or the build are missing the end-to-end cases are skipped with the reason. The harness side
-(QEMU arguments, build lookup, card check, skip reasons) is tested here everywhere.
-"""
+"""The esp32 target's harness side, everywhere (no ESP-IDF needed): QEMU arguments, builds, card
+and app checks, skip reasons, the console protocol over a pytest-embedded dut. The app's own
+pytest-embedded case is beside it: firmware/pytest_tinyllm_esp32.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import types
@@ -23,168 +16,9 @@ from harness import REPO_ROOT
 from harness.card.export import SET_DIRS
 from harness.cli import main as cli_main
 from harness.errors import HarnessError
-from harness.model.prompts import load_prompt_set
-from harness.oracle import budgets
 from harness.report.esp32 import perf_report
-from harness.targets import esp32, protocol, virtual_board
+from harness.targets import esp32, protocol
 from harness.targets.dut import ConsoleProtocol
-
-MODELS = ["micro", pytest.param("tiny-llm", marks=pytest.mark.slow)]
-PRECISIONS = ["float32", "int8"]
-
-
-# --- end to end (needs ESP-IDF builds and QEMU or a board) ---------------------------------------
-def _environment(config: pytest.Config) -> str | None:
-    services = config.getoption("embedded_services", None) or ""
-    names = {s.strip() for s in services.replace("|", ",").split(",")}
-    if "qemu" in names:
-        return "qemu"
-    if "esp" in names:
-        return "board"
-    return None
-
-
-def _case(request: pytest.FixtureRequest) -> tuple[str, str, str] | None:
-    """(model, precision, build config) of an end-to-end case, else None."""
-    params = getattr(request.node, "callspec", None)
-    params = params.params if params else {}
-    if "model" not in params or "precision" not in params:
-        return None
-    env = _environment(request.config) or "qemu"
-    return params["model"], params["precision"], esp32.config_name(env, params["precision"])
-
-
-# pytest-embedded reads these fixtures (an autouse fixture of its plugin collects them for every
-# test) when it builds the dut; overriding them here points it at firmware/build_esp32_<config>
-# and the model's SD image. Outside the end-to-end cases they keep pytest-embedded's defaults.
-@pytest.fixture
-def app_path(request) -> str | None:
-    if _case(request) is None:
-        return request.config.getoption("app_path", None) or str(Path(__file__).parent)
-    return str(esp32.FIRMWARE)
-
-
-@pytest.fixture
-def build_dir(request) -> str:
-    case = _case(request)
-    if case is None:
-        return request.config.getoption("build_dir", None) or "build"
-    return esp32.build_dir_name(case[2])
-
-
-@pytest.fixture
-def embedded_services(request) -> str | None:
-    """The services only where an end-to-end case will really run: pytest-embedded imports each
-    service's package for every test, so a missing plugin would error the harness tests and hide
-    the skip reason of the end-to-end ones."""
-    value = request.config.getoption("embedded_services", None)
-    case = _case(request)
-    if case is None or esp32.unavailable(case[2], port=request.config.getoption("port", None)):
-        return None
-    return value
-
-
-@pytest.fixture
-def qemu_extra_args(request) -> str | None:
-    user = request.config.getoption("qemu_extra_args", None)
-    case = _case(request)
-    if case is None or _environment(request.config) != "qemu" or esp32.unavailable(case[2]):
-        return user  # not a QEMU run (or it will be skipped): do not build an SD image for nothing
-    extra = esp32.qemu_extra_args(request.getfixturevalue("cards")[case[0]].image.path)
-    return f"{extra} {user}" if user else extra
-
-
-def _board_model() -> str:
-    return os.environ.get(esp32.BOARD_MODEL_ENV, "tiny-llm")
-
-
-@pytest.mark.target("esp32")
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("model", MODELS)
-def test_esp32_end_to_end(request, cards, oracle, record_property, model, precision):
-    """Boot (card id, boot-time prompt file), then every smoke and edge prompt over the UART:
-    float32 tokens identical to HF PyTorch, int8 identical to the int8 emulation; on a board the
-    speed is recorded and held to the minimum budgets."""
-    env = _environment(request.config)
-    if env is None:
-        pytest.skip("target esp32: run with --embedded-services idf,qemu (Espressif QEMU) "
-                    "or esp,idf (an ESP32-CAM on --port)")
-    config = esp32.config_name(env, precision)
-    reason = esp32.unavailable(config, port=request.config.getoption("port", None))
-    if reason:
-        if os.environ.get(esp32.REQUIRED_ENV) == "1":  # CI: the emulator job must really run
-            pytest.fail(f"target esp32 ({config}) required by {esp32.REQUIRED_ENV}=1 but: {reason}")
-        pytest.skip(f"target esp32 ({config}): {reason}")
-
-    card = cards[model]
-    image = card.image.path
-    mux = esp32.sd_mux_command()
-    if env == "board":
-        if mux:
-            esp32.write_image_with_mux(mux, image)
-        elif model != _board_model():
-            pytest.skip(f"the board's card holds one image ({esp32.BOARD_MODEL_ENV}={_board_model()}); "
-                        f"set {esp32.SD_MUX_ENV} to switch cards per model")
-    slow = model == "tiny-llm"
-    timeout = 3600 if slow else 300
-
-    dut = request.getfixturevalue("dut")  # boots: QEMU with the SD image, or flash + reset the board
-    request.node.user_properties.append(("firmware_log", dut.logfile))
-    boot = ConsoleProtocol.read_until_ready(dut, timeout=300, boot=True)
-    # a virtual board says so at every power-on; its wall-clock figures are not a board's
-    virtual = env == "board" and virtual_board.BANNER in boot.text
-    if virtual:
-        env = "virtual-board"
-    esp32.check_app(boot.text, esp32.build_dir(config) / f"{esp32.APP_NAME}.elf")
-    # the app boots the float32 set; the card's prompts.txt (the smoke set) then runs unattended
-    esp32.check_card(boot, esp32.expected_card_id(card.dir / SET_DIRS["float32"]), image)
-    assert boot.info["precision"] == "float32"
-    smoke = load_prompt_set("smoke", card.spec)
-    for prompt in smoke:  # one TINYLLM_READY per line
-        t = ConsoleProtocol.read_until_ready(dut, timeout)
-        assert not t.errors, t.errors
-        assert t.results and t.results[0]["tokens"] == oracle.float32(model, prompt).tokens, prompt.name
-    if precision != "float32":  # one build serves both precisions
-        loaded = ConsoleProtocol.command(dut, f"load {precision}", timeout=120)
-        assert not loaded.errors, loaded.errors
-        esp32.check_card(loaded, esp32.expected_card_id(card.dir / SET_DIRS[precision]), image)
-        assert loaded.info["precision"] == precision
-
-    def expected(prompt):
-        return oracle.float32(model, prompt).tokens if precision == "float32" else oracle.int8(model, prompt)[0]
-
-    figures = []
-    for prompt_set in ("smoke", "edge"):
-        for prompt in load_prompt_set(prompt_set, card.spec):
-            t = ConsoleProtocol.command(dut, prompt.command(k=2), timeout)
-            assert not t.errors, t.errors
-            protocol.check_human_lines(t)
-            result = t.results[0]
-            assert result["precision"] == precision
-            assert result["tokens"] == expected(prompt), prompt.name
-            assert result["peak_arena"] <= result["arena_budget"]
-            if result["tokens"]:
-                from harness.oracle.compare import per_token
-
-                figures.append(per_token(result))
-
-    if figures:
-        tok_s = sum(f["tokens_per_s"] for f in figures) / len(figures)
-        perf = {"target": "esp32", "environment": env, "virtual": virtual, "model": model, "precision": precision,
-                "tokens_per_s": tok_s, "cycles_per_token": sum(f["cycles_per_token"] for f in figures) / len(figures),
-                "per_prompt": figures}
-        record_property("esp32_perf", perf)
-        out = REPO_ROOT / "build" / "esp32" / f"perf-{env}-{model}-{precision}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(perf, indent=2))
-        if env in ("board", "virtual-board") and model == "tiny-llm":
-            floor = budgets.seed_board().min_tokens_per_s(precision)
-            print(f"esp32 {env} {model} {precision}: {tok_s:.3f} tokens/s (board budget >= {floor})")
-            if virtual:  # QEMU's time is instructions at 8 ns each, not the board's buses
-                record_property("board_budget", f"not judged: a virtual board ({tok_s:.3f} tok/s, budget >= {floor})")
-            else:
-                assert tok_s >= floor, f"{precision}: {tok_s:.3f} tokens/s on the board, budget >= {floor}"
-
 
 # --- the harness side, everywhere -----------------------------------------------------------------
 pytestmark_host = pytest.mark.host
@@ -198,15 +32,20 @@ def _image(tmp_path: Path, size: int = 64 * 1024 * 1024) -> Path:
 
 
 @pytestmark_host
-def test_qemu_args_add_psram_sd_card_and_watchdog_switch(tmp_path):
+def test_qemu_args_add_psram_sd_card_and_watchdog_switch(tmp_path, capsys):
     image = _image(tmp_path)
-    args = esp32.qemu_args(image)
+    args = esp32.Esp32QemuTarget(icount_shift=None).qemu_args(image, snapshot=False)
     assert args == ["-m", "4M", "-drive", f"file={image},if=sd,format=raw",
                     "-global", "driver=timer.esp32.timg,property=wdt_disable,value=true"]
-    # one --qemu-extra-args string, split by pytest-embedded with shlex
-    assert shlex.split(esp32.qemu_extra_args(image)) == args
-    # never the flash drive: pytest-embedded's qemu service appends that itself
-    assert "if=mtd" not in esp32.qemu_extra_args(image)
+    # the harness's own boot: deterministic counts, and the image left as it is
+    assert esp32.Esp32QemuTarget().qemu_args(image) == [
+        "-m", "4M", "-drive", f"file={image},if=sd,format=raw,snapshot=on", *args[4:],
+        "-icount", "shift=3,align=off,sleep=off"]
+    # one --qemu-extra-args string, split by pytest-embedded with shlex; never the flash drive
+    # (pytest-embedded's qemu service appends that itself)
+    assert cli_main(["esp32-qemu-args", str(image)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert shlex.split(printed) == args and "if=mtd" not in printed
 
 
 @pytestmark_host
@@ -214,40 +53,36 @@ def test_qemu_args_options_and_paths_with_spaces(tmp_path):
     spaced = tmp_path / "my cards"
     spaced.mkdir()
     image = _image(spaced)
-    args = esp32.qemu_args(image, icount_shift=7, wdt_off=False)
+    args = esp32.Esp32QemuTarget(icount_shift=7).qemu_args(image, snapshot=False)
     assert args[-2:] == ["-icount", "shift=7,align=off,sleep=off"]
-    assert "-global" not in args
-    assert shlex.split(esp32.qemu_extra_args(image, icount_shift=7)).count(f"file={image},if=sd,format=raw") == 1
+    assert shlex.split(shlex.join(args)).count(f"file={image},if=sd,format=raw") == 1
 
 
 @pytestmark_host
 def test_qemu_args_refuse_bad_images(tmp_path):
     with pytest.raises(HarnessError, match="does not exist"):
-        esp32.qemu_args(tmp_path / "missing.img")
+        esp32.Esp32QemuTarget().qemu_args(tmp_path / "missing.img")
     with pytest.raises(HarnessError, match="power-of-two"):
-        esp32.qemu_args(_image(tmp_path, 100 * 1024 * 1024))
+        esp32.Esp32QemuTarget().qemu_args(_image(tmp_path, 100 * 1024 * 1024))
     with pytest.raises(HarnessError, match="icount"):
-        esp32.qemu_args(_image(tmp_path), icount_shift=99)
+        esp32.Esp32QemuTarget(icount_shift=99).qemu_args(_image(tmp_path))
 
 
 @pytestmark_host
 def test_qemu_args_accept_the_harness_image(cards):
     image = cards["micro"].image.path
-    assert f"file={image},if=sd,format=raw" in esp32.qemu_args(image)
+    assert f"file={image},if=sd,format=raw,snapshot=on" in esp32.Esp32QemuTarget().qemu_args(image)
 
 
 @pytestmark_host
 def test_build_dir_lookup(tmp_path):
     assert esp32.build_dir("qemu") == REPO_ROOT / "firmware" / "build_esp32_qemu"
     assert esp32.build_dir("board", tmp_path) == tmp_path / "build_esp32_board"
-    assert esp32.config_name("qemu", "int8") == "qemu"  # the precision is chosen at run time
     assert set(esp32.CONFIGS) == {"qemu", "board"}
     for config in esp32.CONFIGS:  # every config has its sdkconfig.ci file
         assert (esp32.FIRMWARE / f"sdkconfig.ci.{config}").is_file(), config
     with pytest.raises(HarnessError, match="unknown esp32 build config"):
         esp32.build_dir("sim")
-    with pytest.raises(HarnessError, match="no esp32 build config"):
-        esp32.config_name("sim", "float32")
 
     assert not esp32.is_built("qemu", tmp_path)
     d = tmp_path / "build_esp32_qemu"
@@ -257,7 +92,7 @@ def test_build_dir_lookup(tmp_path):
     (d / f"{esp32.APP_NAME}.bin").write_bytes(b"\xe9")
     assert esp32.is_built("qemu", tmp_path)
 
-    cmd = esp32.build_command("qemu", tmp_path)
+    cmd = esp32.Esp32QemuTarget(firmware=tmp_path).build_command(idf=("idf.py",))
     assert cmd[0] == "idf.py" and cmd[-1] == "build"
     assert "SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.qemu" in cmd
     assert cmd[cmd.index("-B") + 1] == str(d)
@@ -327,6 +162,23 @@ def test_unavailable_reasons(tmp_path):
     no_serial = esp32.unavailable("board", have_module=lambda m: m != "pytest_embedded_serial_esp", env=no_idf)
     assert "pytest-embedded-serial-esp" in no_serial
 
+    # the harness's own boot (it builds the app): the same emulator probes, then ESP-IDF and esptool
+    def run_with(esptool_version):
+        def run(argv, **kwargs):
+            out = ESPRESSIF_MACHINES if "-machine" in argv else f"esptool v{esptool_version}\n{esptool_version}\n"
+            return subprocess.CompletedProcess(argv, 0, stdout=out, stderr="")
+        return run
+
+    idf = {"IDF_PATH": "/opt/esp-idf"}
+    assert "ESP-IDF not found" in esp32.unavailable("qemu", services=False, which=which_qemu, env=no_idf)
+    assert "qemu-system-xtensa not found" in esp32.unavailable("qemu", services=False, which=which_none, env=idf)
+    assert "has no esp32 machine" in esp32.unavailable("qemu", services=False, which=which_qemu,
+                                                       run=_fake_run(DEBIAN_MACHINES), env=idf)
+    assert "esptool >= 5" in esp32.unavailable("qemu", services=False, which=which_qemu, run=run_with("4.8.1"), env=idf)
+    # no build needed (it builds one), no pytest-embedded plugin asked for
+    assert esp32.unavailable("qemu", services=False, which=which_qemu, run=run_with("5.1.0"), firmware=tmp_path / "none",
+                             have_module=lambda m: False, env=idf) is None
+
 
 @pytestmark_host
 def test_qemu_machine_probe_survives_a_broken_binary():
@@ -389,7 +241,7 @@ def test_card_id_is_what_the_firmware_prints(cards, firmwares):
     """The harness's expected id equals the card_id the core prints (checked on the linux target)."""
     target = firmwares.target("linux")  # skips where the linux target cannot run
     assert target is not None
-    for precision in PRECISIONS:
+    for precision in SET_DIRS:
         dut = firmwares.get("linux", "micro", precision)
         assert dut.boot.info["card_id"] == esp32.expected_card_id(cards["micro"].dir / SET_DIRS[precision])
 
@@ -488,10 +340,11 @@ def test_perf_report_and_cli(tmp_path, capsys):
     assert "| board | tiny-llm | int8 | 0.71 |" in text and ">= 0.5 tok/s" in text
     capsys.readouterr()
     assert cli_main(["esp32-build-command", "qemu"]) == 0
-    assert shlex.split(capsys.readouterr().out) == esp32.build_command("qemu")  # the line itself, for a shell
+    # the line itself, for a shell where ESP-IDF is exported
+    assert shlex.split(capsys.readouterr().out) == esp32.Esp32QemuTarget().build_command(idf=("idf.py",))
     assert cli_main(["esp32-qemu-args", str(tmp_path / "missing.img")]) == 2
     assert "does not exist" in capsys.readouterr().err
     image = tmp_path / "sd.img"
     image.write_bytes(bytes(1 << 20))
     assert cli_main(["esp32-qemu-args", str(image), "--icount", "3"]) == 0
-    assert shlex.split(capsys.readouterr().out) == esp32.qemu_args(image, icount_shift=3)
+    assert shlex.split(capsys.readouterr().out) == esp32.Esp32QemuTarget(icount_shift=3).qemu_args(image, snapshot=False)

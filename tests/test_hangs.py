@@ -1,12 +1,11 @@
 """A hang or a console out of step costs one case: the boot that met it is stopped, the next case
-that needs that firmware boots a fresh one (harness/targets/dut.py, tests/conftest.py's Firmwares).
+that needs that firmware boots a fresh one (harness/targets/dut.py, harness/pytest_plugin.py's Firmwares).
 Idle emulators are paused between commands, so they take no CPU (ci/idle_cpu.py measures it)."""
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ from harness.targets import esp32
 from harness.targets.dut import ConsoleDesync
 from harness.targets.pace import Pace
 
-# An inner pytest session with the suite's own conftest: the second of four cases meets a hang
+# An inner pytest session with the suite's own plugin: the second of four cases meets a hang
 # (the firmware's process, the emulator on the emulated targets, is paused with SIGSTOP and never
 # woken), the cases after it use the same firmware as they would in the suite.
 INNER_CASES = '''
@@ -55,12 +54,12 @@ def test_4_after(firmwares, oracle, target_name):
 
 def test_an_injected_hang_costs_exactly_one_case(pytester, target_name, firmwares, monkeypatch):
     firmwares.target(target_name)  # skipped (or failed where required) like every case of this target
-    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
     pytester.makepyfile(test_inner=INNER_CASES)
     monkeypatch.setenv("TINYLLM_TEST_RUNS", f"test-runs-hang-{target_name}-{os.getpid()}")
     if esp32.DEFAULT_IDF_EXPORT.is_file() and not os.environ.get(esp32.IDF_EXPORT_ENV):
         monkeypatch.setenv(esp32.IDF_EXPORT_ENV, str(esp32.DEFAULT_IDF_EXPORT))  # pytester moves HOME
-    result = pytester.runpytest_subprocess("--target", target_name, "-p", "no:cacheprovider", "-rfEs")
+    result = pytester.runpytest_subprocess("--target", target_name, "-p", "harness.pytest_plugin",
+                                           "-p", "no:cacheprovider", "-rfEs")
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["FAILED test_inner.py::test_2_hang* - harness.targets.dut.Command*"])
     out = result.stdout.str()

@@ -1,7 +1,7 @@
 """The virtual ESP32-CAM (harness/targets/virtual_board.py): the auto-reset circuit, the RFC 2217
 server and the card writer against a stand-in QEMU (tests/fake_esp32_qemu.py, everywhere), then
 plain esptool flashing the board build into Espressif's QEMU and a DTR/RTS reset booting it
-(where the esp32 target runs). The board job itself (tests/test_esp32.py through pytest-embedded's
+(where the esp32 target runs). The board job itself (firmware/pytest_tinyllm_esp32.py through pytest-embedded's
 esp,idf services) runs against it in ci/board.sh --virtual."""
 
 from __future__ import annotations

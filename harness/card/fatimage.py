@@ -298,88 +298,14 @@ def build_image(card_root: Path, out: Path, size: int | None = None, cluster: in
     two; `fat`: "auto", "16" or "32"; `check_sets`: refuse weight sets that do not match their
     manifests or are not one export (off only for tests that put a damaged card on purpose).
     """
-    PyFat, PyFatFS = _import_pyfatfs()
-    if fat not in FAT_TYPES:
-        raise HarnessError(f"FAT type {fat!r}: expected one of {', '.join(FAT_TYPES)}")
-    if not 512 <= cluster <= 65536 or cluster & (cluster - 1):
-        raise HarnessError(f"cluster size {cluster} B: expected a power of two from 512 B to 64 KiB")
+    _, PyFatFS = _import_pyfatfs()
     card_root = Path(card_root)
-    files = collect_files(card_root, sets=check_sets)
-    if not files:
-        raise HarnessError(f"{card_root}: nothing to put on the card")
-    data_bytes = sum((card_root / f).stat().st_size for f in files)
-    if size is not None and (size <= 0 or size % 512 or size > MAX_IMAGE):
-        raise HarnessError(f"image size {size} B: expected a positive multiple of 512 up to {MAX_IMAGE // MIB} MiB")
-    candidates = [size] if size else [MIN_IMAGE << i for i in range(11)]
-    if size and size // cluster > MAX_CLUSTERS:
-        raise HarnessError(f"image size {size / MIB:.0f} MiB with {cluster} B clusters is {size // cluster} clusters; "
-                           f"at most {MAX_CLUSTERS} are made (the image writer holds the FAT in memory): "
-                           f"choose --cluster {1 << max(9, (size // MAX_CLUSTERS - 1).bit_length())} or more")
+    files, data_bytes = _checked_request(card_root, size, cluster, fat, check_sets)
     out = Path(out)
-    if out.resolve().is_relative_to(card_root.resolve()):
-        raise HarnessError(f"{out} is inside the card folder {card_root}: the next image would pack this one; "
-                           "write it elsewhere")
-    tmp = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.is_dir():
-        raise HarnessError(f"{out} is a directory: name the image file to write")
-    tried = []
+    tmp = _temp_beside(out, card_root)
     try:
-        for candidate in candidates:
-            fat_type = fat_type_for(candidate, cluster, fat)
-            if fat_type is None:
-                tried.append(f"{candidate / MIB:.0f} MiB has {candidate // cluster} clusters of {cluster} B")
-                if size:
-                    raise HarnessError(
-                        f"image size {size / MIB:.1f} MiB with {cluster} B clusters: {size // cluster} clusters fit no "
-                        f"FAT{'' if fat == 'auto' else fat} volume (FAT16 {FAT16_CLUSTERS[0]}..{FAT16_CLUSTERS[1]}, "
-                        f"FAT32 >= {FAT32_MIN_CLUSTERS}); choose another size or cluster size")
-                continue
-            if fat_type == 16 and _root_entries(card_root, files) > FAT16_ROOT_ENTRIES:
-                tried.append(f"{candidate / MIB:.0f} MiB FAT16's root folder has {FAT16_ROOT_ENTRIES} entries, "
-                             f"{_root_entries(card_root, files)} needed")
-                if size or fat == "16":
-                    raise HarnessError(f"{card_root}: the top folder needs {_root_entries(card_root, files)} directory "
-                                       f"entries, a FAT16 root has {FAT16_ROOT_ENTRIES}: use --fat 32 or fewer top-level "
-                                       "files")
-                continue
-            if candidate // cluster > MAX_CLUSTERS:
-                tried.append(f"{candidate / MIB:.0f} MiB would be over {MAX_CLUSTERS} clusters of {cluster} B")
-                continue
-            _mkfs(tmp, candidate, cluster, fat_type)
-            cluster_got, clusters, free = _free_clusters(tmp)
-            low, high = FAT16_CLUSTERS if fat_type == 16 else (FAT32_MIN_CLUSTERS, 1 << 28)
-            if not low <= clusters <= high:  # the FATs took enough sectors to leave the type's range
-                tried.append(f"{candidate / MIB:.0f} MiB FAT{fat_type} has {clusters} clusters")
-                if size:
-                    raise HarnessError(f"image size {size / MIB:.1f} MiB: FAT{fat_type} with {cluster} B clusters "
-                                       f"leaves {clusters} clusters, outside {low}..{high}")
-                continue
-            need = required_clusters(card_root, files, cluster_got)
-            if need <= free:
-                break
-            tried.append(f"{candidate / MIB:.0f} MiB FAT{fat_type} has {free} free clusters, {need} needed")
-            if size:
-                raise HarnessError(
-                    f"image size {size / MIB:.1f} MiB is too small: the {len(files)} files ({data_bytes / MIB:.2f} MiB) "
-                    f"need {need} clusters of {cluster_got} B, the volume has {free} free"
-                )
-        else:
-            raise HarnessError(f"{data_bytes / MIB:.1f} MiB of files fit no image up to {candidates[-1] // MIB} MiB "
-                               f"with {cluster} B clusters: " + "; ".join(tried[-3:]))
-        with _pinned_clock():
-            fs = PyFatFS(str(tmp), utc=True, preserve_case=True)
-            try:
-                made: set[Path] = set()
-                for rel in files:
-                    for parent in reversed(rel.parents[:-1]):
-                        if parent not in made:
-                            fs.makedir("/" + parent.as_posix())
-                            made.add(parent)
-                    with fs.openbin("/" + rel.as_posix(), "w") as dst, open(card_root / rel, "rb") as src:
-                        shutil.copyfileobj(src, dst, MIB)  # streamed: a card may be larger than free memory
-            finally:
-                fs.close()
+        candidate, fat_type, cluster_got, need = _format(tmp, card_root, files, data_bytes, size, cluster, fat)
+        _write_files(PyFatFS, tmp, card_root, files)
         _patch_fsinfo(tmp)
         digest = _sha256(tmp)
         tmp.replace(out)
@@ -387,3 +313,103 @@ def build_image(card_root: Path, out: Path, size: int | None = None, cluster: in
         tmp.unlink(missing_ok=True)
         raise
     return ImageInfo(out, candidate, fat_type, cluster_got, need * cluster_got, len(files), digest)
+
+
+def _checked_request(card_root: Path, size: int | None, cluster: int, fat: str,
+                     check_sets: bool) -> tuple[list[Path], int]:
+    """The files to put on the card and their bytes, once the FAT type, cluster size and image size
+    asked for are ones this writer makes."""
+    if fat not in FAT_TYPES:
+        raise HarnessError(f"FAT type {fat!r}: expected one of {', '.join(FAT_TYPES)}")
+    if not 512 <= cluster <= 65536 or cluster & (cluster - 1):
+        raise HarnessError(f"cluster size {cluster} B: expected a power of two from 512 B to 64 KiB")
+    files = collect_files(card_root, sets=check_sets)
+    if not files:
+        raise HarnessError(f"{card_root}: nothing to put on the card")
+    data_bytes = sum((card_root / f).stat().st_size for f in files)
+    if size is not None and (size <= 0 or size % 512 or size > MAX_IMAGE):
+        raise HarnessError(f"image size {size} B: expected a positive multiple of 512 up to {MAX_IMAGE // MIB} MiB")
+    if size and size // cluster > MAX_CLUSTERS:
+        raise HarnessError(f"image size {size / MIB:.0f} MiB with {cluster} B clusters is {size // cluster} clusters; "
+                           f"at most {MAX_CLUSTERS} are made (the image writer holds the FAT in memory): "
+                           f"choose --cluster {1 << max(9, (size // MAX_CLUSTERS - 1).bit_length())} or more")
+    return files, data_bytes
+
+
+def _temp_beside(out: Path, card_root: Path) -> Path:
+    """The temporary file the image is built in, beside `out` (outside the card folder, in a folder
+    that exists), renamed to `out` once complete."""
+    if out.resolve().is_relative_to(card_root.resolve()):
+        raise HarnessError(f"{out} is inside the card folder {card_root}: the next image would pack this one; "
+                           "write it elsewhere")
+    tmp = out.with_name(f".{out.name}.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise HarnessError(f"{out} is a directory: name the image file to write")
+    return tmp
+
+
+def _format(tmp: Path, card_root: Path, files: list[Path], data_bytes: int, size: int | None, cluster: int,
+            fat: str) -> tuple[int, int, int, int]:
+    """Formats `tmp` as the first image size (`size`, or 64 MiB, 128 MiB, ...) whose FAT type holds
+    the files; (image bytes, FAT type, cluster bytes, clusters the files need)."""
+    candidates = [size] if size else [MIN_IMAGE << i for i in range(11)]
+    tried = []
+    for candidate in candidates:
+        fat_type = fat_type_for(candidate, cluster, fat)
+        if fat_type is None:
+            tried.append(f"{candidate / MIB:.0f} MiB has {candidate // cluster} clusters of {cluster} B")
+            if size:
+                raise HarnessError(
+                    f"image size {size / MIB:.1f} MiB with {cluster} B clusters: {size // cluster} clusters fit no "
+                    f"FAT{'' if fat == 'auto' else fat} volume (FAT16 {FAT16_CLUSTERS[0]}..{FAT16_CLUSTERS[1]}, "
+                    f"FAT32 >= {FAT32_MIN_CLUSTERS}); choose another size or cluster size")
+            continue
+        if fat_type == 16 and _root_entries(card_root, files) > FAT16_ROOT_ENTRIES:
+            tried.append(f"{candidate / MIB:.0f} MiB FAT16's root folder has {FAT16_ROOT_ENTRIES} entries, "
+                         f"{_root_entries(card_root, files)} needed")
+            if size or fat == "16":
+                raise HarnessError(f"{card_root}: the top folder needs {_root_entries(card_root, files)} directory "
+                                   f"entries, a FAT16 root has {FAT16_ROOT_ENTRIES}: use --fat 32 or fewer top-level "
+                                   "files")
+            continue
+        if candidate // cluster > MAX_CLUSTERS:
+            tried.append(f"{candidate / MIB:.0f} MiB would be over {MAX_CLUSTERS} clusters of {cluster} B")
+            continue
+        _mkfs(tmp, candidate, cluster, fat_type)
+        cluster_got, clusters, free = _free_clusters(tmp)
+        low, high = FAT16_CLUSTERS if fat_type == 16 else (FAT32_MIN_CLUSTERS, 1 << 28)
+        if not low <= clusters <= high:  # the FATs took enough sectors to leave the type's range
+            tried.append(f"{candidate / MIB:.0f} MiB FAT{fat_type} has {clusters} clusters")
+            if size:
+                raise HarnessError(f"image size {size / MIB:.1f} MiB: FAT{fat_type} with {cluster} B clusters "
+                                   f"leaves {clusters} clusters, outside {low}..{high}")
+            continue
+        need = required_clusters(card_root, files, cluster_got)
+        if need <= free:
+            return candidate, fat_type, cluster_got, need
+        tried.append(f"{candidate / MIB:.0f} MiB FAT{fat_type} has {free} free clusters, {need} needed")
+        if size:
+            raise HarnessError(
+                f"image size {size / MIB:.1f} MiB is too small: the {len(files)} files ({data_bytes / MIB:.2f} MiB) "
+                f"need {need} clusters of {cluster_got} B, the volume has {free} free"
+            )
+    raise HarnessError(f"{data_bytes / MIB:.1f} MiB of files fit no image up to {candidates[-1] // MIB} MiB "
+                       f"with {cluster} B clusters: " + "; ".join(tried[-3:]))
+
+
+def _write_files(PyFatFS: Any, tmp: Path, card_root: Path, files: list[Path]) -> None:
+    """Copies the files (and their folders) into the formatted image, under the pinned clock."""
+    with _pinned_clock():
+        fs = PyFatFS(str(tmp), utc=True, preserve_case=True)
+        try:
+            made: set[Path] = set()
+            for rel in files:
+                for parent in reversed(rel.parents[:-1]):
+                    if parent not in made:
+                        fs.makedir("/" + parent.as_posix())
+                        made.add(parent)
+                with fs.openbin("/" + rel.as_posix(), "w") as dst, open(card_root / rel, "rb") as src:
+                    shutil.copyfileobj(src, dst, MIB)  # streamed: a card may be larger than free memory
+        finally:
+            fs.close()

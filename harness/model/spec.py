@@ -100,6 +100,22 @@ class ModelSpec:
 
 def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1) -> ModelSpec:
     """Validate an HF config dict and turn it into a ModelSpec, naming any bad field."""
+    _check_model_type(cfg, name)
+    cfg = _with_defaults(cfg, name)
+    values = _architecture(cfg, name)
+    special = _special_tokens(cfg, name, values["vocab_size"])
+    return ModelSpec(
+        name=name,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        bos_token_id=special["bos_token_id"],
+        eos_token_id=special["eos_token_id"],
+        synthetic_seed=synthetic_seed,
+        **values,
+    )
+
+
+def _check_model_type(cfg: dict[str, Any], name: str) -> None:
+    """A LlamaForCausalLM config, or HarnessError."""
     model_type = cfg.get("model_type")
     if model_type != "llama":
         raise HarnessError(
@@ -109,7 +125,11 @@ def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1)
     archs = cfg.get("architectures")
     if archs is not None and "LlamaForCausalLM" not in archs:
         raise HarnessError(f"config for {name!r}: architectures {archs} lacks LlamaForCausalLM")
-    values: dict[str, Any] = {}
+
+
+def _with_defaults(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """A copy of `cfg` with what HF leaves implicit filled in (head_dim, rope_theta, num_key_value_heads);
+    refuses RoPE scaling."""
     cfg = dict(cfg)
     if cfg.get("head_dim") is None and cfg.get("hidden_size") and cfg.get("num_attention_heads"):
         cfg["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
@@ -124,6 +144,12 @@ def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1)
         raise HarnessError(f"config for {name!r}: rope scaling {rope!r} is not supported (plain RoPE only)")
     if cfg.get("num_key_value_heads") is None:
         cfg["num_key_value_heads"] = cfg.get("num_attention_heads")
+    return cfg
+
+
+def _architecture(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """The INT_FIELDS and FLOAT_FIELDS, checked against what the firmware accepts."""
+    values: dict[str, Any] = {}
     for key, (low, high) in FIRMWARE_INT_RANGES.items():
         value = cfg.get(key)
         if isinstance(value, float) and value.is_integer():
@@ -154,25 +180,23 @@ def spec_from_hf_config(cfg: dict[str, Any], name: str, synthetic_seed: int = 1)
         )
     if values["head_dim"] % 2:
         raise HarnessError(f"config for {name!r}: head_dim {values['head_dim']} must be even for RoPE")
-    special = {}
+    return values
+
+
+def _special_tokens(cfg: dict[str, Any], name: str, vocab_size: int) -> dict[str, int]:
+    """bos_token_id and eos_token_id (default 1 and 2): one token id each."""
+    special: dict[str, int] = {}
     for key, default in (("bos_token_id", 1), ("eos_token_id", 2)):
         value = cfg.get(key)
         if value is None:
             value = default
         if isinstance(value, list) and len(value) == 1:  # HF allows a list; the firmware knows one id
             value = value[0]
-        if type(value) is not int or not 0 <= value < values["vocab_size"]:
-            raise HarnessError(f"config for {name!r}: {key} must be one token id in 0..{values['vocab_size'] - 1}, "
+        if type(value) is not int or not 0 <= value < vocab_size:
+            raise HarnessError(f"config for {name!r}: {key} must be one token id in 0..{vocab_size - 1}, "
                                f"got {value!r}")
         special[key] = value
-    return ModelSpec(
-        name=name,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        bos_token_id=special["bos_token_id"],
-        eos_token_id=special["eos_token_id"],
-        synthetic_seed=synthetic_seed,
-        **values,
-    )
+    return special
 
 
 def fixture_names(folder: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The esp32 pytest-embedded runs' table (tests/test_esp32.py writes one perf-*.json per case)."""
+"""The esp32 pytest-embedded runs' table (firmware/pytest_tinyllm_esp32.py writes one perf-*.json per case)."""
 
 from __future__ import annotations
 

@@ -55,6 +55,19 @@ def _plot(record: dict[str, Any], path: Path) -> bool:
 
 
 def write_report(record: dict[str, Any], out: Path) -> Path:
+    lines = _summary(record) + _notes(record) + _prompt_table(record)
+    png = out / "perf.png"
+    if _plot(record, png):
+        lines += ["", f"![performance]({png.name})"]
+    lines += ["", "Firmware logs: " + ", ".join(f"`{e['log']}`" for e in record["precisions"].values()),
+              "Raw record: `perf.json`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _summary(record: dict[str, Any]) -> list[str]:
+    """The title, the run's facts and one row per precision: match, logits, speed, I/O, memory."""
     lines = [
         f"# Tiny-LLM end-to-end report: `{record['model']}` on `{record['target']}`",
         "",
@@ -87,6 +100,12 @@ def write_report(record: dict[str, Any], out: Path) -> Path:
             f"{e['peak_arena'] / 1024:.0f} KiB of {(e['arena_budget'] or 0) / 1024:.0f} | "
             f"{'' if agreement is None else f'{agreement:.1%}'} |"
         )
+    return lines
+
+
+def _notes(record: dict[str, Any]) -> list[str]:
+    """RAM, the pruned lm_head, the modelled board, budgets and the seed's board figures."""
+    lines: list[str] = []
     if "static_ram" in record:
         static = sum(record["static_ram"].values())
         lines += ["", "Peak RAM (arena peak + image, heap and stack): " + ", ".join(
@@ -113,6 +132,13 @@ def write_report(record: dict[str, Any], out: Path) -> Path:
         f"Seed's figures for the real ESP32-CAM, for comparison: float32 {f32_lo}–{f32_hi} tokens/s, int8 {i8_lo}–"
         f"{i8_hi} tokens/s, ~{seed.peak_ram['float32'] // 1024} KB peak RAM, ~{seed.sd_seeks_per_token} SD seeks "
         "per token. " + _timing_note(record["target"]) + " Bytes, reads and arena are the same on every target.",
+    ]
+    return lines
+
+
+def _prompt_table(record: dict[str, Any]) -> list[str]:
+    """Every prompt's generated tokens against the oracle's, per precision."""
+    lines = [
         "",
         "## Prompts",
         "",
@@ -124,14 +150,7 @@ def write_report(record: dict[str, Any], out: Path) -> Path:
             lines.append(f"| {precision} | {row['prompt']} | {row['n_prompt']} | {' '.join(map(str, row['tokens']))} | "
                          f"{'yes' if row['match'] else '**NO** expected ' + ' '.join(map(str, row['expected']))} | "
                          f"{row['us_per_token']:.0f} |")
-    png = out / "perf.png"
-    if _plot(record, png):
-        lines += ["", f"![performance]({png.name})"]
-    lines += ["", "Firmware logs: " + ", ".join(f"`{e['log']}`" for e in record["precisions"].values()),
-              "Raw record: `perf.json`.", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
 
 
 def _board_section(record: dict[str, Any]) -> list[str]:

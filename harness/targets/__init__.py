@@ -11,8 +11,8 @@ protocol mixed in):
 
 - linux, xtensa-sim (host.py): the firmware as a local process, the card as a folder;
 - esp32 (esp32.py): the ESP-IDF app built with `idf.py` in Espressif's QEMU, the FAT image on
-  its SD/MMC host; one build serves both precisions (`load int8` switches). tests/test_esp32.py
-  also runs the same app through pytest-embedded's own idf,qemu services, and on a board.
+  its SD/MMC host; one build serves both precisions (`load int8` switches). The app's own pytest case,
+  firmware/pytest_tinyllm_esp32.py, runs it through pytest-embedded's services (QEMU, a board).
 
 `TARGETS` is the one list of targets: the CLI's choices, `--target auto`, the tests'
 parametrisation and the reports all read it.

@@ -5,8 +5,8 @@ the IDF parts into a serial Dut): send a line, read up to the next `TINYLLM_READ
 `TINYLLM_EXIT`), parse it. It needs only the Dut's `write`, `expect` and `pexpect_proc`, so it
 serves every Dut: `TinyLLMDut` (the harness's own boot of any target: the firmware or its
 emulator as a local process, a pexpect `PopenSpawn` whose whole console output is kept in a
-log file) and pytest-embedded's own IdfDut in tests/test_esp32.py (`ConsoleProtocol.command(dut,
-...)`). One boot serves many commands.
+log file) and `EmbeddedDut`, pytest-embedded's own IdfDut in the esp32 app's pytest case
+(firmware/pytest_tinyllm_esp32.py). One boot serves many commands.
 """
 
 from __future__ import annotations
@@ -125,13 +125,53 @@ class ConsoleProtocol:
                  timeout: float = 120.0, full: bool = False) -> protocol.Transcript:
         return self.command(prompt.command(k=k, teacher_forced=teacher_forced, full=full), timeout)
 
+    # --- with a pace (TinyLLMDut, EmbeddedDut): timeouts scaled, answers checked ---------------
+    def _read(self: Any, what: str, nominal_timeout: float, boot: bool = False) -> protocol.Transcript:
+        """Reads up to the next TINYLLM_READY/EXIT within the scaled timeout, and calibrates the
+        pace from the generation it reports. A timeout or a firmware that vanished ends the boot."""
+        timeout = self.pace.timeout(nominal_timeout)
+        start = time.monotonic()
+        try:
+            t = self.read_until_ready(timeout, boot)
+        except BoardReset as exc:
+            raise BoardReset(self._end(f"{what}: {exc}")) from None
+        except pexpect.TIMEOUT:
+            raise CommandTimeout(self._end(
+                f"{what}: no TINYLLM_READY within {timeout:.0f} s (nominal {nominal_timeout:.0f} s x "
+                f"{self.pace.describe()})")) from None
+        except pexpect.EOF:
+            raise RuntimeError(self._end(f"{what}: the firmware ended without TINYLLM_READY or TINYLLM_EXIT")) from None
+        if len(t.results) == 1:
+            r = t.results[0]
+            self.pace.observe(reference_seconds(self.target, r.get("total_cycles", 0), r.get("bytes_read", 0)),
+                              time.monotonic() - start)
+        return t
+
+    def _check_answer(self: Any, line: str, t: protocol.Transcript) -> None:
+        """A `gen`'s answer must be about its own prompt: else it is another command's."""
+        words = line.split()
+        if not words or words[0] != "gen" or not t.results:
+            return
+        ids = [int(w) for w in words[1:] if w.lstrip("-").isdigit()]
+        got = [r.get("prompt") for r in t.results]
+        if len(got) != 1 or got[0] != ids:
+            raise ConsoleDesync(self._end(f"{line[:60]!r} was answered with {len(got)} result(s) for prompt(s) "
+                                          f"{[str(p)[:60] for p in got]}: the console is out of step"))
+
+    def _end(self: Any, why: str) -> str:
+        """The error message for a command that timed out or lost track of the console, with the
+        log's tail (TinyLLMDut also stops its process)."""
+        tail = Path(self.logfile).read_text(errors="replace").splitlines()[-TAIL_LINES:]
+        cut = [x if len(x) <= 200 else x[:200] + " ..." for x in tail]
+        return f"{why}. Log {self.logfile}, last lines:\n" + "\n".join(cut)
+
 
 class TinyLLMDut(ConsoleProtocol, Dut):
     """One running firmware instance (a local process: the firmware, or the emulator running it).
 
     A boot that timed out or lost track of the console is over (`ended` says why): its process
     is stopped at once, so no later command can read an earlier one's answer, and its owner
-    (tests/conftest.py's Firmwares) boots a fresh one. Timeouts given to it are nominal, for the
+    (harness/pytest_plugin.py's Firmwares) boots a fresh one. Timeouts given to it are nominal, for the
     reference machine; it scales them by the target's measured slowdown (pace.py). An emulator
     that spins while its guest waits for input (`pause_when_idle`: the esp32 under -icount
     sleep=off) is paused (SIGSTOP) between commands and resumed (SIGCONT) to take the next one,
@@ -207,27 +247,6 @@ class TinyLLMDut(ConsoleProtocol, Dut):
             self._pause()
         return t
 
-    def _read(self, what: str, nominal_timeout: float, boot: bool = False) -> protocol.Transcript:
-        """Reads up to the next TINYLLM_READY/EXIT within the scaled timeout, and calibrates the
-        pace from the generation it reports. A timeout or a firmware that vanished ends the boot."""
-        timeout = self.pace.timeout(nominal_timeout)
-        start = time.monotonic()
-        try:
-            t = self.read_until_ready(timeout, boot)
-        except BoardReset as exc:
-            raise BoardReset(self._end(f"{what}: {exc}")) from None
-        except pexpect.TIMEOUT:
-            raise CommandTimeout(self._end(
-                f"{what}: no TINYLLM_READY within {timeout:.0f} s (nominal {nominal_timeout:.0f} s x "
-                f"{self.pace.describe()})")) from None
-        except pexpect.EOF:
-            raise RuntimeError(self._end(f"{what}: the firmware ended without TINYLLM_READY or TINYLLM_EXIT")) from None
-        if len(t.results) == 1:
-            r = t.results[0]
-            self.pace.observe(reference_seconds(self.target, r.get("total_cycles", 0), r.get("bytes_read", 0)),
-                              time.monotonic() - start)
-        return t
-
     def _check_quiet(self, line: str) -> None:
         """Nothing may be waiting unread before a command: a TINYLLM_READY there is an answer
         nobody asked for, and reading on would take it for this command's. (Asked through
@@ -240,25 +259,12 @@ class TinyLLMDut(ConsoleProtocol, Dut):
             raise ConsoleDesync(self._end(f"before {line[:60]!r}: the console already holds an answer nobody "
                                           "was waiting for (an earlier command's, or unasked output)"))
 
-    def _check_answer(self, line: str, t: protocol.Transcript) -> None:
-        """A `gen`'s answer must be about its own prompt: else it is another command's."""
-        words = line.split()
-        if not words or words[0] != "gen" or not t.results:
-            return
-        ids = [int(w) for w in words[1:] if w.lstrip("-").isdigit()]
-        got = [r.get("prompt") for r in t.results]
-        if len(got) != 1 or got[0] != ids:
-            raise ConsoleDesync(self._end(f"{line[:60]!r} was answered with {len(got)} result(s) for prompt(s) "
-                                          f"{[str(p)[:60] for p in got]}: the console is out of step"))
-
     def _end(self, why: str) -> str:
         """Ends this boot after a timeout or desync: the process is killed (a stuck or out-of-step
         firmware is worth nothing more). Returns the error message, with the log's tail."""
         self.ended = why
         self.close(kill=True)
-        tail = self.log_text().splitlines()[-TAIL_LINES:]
-        cut = [x if len(x) <= 200 else x[:200] + " ..." for x in tail]
-        return f"{why}; this boot was stopped. Log {self.logfile}, last lines:\n" + "\n".join(cut)
+        return ConsoleProtocol._end(self, f"{why}; this boot was stopped")
 
     # --- idle emulators take no CPU -----------------------------------------------------------
     def cpu_seconds(self) -> float:
@@ -340,6 +346,44 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         """The firmware's TINYLLM_EXIT code where a device printed it and was then stopped, else
         the process's exit status."""
         return self._exit_line if self._exit_line is not None else self.pexpect_proc.proc.returncode
+
+
+class EmbeddedDut(ConsoleProtocol):
+    """pytest-embedded's own dut (its IdfDut, on Espressif's QEMU or on a board) as the harness
+    sees a firmware: the same protocol, nominal timeouts scaled by the pace, `gen` answers checked,
+    so the main job's prompt loop (pipeline.run_prompts) runs on it unchanged. pytest-embedded
+    owns the boot (flash, reset, QEMU) and ends it after the test; a timeout ends the test."""
+
+    def __init__(self, dut: Any, target: str, boot_timeout: float, card_prompts: Sequence[Prompt] = (),
+                 prompt_line_timeout: float = 600.0) -> None:
+        """Reads the start-up (up to TINYLLM_READY) into `boot`, then the card's prompts.txt runs
+        (a device runs it at every boot: `card_prompts`, its lines) into `boot_runs`."""
+        self.dut = dut
+        self.target = target
+        self.pace = pace_of(target)
+        self.logfile = dut.logfile
+        self.boot = self._read("start-up", boot_timeout, boot=True)
+        self.precision = (self.boot.info or {}).get("precision")
+        self.card_prompts = list(card_prompts) if self.boot.info is not None else []
+        self.boot_runs = [self._read(f"prompt-file line {i + 1}", prompt_line_timeout)
+                          for i in range(len(self.card_prompts))]
+
+    @property
+    def pexpect_proc(self) -> Any:
+        return self.dut.pexpect_proc
+
+    def write(self, s: Any) -> None:
+        self.dut.write(s)
+
+    def expect(self, pattern: Any, **kwargs: Any) -> Any:
+        return self.dut.expect(pattern, **kwargs)
+
+    def command(self, line: str, timeout: float) -> protocol.Transcript:
+        """Sends one console line and reads its answer; `timeout` is nominal (see TinyLLMDut)."""
+        self.write(line)
+        t = self._read(f"command {line[:60]!r}", timeout)
+        self._check_answer(line, t)
+        return t
 
 
 def start_firmware(target: Target, binary: Path, card: Path, precision: str, log_path: Path,

@@ -2,14 +2,16 @@
 
 - builds: one per `firmware/sdkconfig.ci.<config>` (`firmware/build_esp32_<config>`, the
   idf-build-apps naming: `qemu` and `board`; one build serves both precisions, the console
-  command `load int8` switches) and the `idf.py` line that makes one;
+  command `load int8` switches);
 - QEMU: the arguments that give the emulated ESP32 its PSRAM, the card on the SD/MMC host and
   deterministic instruction counts (pytest-embedded's qemu service runs `qemu-system-xtensa
   -nographic -machine esp32` plus the flash image, and takes these as `--qemu-extra-args`);
-- why the target cannot run here (`unavailable` for pytest-embedded's services,
-  `Esp32QemuTarget.unavailable` for the harness's own boot), as a skip reason;
-- `Esp32QemuTarget`: the target as the main job and the tests use every target (build, argv,
-  boot commands), booted under the same Dut as linux and xtensa-sim (harness/targets/dut.py);
+- why the target cannot run here (`unavailable`: through pytest-embedded's services, or the
+  harness's own boot), as a skip reason;
+- `Esp32QemuTarget`: the target as the main job and the tests use every target (the idf.py
+  line and the build, QEMU's arguments, argv, boot commands), booted under the same Dut as
+  linux and xtensa-sim (harness/targets/dut.py); pytest-embedded's case for the app is
+  firmware/pytest_tinyllm_esp32.py;
 - the board check: the card id the firmware printed must be the image's, else the card holds
   other weights; an optional lab SD multiplexer command writes the image first.
 
@@ -56,16 +58,6 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 # --- builds ------------------------------------------------------------------------------------
-def config_name(environment: str, precision: str) -> str:
-    """The build config for an environment; the precision is chosen at run time (`load`)."""
-    from harness.card.export import PRECISIONS
-
-    if environment not in ENVIRONMENTS or precision not in PRECISIONS:
-        raise HarnessError(f"no esp32 build config for {environment!r}/{precision!r} "
-                           f"(environments {ENVIRONMENTS}, precisions {PRECISIONS})")
-    return environment
-
-
 def build_dir_name(config: str) -> str:
     if config not in CONFIGS:
         raise HarnessError(f"unknown esp32 build config {config!r}; known: {', '.join(CONFIGS)} "
@@ -74,7 +66,7 @@ def build_dir_name(config: str) -> str:
 
 
 def build_dir(config: str, firmware: Path = FIRMWARE) -> Path:
-    """firmware/build_esp32_<config>: where `build_command(config)` puts the app."""
+    """firmware/build_esp32_<config>: where `Esp32QemuTarget.build_command` puts the app."""
     return firmware / build_dir_name(config)
 
 
@@ -82,16 +74,6 @@ def is_built(config: str, firmware: Path = FIRMWARE) -> bool:
     """A finished build has the files pytest-embedded-idf reads (flasher_args.json) and the app."""
     d = build_dir(config, firmware)
     return (d / "flasher_args.json").is_file() and (d / f"{APP_NAME}.bin").is_file()
-
-
-def build_command(config: str, firmware: Path = FIRMWARE, idf: tuple[str, ...] = ("idf.py",)) -> list[str]:
-    """The idf.py line that builds one config (run it with ESP-IDF exported, cwd = firmware/);
-    `idf`: how to run idf.py (the harness's build names the IDF venv's python and the script)."""
-    d = build_dir(config, firmware)
-    return [*idf, "-C", str(firmware), "-B", str(d),
-            "-D", f"SDKCONFIG={d / 'sdkconfig'}",
-            "-D", f"SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.{config}",
-            "-D", f"IDF_TARGET={TARGET}", "build"]
 
 
 # --- QEMU --------------------------------------------------------------------------------------
@@ -103,32 +85,6 @@ def check_sd_image(image: Path, what: str = "SD image") -> None:
     if size <= 0 or size & (size - 1):
         raise HarnessError(f"{what} {image} is {size} bytes: Espressif's QEMU SD model needs a power-of-two size "
                            "(`tinyllm-harness image` sizes it so)")
-
-
-def qemu_args(sd_image: Path, icount_shift: int | None = None, wdt_off: bool = True,
-              snapshot: bool = False) -> list[str]:
-    """Arguments to append to pytest-embedded's QEMU command line for this firmware.
-
-    `-m 4M` gives the emulated ESP32 its PSRAM (without it there is none); the card goes on the
-    SD/MMC host, which QEMU's SD model accepts only at a power-of-two size; the watchdog switch
-    keeps emulated (not real-time) runs from being reset; `icount_shift` makes timing
-    deterministic (`-icount shift=N,align=off,sleep=off`).
-    """
-    image = Path(sd_image)
-    check_sd_image(image)
-    args = ["-m", QEMU_PSRAM, "-drive", f"file={image},if=sd,format=raw" + (",snapshot=on" if snapshot else "")]
-    if wdt_off:
-        args += ["-global", QEMU_WDT_OFF]
-    if icount_shift is not None:
-        if not 0 <= icount_shift <= 10:
-            raise HarnessError(f"icount shift {icount_shift} out of range 0..10")
-        args += ["-icount", f"shift={icount_shift},align=off,sleep=off"]
-    return args
-
-
-def qemu_extra_args(sd_image: Path, icount_shift: int | None = None, wdt_off: bool = True) -> str:
-    """The same as one `--qemu-extra-args` string (pytest-embedded splits it with shlex)."""
-    return shlex.join(qemu_args(sd_image, icount_shift, wdt_off))
 
 
 def qemu_has_esp32(qemu: str, run: Runner = subprocess.run) -> bool:
@@ -147,38 +103,69 @@ def _have_module(name: str) -> bool:
 
 def _build_hint(config: str, firmware: Path, which: Which, env: Mapping[str, str]) -> str:
     where = build_dir(config, firmware)
-    line = shlex.join(build_command(config, firmware))
+    line = shlex.join(Esp32QemuTarget(config=config, firmware=firmware).build_command(idf=("idf.py",)))
     if which("idf.py") is None and not env.get("IDF_PATH"):
         return (f"no firmware build at {where}, and ESP-IDF is not set up here (idf.py not found, IDF_PATH unset): "
                 f"install ESP-IDF {IDF_VERSION}, `. $IDF_PATH/export.sh`, then run: {line}")
     return f"no firmware build at {where}: run {line}"
 
 
-def unavailable(config: str, firmware: Path = FIRMWARE, port: str | None = None, which: Which = shutil.which,
-                run: Runner = subprocess.run, have_module: Callable[[str], bool] = _have_module,
-                env: Mapping[str, str] | None = None) -> str | None:
-    """Why the esp32 target cannot run `config` here (a skip reason), or None."""
+def _plugins_missing(config: str, have_module: Callable[[str], bool]) -> str | None:
+    second = ("pytest_embedded_qemu", "pytest-embedded-qemu") if config.startswith("qemu") else \
+        ("pytest_embedded_serial_esp", "pytest-embedded-serial-esp")
+    for module, package in (("pytest_embedded_idf", "pytest-embedded-idf"), second):
+        if not have_module(module):
+            return f"{package} not installed (pip install pytest-embedded-idf {second[1]})"
+    return None
+
+
+def _qemu_missing(which: Which, run: Runner) -> str | None:
+    qemu = which(QEMU_PROG)
+    if qemu is None:
+        return (f"{QEMU_PROG} not found: install Espressif's QEMU "
+                "(python $IDF_PATH/tools/idf_tools.py install qemu-xtensa, then . $IDF_PATH/export.sh)")
+    if not qemu_has_esp32(qemu, run):
+        return (f"{qemu} has no esp32 machine (`-machine help` does not list it; Debian's QEMU lacks it): "
+                "install Espressif's QEMU with python $IDF_PATH/tools/idf_tools.py install qemu-xtensa")
+    return None
+
+
+def _esptool_major(run: Runner) -> int | None:
+    out = run([sys.executable, "-m", "esptool", "version"], capture_output=True, text=True).stdout or ""
+    major = re.search(r"^(\d+)\.", out.strip().splitlines()[-1]) if out.strip() else None
+    return int(major.group(1)) if major else None
+
+
+def unavailable(config: str = "qemu", services: bool = True, firmware: Path = FIRMWARE, port: str | None = None,
+                which: Which = shutil.which, run: Runner = subprocess.run,
+                have_module: Callable[[str], bool] = _have_module, env: Mapping[str, str] | None = None) -> str | None:
+    """Why the esp32 target cannot run `config` here (a skip reason), or None. `services`: through
+    pytest-embedded's services (their plugins, esptool.py on PATH for the qemu service's
+    merge-bin, a board's port, a build made beforehand); else the harness's own boot, which
+    builds the app itself (ESP-IDF exported in `env`, esptool >= 5 in this Python for merge-bin).
+    The emulator's probes are the same either way."""
     env = os.environ if env is None else env
     build_dir_name(config)  # validates the name
+    if services:
+        reason = _plugins_missing(config, have_module)
+        if reason:
+            return reason
+    elif not env.get("IDF_PATH"):
+        return ("ESP-IDF not found: export it (. $IDF_PATH/export.sh), or set TINYLLM_IDF_EXPORT to a script that "
+                "does (ci/setup.sh installs one where a prebuilt bundle is present)")
     if config.startswith("qemu"):
-        for module, package in (("pytest_embedded_idf", "pytest-embedded-idf"), ("pytest_embedded_qemu", "pytest-embedded-qemu")):
-            if not have_module(module):
-                return f"{package} not installed (pip install pytest-embedded-idf pytest-embedded-qemu)"
-        qemu = which(QEMU_PROG)
-        if qemu is None:
-            return (f"{QEMU_PROG} not found: install Espressif's QEMU "
-                    "(python $IDF_PATH/tools/idf_tools.py install qemu-xtensa, then . $IDF_PATH/export.sh)")
-        if not qemu_has_esp32(qemu, run):
-            return (f"{qemu} has no esp32 machine (`-machine help` does not list it; Debian's QEMU lacks it): "
-                    "install Espressif's QEMU with python $IDF_PATH/tools/idf_tools.py install qemu-xtensa")
+        reason = _qemu_missing(which, run)
+        if reason:
+            return reason
+    if not services:
+        major = _esptool_major(run)
+        return None if major is not None and major >= 5 else \
+            "esptool >= 5 not installed in the harness's Python (pip install -e '.[esp32]')"
+    if config.startswith("qemu"):
         if which("esptool.py") is None:  # pytest-embedded's qemu service merges the flash image with it
             return ("esptool.py not on PATH (pytest-embedded's qemu service runs `esptool.py merge-bin`): "
                     "put the bin folder of the Python that has esptool >= 5 on PATH")
     else:
-        for module, package in (("pytest_embedded_idf", "pytest-embedded-idf"),
-                                ("pytest_embedded_serial_esp", "pytest-embedded-serial-esp")):
-            if not have_module(module):
-                return f"{package} not installed (pip install pytest-embedded-idf pytest-embedded-serial-esp)"
         if not (port or env.get("ESPPORT")):
             return "no board serial port: set ESPPORT or pass --port (e.g. /dev/ttyUSB0)"
         unserved = network_port_unserved(port or env.get("ESPPORT", ""))
@@ -240,28 +227,18 @@ def idf_environment() -> dict[str, str] | None:
     return exported if exported.get("IDF_PATH") else None
 
 
-@functools.lru_cache(maxsize=1)
-def _esp32_unavailable() -> str | None:
-    """Why the esp32 target cannot run here, or None; probed once per process (every test asks)."""
-    env = idf_environment()
-    if env is None:
-        return ("ESP-IDF not found: export it (. $IDF_PATH/export.sh), or set TINYLLM_IDF_EXPORT to a script that "
-                "does (ci/setup.sh installs one where a prebuilt bundle is present)")
-    qemu = shutil.which("qemu-system-xtensa", path=env.get("PATH"))
-    if qemu is None:
-        return "qemu-system-xtensa not found: install Espressif's QEMU (idf_tools.py install qemu-xtensa)"
-    if not qemu_has_esp32(qemu, run=functools.partial(subprocess.run, env=env)):
-        return f"{qemu} has no esp32 machine (Debian's QEMU lacks it): install Espressif's QEMU"
-    version = subprocess.run([sys.executable, "-m", "esptool", "version"], capture_output=True, text=True).stdout
-    major = re.search(r"^(\d+)\.", version.strip().splitlines()[-1]) if version.strip() else None
-    if major is None or int(major.group(1)) < 5:
-        return "esptool >= 5 not installed in the harness's Python (pip install -e '.[esp32]')"
-    return None
+@functools.lru_cache(maxsize=4)
+def _harness_boot_unavailable(config: str) -> str | None:
+    """`unavailable` for the harness's own boot, in ESP-IDF's environment; probed once per process
+    (every test asks)."""
+    env = idf_environment() or {}
+    return unavailable(config, services=False, which=lambda name: shutil.which(name, path=env.get("PATH")),
+                       run=functools.partial(subprocess.run, env=env or None), env=env)
 
 
-def _sources() -> list[Path]:
+def _sources(firmware: Path) -> list[Path]:
     """What an esp32 build depends on: the app, the core, the project files."""
-    files = [*(FIRMWARE / "main").rglob("*"), *(FIRMWARE / "components").rglob("*"), FIRMWARE / "CMakeLists.txt"]
+    files = [*(firmware / "main").rglob("*"), *(firmware / "components").rglob("*"), firmware / "CMakeLists.txt"]
     return [f for f in files if f.is_file()]
 
 
@@ -292,14 +269,15 @@ class Esp32QemuTarget:
     config: str = "qemu"  # firmware/sdkconfig.ci.<config>
     # -icount shift=3: every instruction advances virtual time by 8 ns, so esp_timer and CCOUNT
     # (240 MHz) count executed instructions, identically on every run; sleep=off: idle time is
-    # skipped, never taken from the host clock.
-    icount_shift: int = 3
+    # skipped, never taken from the host clock. None: QEMU's own clock (pytest-embedded's runs).
+    icount_shift: int | None = 3
+    firmware: Path = FIRMWARE  # the ESP-IDF project (main/, components/, sdkconfig files)
     cpu_mhz: int = 240  # CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ (sdkconfig.defaults)
 
     @property
     def build_dir(self) -> Path:
         """firmware/build_esp32_<config>: the idf-build-apps / pytest-embedded naming."""
-        return build_dir(self.config)
+        return build_dir(self.config, self.firmware)
 
     @property
     def flash_image(self) -> Path:
@@ -310,22 +288,28 @@ class Esp32QemuTarget:
         return shutil.which("qemu-system-xtensa", path=(env or os.environ).get("PATH"))
 
     def unavailable(self) -> str | None:
-        return _esp32_unavailable()
+        return _harness_boot_unavailable(self.config)
 
     def _stale(self) -> bool:
-        if not is_built(self.config):
+        if not is_built(self.config, self.firmware):
             return True
         built = (self.build_dir / f"{APP_NAME}.bin").stat().st_mtime
-        return any(f.stat().st_mtime > built for f in _sources() + self._sdkconfig_files())
+        return any(f.stat().st_mtime > built for f in _sources(self.firmware) + self._sdkconfig_files())
 
     def _sdkconfig_files(self) -> list[Path]:
-        return [FIRMWARE / "sdkconfig.defaults", FIRMWARE / f"sdkconfig.ci.{self.config}"]
+        return [self.firmware / "sdkconfig.defaults", self.firmware / f"sdkconfig.ci.{self.config}"]
 
-    def build_command(self) -> list[str]:
-        env = idf_environment() or {}
-        idf = ((str(Path(env["IDF_PYTHON_ENV_PATH"]) / "bin" / "python"), str(Path(env["IDF_PATH"]) / "tools" / "idf.py"))
-               if env.get("IDF_PYTHON_ENV_PATH") else ("idf.py",))
-        return build_command(self.config, idf=idf)
+    def build_command(self, idf: tuple[str, ...] | None = None) -> list[str]:
+        """The idf.py line that builds this config (run it with ESP-IDF exported). `idf`: how to
+        run idf.py; by default the IDF venv's python and script where ESP-IDF is found, else `idf.py`."""
+        if idf is None:
+            env = idf_environment() or {}
+            idf = ((str(Path(env["IDF_PYTHON_ENV_PATH"]) / "bin" / "python"), str(Path(env["IDF_PATH"]) / "tools" / "idf.py"))
+                   if env.get("IDF_PYTHON_ENV_PATH") else ("idf.py",))
+        d = self.build_dir
+        return [*idf, "-C", str(self.firmware), "-B", str(d), "-D", f"SDKCONFIG={d / 'sdkconfig'}",
+                "-D", f"SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.{self.config}",
+                "-D", f"IDF_TARGET={TARGET}", "build"]
 
     def build(self) -> Path:
         """`idf.py build` when the app is missing or older than its sources and sdkconfig files
@@ -373,13 +357,27 @@ class Esp32QemuTarget:
 
     def instructions(self, cycles: float) -> float | None:
         """Executed instructions from CCOUNT cycles: under -icount shift=N one instruction is
-        2^N ns of virtual time, and CCOUNT runs at cpu_mhz of that time."""
+        2^N ns of virtual time, and CCOUNT runs at cpu_mhz of that time (None: not counted)."""
+        if self.icount_shift is None:
+            return None
         return cycles * 1000.0 / (self.cpu_mhz * (1 << self.icount_shift))
 
-    def qemu_args(self, card: Path) -> list[str]:
-        # snapshot: the image is opened read-only (writes would go to a temporary overlay),
-        # so one image serves several QEMUs and stays byte-identical
-        return qemu_args(card, icount_shift=self.icount_shift, snapshot=True)
+    def qemu_args(self, card: Path, snapshot: bool = True) -> list[str]:
+        """What QEMU's command line needs besides the machine and the flash (pytest-embedded's
+        qemu service adds those itself, and takes these as `--qemu-extra-args`).
+
+        `-m 4M` gives the emulated ESP32 its PSRAM (without it there is none); the card goes on the
+        SD/MMC host, which QEMU's SD model accepts only at a power-of-two size; the watchdog switch
+        keeps emulated (not real-time) runs from being reset. `snapshot`: the image is opened
+        read-only (writes go to a temporary overlay), so one image serves several QEMUs unchanged."""
+        check_sd_image(Path(card))
+        args = ["-m", QEMU_PSRAM, "-drive", f"file={card},if=sd,format=raw" + (",snapshot=on" if snapshot else ""),
+                "-global", QEMU_WDT_OFF]
+        if self.icount_shift is not None:
+            if not 0 <= self.icount_shift <= 10:
+                raise HarnessError(f"icount shift {self.icount_shift} out of range 0..10")
+            args += ["-icount", f"shift={self.icount_shift},align=off,sleep=off"]
+        return args
 
     def argv(self, binary: Path, card: Path, precision: str, prompts: str = "none",
              extra: tuple[str, ...] = (), sd_trace: Path | None = None) -> list[str]:

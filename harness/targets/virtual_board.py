@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from harness.errors import HarnessError
 
@@ -404,54 +404,10 @@ def serve(board: VirtualBoard, server: socket.socket, say: Say = _say_stderr,
           stop: threading.Event | None = None) -> None:
     """Serves one client at a time until `stop` is set; a second client is turned away, as a
     serial port open elsewhere is."""
-    from serial import rfc2217
+    from serial.rfc2217 import PortManager
 
     stop = stop or threading.Event()
     busy = threading.Lock()
-
-    def client(sock: socket.socket, peer: str) -> None:
-        try:
-            session(sock, peer)
-        except OSError as exc:  # the client went away mid-negotiation (a port probe that only connects)
-            say(f"client {peer} went away: {exc.strerror or exc}")
-        finally:
-            sock.close()
-            busy.release()  # whatever happened, the port is free again
-
-    def session(sock: socket.socket, peer: str) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection = _Connection(sock)
-        bridge = _Bridge(board)
-        manager = rfc2217.PortManager(bridge, connection, logging.getLogger("virtual-board.rfc2217"))
-
-        def to_client(data: bytes) -> None:
-            connection.write(b"".join(manager.escape(data)))
-
-        board.attach(to_client)
-        say(f"client {peer} connected")
-        try:
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                payload = b"".join(manager.filter(data))
-                if payload:
-                    board.write(payload)
-        finally:
-            board.attach(None)
-            if board.mode == "download":
-                say(f"client {peer} went away while the chip was in ROM download mode: if it was flashing, "
-                    "the flash may hold a partial image (flash again)")
-            else:
-                say(f"client {peer} disconnected")
-            try:
-                board.set_lines(Lines())  # a closed port releases DTR/RTS: EN and IO0 high
-            except HarnessError as exc:
-                say(str(exc))
-
     while not stop.is_set():
         try:
             sock, addr = server.accept()
@@ -466,7 +422,58 @@ def serve(board: VirtualBoard, server: socket.socket, say: Say = _say_stderr,
             say(f"turned away {peer}: another client has the port open")
             sock.close()
             continue
-        threading.Thread(target=client, args=(sock, peer), name="virtual-board-client", daemon=True).start()
+        threading.Thread(target=_client, args=(board, PortManager, sock, peer, say, busy),
+                         name="virtual-board-client", daemon=True).start()
+
+
+def _client(board: VirtualBoard, port_manager: Callable[..., Any], sock: socket.socket, peer: str, say: Say,
+            busy: threading.Lock) -> None:
+    """One client's thread: its session, then the socket closed and the port free (`busy` released)."""
+    try:
+        _session(board, port_manager, sock, peer, say)
+    except OSError as exc:  # the client went away mid-negotiation (a port probe that only connects)
+        say(f"client {peer} went away: {exc.strerror or exc}")
+    finally:
+        sock.close()
+        busy.release()  # whatever happened, the port is free again
+
+
+def _session(board: VirtualBoard, port_manager: Callable[..., Any], sock: socket.socket, peer: str,
+             say: Say) -> None:
+    """The client's bytes through pyserial's RFC 2217 PortManager (`port_manager`) to the board, the
+    chip's output back, until the client closes; then DTR/RTS released as a closed port does."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connection = _Connection(sock)
+    bridge = _Bridge(board)
+    manager = port_manager(bridge, connection, logging.getLogger("virtual-board.rfc2217"))
+
+    def to_client(data: bytes) -> None:
+        connection.write(b"".join(manager.escape(data)))
+
+    board.attach(to_client)
+    say(f"client {peer} connected")
+    try:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            payload = b"".join(manager.filter(data))
+            if payload:
+                board.write(payload)
+    finally:
+        board.attach(None)
+        if board.mode == "download":
+            say(f"client {peer} went away while the chip was in ROM download mode: if it was flashing, "
+                "the flash may hold a partial image (flash again)")
+        else:
+            say(f"client {peer} disconnected")
+        try:
+            board.set_lines(Lines())  # a closed port releases DTR/RTS: EN and IO0 high
+        except HarnessError as exc:
+            say(str(exc))
 
 
 def run(port: int, flash: Path, sd: Path, qemu: str, log_dir: Path, create_flash: bool = False,

@@ -1,21 +1,30 @@
-"""Shared fixtures: exported cards and images per model, built once per session."""
+"""The suite's pytest plugin (pytest.ini loads it with `-p harness.pytest_plugin`): exported cards
+and images per model, the reference results, the booted firmwares, all built once per session,
+and the `target_name` parameter from pytest-embedded's `--target`. tests/ and the esp32 app's own
+case (firmware/pytest_tinyllm_esp32.py) share it, as ESP-IDF apps share pytest-embedded's."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.card.fatimage import ImageInfo, build_image
 from harness.card.stage import stage_model
+from harness.model.prompts import Prompt
 from harness.model.spec import ModelSpec
 from harness.oracle.card_oracle import CardOracle
-from harness.targets import TARGET_NAMES, esp32
+from harness.oracle.reference import PromptResult
+from harness.targets import TARGET_NAMES, Target, esp32
+from harness.targets.dut import TinyLLMDut
+from harness.targets.protocol import Transcript
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-pytest_plugins = ("pytester",)  # tests/test_hangs.py runs an inner session with this conftest
+pytest_plugins = ("pytester",)  # tests/test_hangs.py runs an inner session with this plugin
 
 
 class Card:
@@ -74,21 +83,22 @@ class Oracle:
         self.cards = cards
         self._oracles: dict[str, CardOracle] = {}
 
-    def _of(self, model: str) -> CardOracle:
+    def of(self, model: str) -> CardOracle:
+        """The model card's oracle (what the main job's prompt loop takes)."""
         if model not in self._oracles:
             self._oracles[model] = CardOracle(self.cards[model].dir)
         return self._oracles[model]
 
-    def float32(self, model: str, prompt):
-        return self._of(model).float32(prompt)
+    def float32(self, model: str, prompt: Prompt) -> PromptResult:
+        return self.of(model).float32(prompt)
 
-    def int8(self, model: str, prompt):
+    def int8(self, model: str, prompt: Prompt) -> tuple[list[int], Any]:
         """(greedy tokens, teacher-forced logits along that sequence) of the int8 emulation."""
-        return self._of(model).int8(prompt)
+        return self.of(model).int8(prompt)
 
 
 @pytest.fixture(scope="session")
-def oracle(cards) -> Oracle:
+def oracle(cards: dict[str, Card]) -> Oracle:
     return Oracle(cards)
 
 
@@ -104,7 +114,7 @@ class Firmwares:
         self.transcripts: dict[tuple, object] = {}
         self.boots: dict[tuple, int] = {}  # boots per key so far (a replaced boot's log is kept)
 
-    def target(self, name: str, sanitize: bool = False):
+    def target(self, name: str, sanitize: bool = False) -> Target:
         import os
 
         from harness.targets import get_target
@@ -135,7 +145,7 @@ class Firmwares:
         return target.argv(self.binary(name, sanitize), self.card(name, model), precision, prompts, extra)
 
     def start(self, name: str, model: str, precision: str, sanitize: bool = False, prompts: str = "none",
-              extra: tuple[str, ...] = (), log_name: str | None = None):
+              extra: tuple[str, ...] = (), log_name: str | None = None) -> TinyLLMDut:
         """Boots a firmware. Where the card's prompts.txt runs (asked for, or always on a device) its
         results are in `dut.boot_runs`; options a device cannot take on its command line are sent
         as console commands (`load ...`), and `dut.boot` is then what that printed."""
@@ -150,12 +160,11 @@ class Firmwares:
         return start_firmware(target, self.binary(name, sanitize), self.card(name, model), precision, log,
                               card_prompts=card.prompts, prompts=prompts, extra=extra, line_timeout=line_timeout)
 
-    def boot_folder(self, name: str, card: Path, precision: str = "float32", extra: tuple[str, ...] = ()):
+    def boot_folder(self, name: str, card: Path, precision: str = "float32",
+                    extra: tuple[str, ...] = ()) -> TinyLLMDut:
         """Boots a firmware on a card folder of the test's own (damaged, adversarial...): the
         folder goes on a FAT image like any card; nothing runs at start-up but what the target
         must (a device's `load` line)."""
-        from harness.targets.dut import TinyLLMDut
-
         target = self.target(name)
         image = build_image(card, card.parent / "sd.img", check_sets=False)  # damaged on purpose: the firmware judges
         seen = target.prepare_card(image.path, card.parent / "target")
@@ -164,7 +173,7 @@ class Firmwares:
                           boot_commands=target.boot_commands(precision, tuple(extra)), halts=target.is_device,
                           pause_when_idle=target.spins_when_idle)
 
-    def run(self, name: str, model: str, precision: str, prompt, k: int = 2):
+    def run(self, name: str, model: str, precision: str, prompt: Prompt, k: int = 2) -> Transcript:
         """One greedy generation on the session's firmware, memoized: the firmware is
         deterministic (test_two_boots_give_identical_results), so tests that need the same
         run share it instead of paying for it again on an emulated target. The boot-time prompt
@@ -179,7 +188,7 @@ class Firmwares:
                 self.transcripts[key] = dut.generate(prompt, k=k, timeout=timeout)
         return self.transcripts[key]
 
-    def get(self, name: str, model: str, precision: str, sanitize: bool = False):
+    def get(self, name: str, model: str, precision: str, sanitize: bool = False) -> TinyLLMDut:
         """The session's firmware for (target, model, precision). A device keeps one boot per model
         and switches the weight set with `load` (its boot runs the card's prompt file once). A boot
         that a timeout or a desynchronised console ended (TinyLLMDut.usable) is replaced by a
@@ -208,7 +217,7 @@ class Firmwares:
 
 
 @pytest.fixture(scope="session")
-def firmwares(cards, tmp_path_factory):
+def firmwares(cards: dict[str, Card], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firmwares]:
     import os
 
     from harness import REPO_ROOT
@@ -220,7 +229,7 @@ def firmwares(cards, tmp_path_factory):
     made.close()
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
+def pytest_terminal_summary(terminalreporter: Any) -> None:
     """How much slower than the reference machine each emulator ran here (what scaled the timeouts)."""
     from harness.targets.pace import calibrated
 
@@ -229,7 +238,7 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """Attach the firmware log to a failing end-to-end case (path in JUnit, tail in the report)."""
     outcome = yield
     report = outcome.get_result()
