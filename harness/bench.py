@@ -92,7 +92,7 @@ def host_speed(card: Path, prompt: Prompt, repeats: int, log_dir: Path, progress
 
 def board_speed(image: Path, card_prompts: list[Prompt], n_new: int, log_dir: Path) -> dict[str, Any]:
     """Counts from the esp32 target in QEMU (one boot, `load int8` for the second set) and the
-    board model on them, 4-bit 40 MHz and the app's board config (1-bit 20 MHz)."""
+    board model on them: the board build as its sdkconfig files configure it, and other wirings."""
     from harness.oracle import compare
     from harness.targets import get_target
     from harness.targets.dut import start_firmware
@@ -152,21 +152,13 @@ def render(record: dict[str, Any]) -> str:
         lines += ["## Modelled ESP32-CAM: not run", "", record["board_skipped"], ""]
     if esp:
         lines += ["## Modelled ESP32-CAM (counts from Espressif's QEMU; not measured on a board)", "",
-                  "| precision | MB/token | SD reads/token | instructions/token | chunks in | bus | **tokens/s, this "
-                  "firmware** | reads then compute | reads overlapped | bandwidth limit | seed's board figures |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        seed = seed_board()
+                  "| precision | MB/token | SD reads/token | instructions/token | chunks in |",
+                  "| --- | --- | --- | --- | --- |"]
         for p, e in esp["precisions"].items():
-            lo, hi = seed.tokens_per_s[p]
-            for m in (e["board_model"], e["board_model_1bit"]):
-                lines.append(f"| {p} | {e['bytes_per_token'] / 1e6:.2f} | {e['sd_read_commands_per_token']:.0f} | "
-                             f"{e['instructions_per_token'] / 1e6:.1f} M | "
-                             f"{'PSRAM' if m['chunks_in_psram'] else 'internal SRAM'} | {m['bus']} | "
-                             f"**{m['tokens_per_s']:.2f}** ({'reads ahead' if m['read_ahead'] else 'in turn'}) | "
-                             f"{m['tokens_per_s_sequential']:.2f} | {m['tokens_per_s_overlapped']:.2f} | "
-                             f"{m['tokens_per_s_bandwidth_limit']:.2f} | {lo}–{hi} |")
-        a = next(iter(esp["precisions"].values()))["board_model"]["assumptions"]
-        lines += ["", "Assumptions (harness/report/board.py): " + ", ".join(f"{k} {v}" for k, v in a.items()), ""]
+            lines.append(f"| {p} | {e['bytes_per_token'] / 1e6:.2f} | {e['sd_read_commands_per_token']:.0f} | "
+                         f"{e['instructions_per_token'] / 1e6:.1f} M | "
+                         f"{'PSRAM' if e['board_model']['chunks_in_psram'] else 'internal SRAM'} |")
+        lines += ["", *board.markdown_tables(esp["precisions"], seed_board().tokens_per_s), ""]
     return "\n".join(lines) + "\n"
 
 

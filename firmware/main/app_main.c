@@ -57,10 +57,11 @@ static void fatal(int code, const char *fmt, ...)
     halt(2);
 }
 
-static sdmmc_card_t *mount_card(void)
+/* One attempt to bring the card up and mount its FAT at `khz`. */
+static esp_err_t try_mount(int khz, sdmmc_card_t **card)
 {
     sdmmc_host_t host = SDMMC_HOST_DEFAULT(); /* slot 1 = the ESP32-CAM's card slot */
-    host.max_freq_khz = CONFIG_TINYLLM_SD_FREQ_KHZ;
+    host.max_freq_khz = khz;
 
     /* On the ESP32, slot 1 is routed through the IO MUX to fixed pins
      * (CLK 14, CMD 15, D0 2, D1 4, D2 12, D3 13): the slot config has no pin
@@ -76,10 +77,26 @@ static sdmmc_card_t *mount_card(void)
         .max_files = MAX_OPEN_FILES,
         .allocation_unit_size = 0,
     };
-    sdmmc_card_t *card = NULL;
     tl_log(&s_port, TAG, "Mounting SD card at %s (SDMMC slot 1, %d-bit, %d kHz)", MOUNT_POINT,
-           CONFIG_TINYLLM_SD_BUS_WIDTH, CONFIG_TINYLLM_SD_FREQ_KHZ);
-    esp_err_t err = esp_vfs_fat_sdmmc_mount(MOUNT_POINT, &host, &slot, &mount, &card);
+           CONFIG_TINYLLM_SD_BUS_WIDTH, khz);
+    return esp_vfs_fat_sdmmc_mount(MOUNT_POINT, &host, &slot, &mount, card);
+}
+
+/* Asking for high speed (40 MHz) is safe either way: a card without it stays at
+ * 20 MHz (ESP-IDF's driver checks with CMD6 and falls back), and a card that
+ * claims it but fails to come up at that clock on this board's wiring is tried
+ * once more at 20 MHz. */
+static sdmmc_card_t *mount_card(void)
+{
+    sdmmc_card_t *card = NULL;
+    int khz = CONFIG_TINYLLM_SD_FREQ_KHZ;
+    esp_err_t err = try_mount(khz, &card);
+    if (err != ESP_OK && err != ESP_FAIL && khz > SDMMC_FREQ_DEFAULT) {
+        tl_log(&s_port, TAG, "SD card init failed at %d kHz (%s): retrying at %d kHz", khz, esp_err_to_name(err),
+               SDMMC_FREQ_DEFAULT);
+        khz = SDMMC_FREQ_DEFAULT;
+        err = try_mount(khz, &card);
+    }
     if (err == ESP_FAIL)
         fatal(TL_E_IO, "SD card found but no FAT filesystem could be mounted at %s (write the image from "
               "`tinyllm-harness image` to the card)", MOUNT_POINT);
@@ -87,6 +104,9 @@ static sdmmc_card_t *mount_card(void)
         fatal(TL_E_IO, "SD card init failed at %s: %s (0x%x); check the card is inserted", MOUNT_POINT,
               esp_err_to_name(err), (unsigned)err);
     tl_log(&s_port, TAG, "SD card mounted successfully");
+    /* the clock the driver settled on: the card's limit after its high-speed check */
+    tl_log(&s_port, TAG, "SD bus: %d-bit at %ld kHz (asked %d kHz)", CONFIG_TINYLLM_SD_BUS_WIDTH,
+           (long)card->max_freq_khz, khz);
     sdmmc_card_print_info(stdout, card);
     fflush(stdout);
     return card;

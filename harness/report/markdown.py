@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.oracle.budgets import seed_board
+from harness.report import board
 from harness.targets import TARGETS
 
 
@@ -36,7 +37,9 @@ def _plot(record: dict[str, Any], path: Path) -> bool:
         axes[0].plot([i - 0.4, i + 0.4], [lo, lo], "k--", linewidth=1)
         axes[0].plot([i - 0.4, i + 0.4], [hi, hi], "k--", linewidth=1)
     axes[0].set_yscale("log")
-    axes[0].set_title("modelled ESP32-CAM tokens/s" if modelled else f"tokens/s on {record['target']}")
+    config = record["precisions"][precisions[0]]["board_model"].get("config", "") if modelled else ""
+    axes[0].set_title(f"modelled ESP32-CAM tokens/s\n({config})" if modelled else f"tokens/s on {record['target']}",
+                      fontsize=9 if modelled else None)
     axes[0].set_xlabel("dashed: the seed's board range")
     mib = [record["precisions"][p]["bytes_per_token"] / 2**20 for p in precisions]
     axes[1].bar(precisions, mib, color="#228833")
@@ -156,34 +159,13 @@ def _prompt_table(record: dict[str, Any]) -> list[str]:
 def _board_section(record: dict[str, Any]) -> list[str]:
     """The modelled ESP32-CAM speed (harness/report/board.py), where QEMU counted SD commands and
     instructions; labelled as a model, with every assumption."""
-    models = {p: e["board_model"] for p, e in record["precisions"].items() if "board_model" in e}
-    if not models:
+    entries = {p: e for p, e in record["precisions"].items() if "board_model" in e}
+    if not entries:
         return []
-    rows = [(p, m) for p, e in record["precisions"].items() for m in (e.get("board_model"), e.get("board_model_1bit")) if m]
-    lines = ["", "## Modelled ESP32-CAM speed (a model, not a measurement)", "",
-             "From the counts QEMU measured per token (SD read commands and bytes from its SD card model, "
-             "instructions from -icount) and the constants below; no board was involved.", "",
-             "| precision | SD bus | SD s/token | compute s/token | PSRAM s/token | **tokens/s, this firmware** | "
-             "tokens/s, reads then compute | tokens/s, reads overlapped | card bandwidth limit | seed's board range |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    seed = seed_board()
-    for p, m in rows:
-        lo, hi = seed.tokens_per_s[p]
-        lines.append(f"| {p} | {m['bus']} | {m['sd_s']:.3f} | {m['compute_s']:.3f} | {m['psram_s']:.3f} | "
-                     f"**{m['tokens_per_s']:.2f}** ({'reads ahead' if m['read_ahead'] else 'reads in turn'}) | "
-                     f"{m['tokens_per_s_sequential']:.2f} | {m['tokens_per_s_overlapped']:.2f} | "
-                     f"{m['tokens_per_s_bandwidth_limit']:.2f} | {lo}–{hi} |")
-    a = next(iter(models.values()))["assumptions"]
-    lines += ["", "Assumptions: ESP-IDF's published FatFs read rates on SD/MMC 4-bit at 40 MHz, "
-              f"{a['sd_read_mib_s_4k']} MiB/s (4 KiB reads) and {a['sd_read_mib_s_32k']} MiB/s (32 KiB reads), "
-              f"fitted as {a['sd_ms_per_read_command']} ms per read command + {a['sd_stream_mib_s']} MiB/s, the "
-              "streaming rate scaled by width x clock for 1-bit 20 MHz (the app's board config: the ESP32-CAM's "
-              "GPIO12 strapping and GPIO4 flash LED sit on D2/D1); "
-              f"CPU {a['cpu_hz'] / 1e6:.0f} MHz at {a['cycles_per_instruction']} cycles per instruction (assumed); "
-              f"PSRAM {a['psram_mb_s']} MB/s effective (assumed; streamed bytes cross it twice, resident weights "
-              "once). The firmware reads synchronously on one core today, so the first tokens/s column applies; "
-              "the second is what a reader task on the second core could reach."]
-    return lines
+    return ["", "## Modelled ESP32-CAM speed (a model, not a measurement)", "",
+            "From the counts QEMU measured per token (SD read commands and bytes from its SD card model, "
+            "instructions from -icount) and the constants below; no board was involved.", "",
+            *board.markdown_tables(entries, seed_board().tokens_per_s)]
 
 
 def write_comparison(records: list[dict[str, Any]], out: Path) -> Path:

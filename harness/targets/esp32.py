@@ -294,10 +294,16 @@ class Esp32QemuTarget:
         if not is_built(self.config, self.firmware):
             return True
         built = (self.build_dir / f"{APP_NAME}.bin").stat().st_mtime
-        return any(f.stat().st_mtime > built for f in _sources(self.firmware) + self._sdkconfig_files())
+        sdkconfig = self.build_dir / "sdkconfig"
+        made = sdkconfig.stat().st_mtime if sdkconfig.is_file() else 0
+        return (any(f.stat().st_mtime > built for f in _sources(self.firmware) + self._sdkconfig_files())
+                or any(f.stat().st_mtime > made for f in self._sdkconfig_files()))
 
     def _sdkconfig_files(self) -> list[Path]:
-        return [self.firmware / "sdkconfig.defaults", self.firmware / f"sdkconfig.ci.{self.config}"]
+        """What the build's sdkconfig is made from: newer than it, the sdkconfig is made again
+        (idf.py keeps an existing one, a changed Kconfig default included)."""
+        return [self.firmware / "sdkconfig.defaults", self.firmware / f"sdkconfig.ci.{self.config}",
+                self.firmware / "main" / "Kconfig.projbuild"]
 
     def build_command(self, idf: tuple[str, ...] | None = None) -> list[str]:
         """The idf.py line that builds this config (run it with ESP-IDF exported). `idf`: how to
