@@ -101,7 +101,9 @@ def test_the_board_builds_own_config_leads_and_is_what_sdkconfig_ci_board_says()
     entries = model_entries(4.08e6, 130, 3.13e7, 3.7e6, chunks_in_psram=False, read_ahead=True)
     assert entries["board_model"]["config"] == c.describe()
     assert entries["board_model"]["bus"] == f"{c.sd_bus_width}-bit {c.sd_mhz:g} MHz"
-    assert [m["bus"] for m in entries["board_model_other"]] == ["4-bit 40 MHz", "1-bit 40 MHz"]
+    others = [m["bus"] for m in entries["board_model_other"]]
+    assert entries["board_model"]["bus"] not in others and len(others) == 2
+    assert set(others) < {"4-bit 40 MHz", "1-bit 40 MHz", "1-bit 20 MHz"}
 
 
 def test_flash_rates_follow_the_mode_and_clock():

@@ -180,10 +180,11 @@ def model_token(bytes_per_token: float, sd_read_commands: float, instructions: f
     }
 
 
-# Other wirings every report shows beside the board build's own: the slot's full 4-bit bus at
-# high speed (GPIO4 and GPIO12 in use: the flash LED and a strapping pin) and 1-bit at high speed
-# (a card and wiring that hold 40 MHz: only a board can say).
-OTHER_WIRINGS = ({"bus_width": 4, "bus_mhz": 40.0}, {"bus_width": 1, "bus_mhz": 40.0})
+# Other wirings every report shows beside the board build's own (those that differ from it): the
+# slot's full 4-bit bus at high speed (GPIO4 and GPIO12 in use: the flash LED and a strapping
+# pin), 1-bit at high speed, and 1-bit at default speed (where a card or the wiring does not hold
+# 40 MHz, the app's fallback).
+OTHER_WIRINGS = ({"bus_width": 4, "bus_mhz": 40.0}, {"bus_width": 1, "bus_mhz": 40.0}, {"bus_width": 1, "bus_mhz": 20.0})
 # How far each assumed constant is varied in the sensitivity table, and the field it scales.
 SENSITIVITY = (("cycles_per_instruction", "CPI"), ("psram_mb_s", "PSRAM MB/s"), ("flash_mb_s", "flash MB/s"),
                ("sd_read_mib_s_4k", "SD rate"))
@@ -237,7 +238,8 @@ def model_entries(bytes_per_token: float, sd_read_commands: float, instructions:
     how = {"chunks_in_psram": chunks_in_psram, "read_ahead": read_ahead}
     board = {**model_token(*counts, base, **how), "config": config.describe(), "config_source": config.source}
     return {"board_model": board,
-            "board_model_other": [model_token(*counts, base.with_(**w), **how) for w in OTHER_WIRINGS],
+            "board_model_other": [model_token(*counts, base.with_(**w), **how) for w in OTHER_WIRINGS
+                                  if (w["bus_width"], w["bus_mhz"]) != (base.bus_width, base.bus_mhz)],
             "board_sensitivity": sensitivity(counts, base, how),
             "board_flash_tier": flash_tier(counts, base, how, FLASH_TIER_BYTES)}
 
