@@ -397,7 +397,12 @@ def test_two_boots_give_identical_results(firmwares, request, target_name, preci
         interrupt = 256 if target_name == "esp32" else tick
         off = [(a, b) for a, b in zip(runs[0]["steps"], runs[1]["steps"], strict=True) if abs(a["cycles"] - b["cycles"]) > tick]
         assert all(abs(a["cycles"] - b["cycles"]) <= interrupt for a, b in off), off
-        assert abs(runs[0]["total_cycles"] - runs[1]["total_cycles"]) <= tick + interrupt * len(off)
+        # The total also spans what the steps do not: the console lines printed between them,
+        # through the UART the suspect above lives in. On esp32 it may be off by one more such
+        # interrupt (a quiet clean-clone run, 2026-12-04: the total 4 cycles apart, every step
+        # within a tick).
+        between = interrupt if target_name == "esp32" else 0
+        assert abs(runs[0]["total_cycles"] - runs[1]["total_cycles"]) <= tick + interrupt * len(off) + between
         if off:
             print(f"{target_name}: {len(off)} of {len(runs[0]['steps'])} steps one interrupt apart between boots")
 
