@@ -10,7 +10,7 @@ with constants that are listed, labelled and easy to change; none of it was meas
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,14 @@ def board_config(firmware: Path = FIRMWARE, config: str = "board") -> BoardConfi
                        source=" + ".join(f.name for f in files if f.is_file()))
 
 
+def flash_read_mb_s(mode: str, mhz: float) -> float:
+    """MB/s read from flash through the cache: the mode's raw SPI rate less each 32-byte refill's
+    command, address and dummy clocks (FLASH_MODES)."""
+    lines, overhead = FLASH_MODES[mode]
+    data_clocks = CACHE_LINE * 8 / lines
+    return mhz * lines / 8 * data_clocks / (data_clocks + overhead)
+
+
 @dataclass(frozen=True)
 class BoardAssumptions:
     """Every constant of the model, with where it comes from."""
@@ -118,7 +126,7 @@ class BoardAssumptions:
     # The flash tier (a data partition read through the cache, esp_partition_mmap): the raw SPI
     # rate of the flash mode and clock, less each 32-byte refill's command, address and dummy
     # clocks (FLASH_MODES). DIO at 40 MHz: 10 MB/s raw, 8.4 MB/s through the cache.
-    flash_mb_s: float = 40 * 2 / 8 * (CACHE_LINE * 8 / 2) / (CACHE_LINE * 8 / 2 + FLASH_MODES["dio"][1])
+    flash_mb_s: float = field(default_factory=lambda: flash_read_mb_s("dio", 40.0))  # ESP-IDF's default mode
     # Contention: flash and PSRAM sit on the same SPI0/1 lines and the same cache, so their
     # reads take turns (their times add); the SD card is on the SDMMC host's own pins and DMA,
     # so a reader on the second core overlaps it with compute + PSRAM + flash.
@@ -126,10 +134,8 @@ class BoardAssumptions:
     @classmethod
     def of(cls, config: BoardConfig, **changes: Any) -> BoardAssumptions:
         """The model of a board built with `config` (its SD bus, flash mode and clock, PSRAM clock)."""
-        lines, overhead = FLASH_MODES[config.flash_mode]
-        data_clocks = CACHE_LINE * 8 / lines
         return cls(bus_width=config.sd_bus_width, bus_mhz=config.sd_mhz, psram_mb_s=config.psram_mhz * 4 / 8,
-                   flash_mb_s=config.flash_mhz * lines / 8 * data_clocks / (data_clocks + overhead)).with_(**changes)
+                   flash_mb_s=flash_read_mb_s(config.flash_mode, config.flash_mhz)).with_(**changes)
 
     def with_(self, **changes: Any) -> BoardAssumptions:
         return replace(self, **changes)
@@ -196,10 +202,10 @@ def sensitivity(counts: tuple[float, float, float, float], base: BoardAssumption
     """tokens/s with each assumed constant halved and doubled (the SD rate: both published
     read rates scaled together), the others as in `base`: which assumption decides the figure."""
     rows = []
-    for field, label in SENSITIVITY:
+    for name, label in SENSITIVITY:
         for factor in SENSITIVITY_FACTORS:
-            changes = {field: getattr(base, field) * factor}
-            if field == "sd_read_mib_s_4k":
+            changes = {name: getattr(base, name) * factor}
+            if name == "sd_read_mib_s_4k":
                 changes["sd_read_mib_s_32k"] = base.sd_read_mib_s_32k * factor
             m = model_token(*counts, base.with_(**changes), flash_bytes=flash_bytes, **how)
             rows.append({"constant": label, "factor": factor, "tokens_per_s": m["tokens_per_s"]})
