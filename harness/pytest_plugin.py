@@ -161,14 +161,14 @@ class Firmwares:
                               card_prompts=card.prompts, prompts=prompts, extra=extra, line_timeout=line_timeout)
 
     def boot_folder(self, name: str, card: Path, precision: str = "float32",
-                    extra: tuple[str, ...] = ()) -> TinyLLMDut:
+                    extra: tuple[str, ...] = (), flash_tier: Path | None = None) -> TinyLLMDut:
         """Boots a firmware on a card folder of the test's own (damaged, adversarial...): the
         folder goes on a FAT image like any card; nothing runs at start-up but what the target
-        must (a device's `load` line)."""
+        must (a device's `load` line). `flash_tier`: the weights partition's image, or None."""
         target = self.target(name)
         image = build_image(card, card.parent / "sd.img", check_sets=False)  # damaged on purpose: the firmware judges
         seen = target.prepare_card(image.path, card.parent / "target")
-        cmd = target.argv(self.binary(name), seen, precision, "none", tuple(extra))
+        cmd = target.argv(self.binary(name), seen, precision, "none", tuple(extra), flash_tier=flash_tier)
         return TinyLLMDut(cmd, card.parent / "firmware.log", target=name, app_path=card.parent,
                           boot_commands=target.boot_commands(precision, tuple(extra)), halts=target.is_device,
                           pause_when_idle=target.spins_when_idle)

@@ -26,6 +26,7 @@
 #include "esp_cpu.h"
 #include "esp_heap_caps.h"
 #include "esp_memory_utils.h"
+#include "esp_partition.h"
 #include "esp_timer.h"
 #include "freertos/FreeRTOS.h"
 #include "freertos/semphr.h"
@@ -55,9 +56,35 @@ static int32_t esp_open(void *ctx, const char *path)
     return (int32_t)fd;
 }
 
+/* The flash tier: the weights partition mapped into the data address space (through the
+ * flash cache), so a read is a memcpy, run by the reader task like a card read. Mapped
+ * once and kept: every load checks it again, and the MMU pages stay free for nothing else. */
+static int32_t esp_open_flash_tier(void *ctx)
+{
+    esp32_port *p = (esp32_port *)ctx;
+    if (p->tier_map) return ESP32_FLASH_TIER_HANDLE;
+    const esp_partition_t *part = esp_partition_find_first(ESP_PARTITION_TYPE_DATA, ESP32_FLASH_TIER_SUBTYPE,
+                                                           ESP32_FLASH_TIER_LABEL);
+    if (!part) return TL_OPEN_NOT_FOUND;
+    const void *map = NULL;
+    esp_partition_mmap_handle_t handle;
+    if (esp_partition_mmap(part, 0, part->size, ESP_PARTITION_MMAP_DATA, &map, &handle) != ESP_OK)
+        return TL_OPEN_FAILED;
+    p->tier_map = (const uint8_t *)map;
+    p->tier_bytes = part->size;
+    return ESP32_FLASH_TIER_HANDLE;
+}
+
+static int64_t tier_read(const esp32_port *p, uint64_t offset, void *buf, size_t n)
+{
+    if (offset > p->tier_bytes || n > p->tier_bytes - offset) return -1;
+    memcpy(buf, p->tier_map + offset, n);
+    return (int64_t)n;
+}
+
 static int64_t esp_size(void *ctx, int32_t h)
 {
-    (void)ctx;
+    if (h == ESP32_FLASH_TIER_HANDLE) return (int64_t)((esp32_port *)ctx)->tier_bytes;
     struct stat st;
     if (fstat(h, &st) != 0) return -1;
     return (int64_t)st.st_size;
@@ -66,6 +93,7 @@ static int64_t esp_size(void *ctx, int32_t h)
 static int64_t esp_read_at(void *ctx, int32_t h, uint64_t offset, void *buf, size_t n)
 {
     esp32_port *p = (esp32_port *)ctx;
+    if (h == ESP32_FLASH_TIER_HANDLE) return tier_read(p, offset, buf, n);
     if (offset > (uint64_t)MAX_OFFSET || n > (size_t)MAX_OFFSET) return -1;
     int64_t *slot = pos_slot(p, h);
     if (!slot || *slot != (int64_t)offset) {
@@ -163,6 +191,7 @@ static void start_reader(esp32_port *p, tl_port *port)
 
 static void esp_close(void *ctx, int32_t h)
 {
+    if (h == ESP32_FLASH_TIER_HANDLE) return; /* the mapping is kept for the next load */
     int64_t *slot = pos_slot((esp32_port *)ctx, h);
     if (slot) *slot = -1;
     close(h);
@@ -233,6 +262,7 @@ int esp32_port_init(esp32_port *ctx, tl_port *port, const char *root, size_t bou
     port->read_at = esp_read_at;
     port->close = esp_close;
     port->disk_reads = esp_disk_reads;
+    port->open_flash_tier = esp_open_flash_tier;
     port->internal_ram = esp_internal_ram;
     port->time_us = esp_time_us;
     port->cycles = esp_cycles;

@@ -38,7 +38,16 @@ typedef struct esp32_port {
     void *reader;                  /* TaskHandle_t, NULL: none (the core reads in turn) */
     void *go, *done;               /* SemaphoreHandle_t: request posted / request finished */
     esp32_read_request request;
+    /* The flash tier: the "weights" data partition, mapped once at the first load and kept. */
+    const uint8_t *tier_map; /* NULL: not mapped yet */
+    size_t tier_bytes;
 } esp32_port;
+
+/* The flash tier's handle: no VFS descriptor (those are < ESP32_PORT_MAX_FDS) has it. */
+#define ESP32_FLASH_TIER_HANDLE 0x7ff0
+/* partitions.csv's weights partition: data, the first custom subtype. */
+#define ESP32_FLASH_TIER_LABEL "weights"
+#define ESP32_FLASH_TIER_SUBTYPE 0x40
 
 /* Fills `port` (callbacks + ctx); arena fields are set by the caller. Takes,
  * from internal DMA-capable RAM, a bounce buffer of `bounce_bytes` (rounded

@@ -66,8 +66,9 @@ class Target(Protocol):
         """The card as the firmware reads it: the image's files in a folder, or the image itself."""
 
     def argv(self, binary: Path, card: Path, precision: str, prompts: str = "none",
-             extra: tuple[str, ...] = (), sd_trace: Path | None = None) -> list[str]:
-        """The process to start (the firmware, or the emulator running it)."""
+             extra: tuple[str, ...] = (), sd_trace: Path | None = None, flash_tier: Path | None = None) -> list[str]:
+        """The process to start (the firmware, or the emulator running it). `flash_tier`: a tier image
+        (harness.card.flash_tier) the firmware reads as its weights partition, or None: none."""
 
     def boot_commands(self, precision: str, extra: tuple[str, ...] = ()) -> list[str]:
         """Console lines that give the firmware what argv() could not (a device's `load ...`)."""

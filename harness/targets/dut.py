@@ -113,9 +113,13 @@ class ConsoleProtocol:
         self.write(line)
         return ConsoleProtocol.read_until_ready(self, timeout)
 
-    def load(self: Any, precision: str, timeout: float = 120.0) -> protocol.Transcript:
-        """`load <precision>`: the same firmware switches to the other weight set."""
-        t = self.command(f"load {precision}", timeout)
+    def load(self: Any, precision: str, timeout: float = 120.0, options: tuple[str, ...] = ()) -> protocol.Transcript:
+        """`load <precision> [options]`: the same firmware switches to the other weight set (or lays
+        it out again); `options` as on a command line (`--resident 0` is `resident=0`)."""
+        from harness.targets.esp32 import load_command
+
+        [line] = load_command(precision, options, default_precision="")
+        t = self.command(line, timeout)
         if t.errors or t.info is None or t.info.get("precision") != precision:
             raise RuntimeError(f"load {precision} failed: {t.errors}; log {self.logfile}")
         self.boot, self.precision = t, precision
@@ -388,14 +392,15 @@ class EmbeddedDut(ConsoleProtocol):
 
 def start_firmware(target: Target, binary: Path, card: Path, precision: str, log_path: Path,
                    card_prompts: Sequence[Prompt] = (), prompts: str = "none", extra: tuple[str, ...] = (),
-                   line_timeout: float = 600.0) -> TinyLLMDut:
+                   line_timeout: float = 600.0, flash_tier: Path | None = None) -> TinyLLMDut:
     """Boots `binary` on `target` with `card` the same way on every target: `precision` and
     `extra` become arguments (linux, xtensa-sim) or console commands (`load ...`, esp32); where
     the card's prompt file runs (asked for with prompts="card", or always on a device), the
-    results of its `card_prompts` are in `dut.boot_runs`."""
+    results of its `card_prompts` are in `dut.boot_runs`. `flash_tier`: the weights partition's
+    image (harness.card.flash_tier), or None: the firmware has none."""
     runs = list(card_prompts) if target.is_device or prompts == "card" else []
     sd_trace = target.sd_trace_path(log_path)  # where an emulated SD card logs what it is asked
-    cmd = target.argv(binary, card, precision, prompts, extra, sd_trace=sd_trace)
+    cmd = target.argv(binary, card, precision, prompts, extra, sd_trace=sd_trace, flash_tier=flash_tier)
     dut = TinyLLMDut(cmd, log_path, target=target.name, app_path=binary.parent, boot_timeout=120.0,
                      prompt_file_lines=len(runs), prompt_line_timeout=line_timeout,
                      boot_commands=target.boot_commands(precision, extra), sd_trace=sd_trace,

@@ -238,7 +238,8 @@ def _harness_boot_unavailable(config: str) -> str | None:
 
 def _sources(firmware: Path) -> list[Path]:
     """What an esp32 build depends on: the app, the core, the project files."""
-    files = [*(firmware / "main").rglob("*"), *(firmware / "components").rglob("*"), firmware / "CMakeLists.txt"]
+    files = [*(firmware / "main").rglob("*"), *(firmware / "components").rglob("*"), firmware / "CMakeLists.txt",
+             firmware / "partitions.csv"]
     return [f for f in files if f.is_file()]
 
 
@@ -386,10 +387,15 @@ class Esp32QemuTarget:
         return args
 
     def argv(self, binary: Path, card: Path, precision: str, prompts: str = "none",
-             extra: tuple[str, ...] = (), sd_trace: Path | None = None) -> list[str]:
+             extra: tuple[str, ...] = (), sd_trace: Path | None = None, flash_tier: Path | None = None) -> list[str]:
         """QEMU's command line. The precision and options are not arguments here: see boot_commands.
         The card's prompts.txt always runs at boot (the Dut reads its results). `sd_trace`: a file
-        where QEMU's SD card model logs every command it receives (`-trace sdcard_normal_command`)."""
+        where QEMU's SD card model logs every command it receives (`-trace sdcard_normal_command`).
+        `flash_tier`: written into a copy of the flash image at the weights partition, beside it."""
+        if flash_tier:
+            from harness.card.flash_tier import flash_with_tier
+
+            binary = flash_with_tier(binary, flash_tier, flash_tier.with_suffix(".flash.bin"))
         qemu = self.qemu_binary() or "qemu-system-xtensa"
         trace = ["-trace", "sdcard_normal_command", "-D", str(sd_trace)] if sd_trace else []
         return [qemu, "-nographic", "-machine", "esp32", "-drive", f"file={binary},if=mtd,format=raw",

@@ -91,11 +91,12 @@ class LinuxTarget:
         return _card_from_image(image, work)
 
     def argv(self, binary: Path, card: Path, precision: str, prompts: str = "none",
-             extra: tuple[str, ...] = (), sd_trace: Path | None = None) -> list[str]:
+             extra: tuple[str, ...] = (), sd_trace: Path | None = None, flash_tier: Path | None = None) -> list[str]:
         """`prompts`: "none" (commands come from the harness), "card" (the card's prompts.txt), or a file.
         `sd_trace` is for a target with an SD card model (see sd_trace_path): none here."""
         prompt_args = [] if prompts == "card" else ["--prompts", prompts]
-        return [str(binary), "--card", str(card), "--precision", precision, *prompt_args, *extra]
+        tier = ["--flash-tier", str(flash_tier)] if flash_tier else []
+        return [str(binary), "--card", str(card), "--precision", precision, *prompt_args, *tier, *extra]
 
     def boot_commands(self, precision: str, extra: tuple[str, ...] = ()) -> list[str]:
         return []  # precision and options are command-line arguments here
@@ -164,10 +165,11 @@ class XtensaSimTarget:
         return _card_from_image(image, work)  # semihosting reads host files
 
     def argv(self, binary: Path, card: Path, precision: str, prompts: str = "none",
-             extra: tuple[str, ...] = (), sd_trace: Path | None = None) -> list[str]:
+             extra: tuple[str, ...] = (), sd_trace: Path | None = None, flash_tier: Path | None = None) -> list[str]:
         if prompts not in ("none", "card"):
             raise HarnessError("xtensa-sim runs the card's prompts.txt ('card') or none; host prompt files are linux-only")
-        args = ["tinyllm", "--card", str(card), "--precision", precision, "--prompts", prompts, *extra]
+        tier = ["--flash-tier", str(flash_tier)] if flash_tier else []
+        args = ["tinyllm", "--card", str(card), "--precision", precision, "--prompts", prompts, *tier, *extra]
         semihosting = "enable=on," + ",".join("arg=" + a.replace(",", ",,") for a in args)  # QEMU escapes ',' as ',,'
         return ["qemu-system-xtensa", "-M", "sim", "-cpu", "lx106", "-m", self.ram, "-nographic", "-monitor", "none",
                 "-serial", "none", "-icount", self.icount, "-semihosting-config", semihosting, "-kernel", str(binary)]

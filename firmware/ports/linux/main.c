@@ -3,7 +3,7 @@
  * stdin/stdout, the arena is one malloc of the board's memory budget.
  *
  *   tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none] [--chunk-buffer-bytes N]
- *           [--context N] [--chunk N] [--resident 0|1] [--arena N] [--lm-head M] [--candidates N]
+ *           [--flash-tier FILE] [--context N] [--chunk N] [--resident 0|1] [--arena N] [--lm-head M] [--candidates N]
  *
  * The options of the second line are the core's table (options.c), the same as `load`'s;
  * --arena is the size of the arena this port allocates.
@@ -60,13 +60,15 @@ static void usage(FILE *f)
     char args[256], help[1024];
     fprintf(f,
             "usage: tinyllm --card DIR [--precision float32|int8] [--prompts FILE|none] [--chunk-buffer-bytes N]\n"
-            "               %s\n"
+            "               [--flash-tier FILE] %s\n"
             "  --card DIR                 card root: DIR/tinyllm_float32_weights or DIR/tinyllm_weights\n"
             "  --precision P              float32 (default) or int8\n"
             "  --prompts FILE             prompt file run at start-up (default DIR/prompts.txt if present;\n"
             "                             'none' disables); then commands are read from stdin\n"
             "  --chunk-buffer-bytes N     the port's chunk buffer outside the arena, as the ESP32 app's\n"
             "                             internal SRAM one (default %u; 0: chunks in the arena) [0..%u]\n"
+            "  --flash-tier FILE          a file standing in for the ESP32 app's weights partition (the\n"
+            "                             flash tier: `tinyllm-harness flash-tier` makes it)\n"
             "the weight-set layout, as `load`'s options (--lm-head M is load's lm_head=M):\n%s",
             tl_option_usage(TL_USAGE_ARGS, args, sizeof args), TL_DEFAULT_CHUNK_BUFFER_BYTES,
             TL_DEFAULT_CHUNK_BUFFER_BYTES, tl_option_usage(TL_USAGE_HELP, help, sizeof help));
@@ -117,15 +119,16 @@ static int bad_usage(const tl_port *port, const char *what, const char *value)
  * should win would be a guess). Returns -1 to go on, or the exit code: 0 after --help, 2
  * after a bad option (its error and exit lines printed). */
 typedef struct args {
-    const char *card, *prompts;
+    const char *card, *prompts, *flash_tier;
     unsigned long long chunk_buffer_bytes;
     tl_options opt; /* the precision, and the layout options */
 } args;
 
 static int parse_args(const tl_port *port, int argc, char **argv, args *a)
 {
-    enum { F_CARD, F_PRECISION, F_PROMPTS, F_CHUNK_BUFFER, F_COUNT };
-    static const char *const flags[F_COUNT] = {"--card", "--precision", "--prompts", "--chunk-buffer-bytes"};
+    enum { F_CARD, F_PRECISION, F_PROMPTS, F_CHUNK_BUFFER, F_FLASH_TIER, F_COUNT };
+    static const char *const flags[F_COUNT] = {"--card", "--precision", "--prompts", "--chunk-buffer-bytes",
+                                               "--flash-tier"};
     uint32_t seen = 0, seen_layout = 0;
     char msg[200];
     for (int i = 1; i < argc; i++) {
@@ -150,6 +153,7 @@ static int parse_args(const tl_port *port, int argc, char **argv, args *a)
         case F_CARD: a->card = val; break;
         case F_PRECISION: a->opt.precision = val; break;
         case F_PROMPTS: a->prompts = val; break;
+        case F_FLASH_TIER: a->flash_tier = val; break;
         default: bad = tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &a->chunk_buffer_bytes); break;
         }
         if (bad) return bad_usage(port, name, val);
@@ -188,19 +192,20 @@ static int check_output(int code)
 
 int main(int argc, char **argv)
 {
-    posix_port pp = {{NULL, 0}, {0, 0}};
+    posix_port pp = {{NULL, 0, NULL}, {0, 0}};
     clock_gettime(CLOCK_MONOTONIC, &pp.start);
     tl_port port = {.ctx = &pp, .time_us = posix_time_us, .cycles = posix_cycles, .write = posix_write};
     posix_card_storage(&port);
     /* --arena sizes the arena this port allocates; the engine's budget is then all of it
      * (tl_options' arena_bytes: `load ... arena=N` can only ask for less) */
-    args a = {NULL, NULL, TL_DEFAULT_CHUNK_BUFFER_BYTES,
+    args a = {NULL, NULL, NULL, TL_DEFAULT_CHUNK_BUFFER_BYTES,
               {.precision = "float32", .arena_bytes = TL_DEFAULT_ARENA_BYTES}};
     int done = parse_args(&port, argc, argv, &a);
     if (done >= 0) return done;
     const char *card = a.card, *precision = a.opt.precision;
     size_t arena_bytes = a.opt.arena_bytes;
     pp.card.root = card;
+    pp.card.flash_tier = a.flash_tier;
 
     void *arena = malloc(arena_bytes);
     if (!arena) {

@@ -14,12 +14,8 @@ static int32_t open_error(int err)
     return TL_OPEN_FAILED;
 }
 
-static int32_t card_open(void *ctx, const char *path)
+static int32_t open_regular(posix_card *card, const char *full)
 {
-    posix_card *card = (posix_card *)ctx;
-    char full[4096];
-    int n = snprintf(full, sizeof full, "%s/%s", card->root, path);
-    if (n < 0 || (size_t)n >= sizeof full) return TL_OPEN_NOT_FOUND;
     /* stat first: opening a named pipe would block until a writer appears */
     struct stat st;
     if (stat(full, &st) != 0) return open_error(errno);
@@ -32,6 +28,22 @@ static int32_t card_open(void *ctx, const char *path)
     }
     card->open_handles++;
     return (int32_t)fd;
+}
+
+static int32_t card_open(void *ctx, const char *path)
+{
+    posix_card *card = (posix_card *)ctx;
+    char full[4096];
+    int n = snprintf(full, sizeof full, "%s/%s", card->root, path);
+    if (n < 0 || (size_t)n >= sizeof full) return TL_OPEN_NOT_FOUND;
+    return open_regular(card, full);
+}
+
+/* The stand-in for the ESP32 app's weights partition: the same bytes, read like a file. */
+static int32_t card_open_flash_tier(void *ctx)
+{
+    posix_card *card = (posix_card *)ctx;
+    return card->flash_tier ? open_regular(card, card->flash_tier) : TL_OPEN_NOT_FOUND;
 }
 
 static int64_t card_size(void *ctx, int32_t h)
@@ -70,4 +82,5 @@ void posix_card_storage(tl_port *port)
     port->size = card_size;
     port->read_at = card_read_at;
     port->close = card_close;
+    port->open_flash_tier = card_open_flash_tier;
 }

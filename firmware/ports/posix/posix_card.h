@@ -12,9 +12,10 @@
 typedef struct posix_card {
     const char *root; /* the card folder: storage paths are relative to it */
     int open_handles; /* files the core holds open right now */
+    const char *flash_tier; /* a file standing in for the flash tier (a host path), or NULL */
 } posix_card;
 
-/* Sets port->open, size, read_at and close. */
+/* Sets port->open, size, read_at and close, and open_flash_tier. */
 void posix_card_storage(tl_port *port);
 
 #endif

@@ -7,7 +7,7 @@
  * Arguments come from `-semihosting-config enable=on,arg=...`:
  *
  *   tinyllm --card DIR [--precision float32|int8] [--prompts card|none] [--chunk-buffer-bytes N]
- *           [--context N] [--chunk N] [--resident 0|1] [--arena N] [--lm-head M] [--candidates N]
+ *           [--flash-tier FILE] [--context N] [--chunk N] [--resident 0|1] [--arena N] [--lm-head M] [--candidates N]
  *           [--selftest-exception]   (executes an illegal instruction: tests the vectors)
  *
  * The options of the second line are the core's table (options.c), the same as `load`'s;
@@ -117,7 +117,14 @@ static uint64_t sim_time_us(void *ctx) { return sim_cycles(ctx) / 1000u; } /* 1 
 
 typedef struct sim_port {
     const char *card_dir;
+    const char *flash_tier; /* a host file standing in for the ESP32 app's weights partition, or NULL */
 } sim_port;
+
+static int32_t sim_open_path(const char *path)
+{
+    long fd = tl_sim_simcall(SYS_OPEN, (long)path, 0 /* O_RDONLY */, 0);
+    return fd < 0 ? -1 : (int32_t)fd;
+}
 
 static int32_t sim_open(void *ctx, const char *path)
 {
@@ -125,8 +132,13 @@ static int32_t sim_open(void *ctx, const char *path)
     char full[512];
     int n = snprintf(full, sizeof full, "%s/%s", p->card_dir, path);
     if (n < 0 || (size_t)n >= sizeof full) return -1;
-    long fd = tl_sim_simcall(SYS_OPEN, (long)full, 0 /* O_RDONLY */, 0);
-    return fd < 0 ? -1 : (int32_t)fd;
+    return sim_open_path(full);
+}
+
+static int32_t sim_open_flash_tier(void *ctx)
+{
+    const sim_port *p = (const sim_port *)ctx;
+    return p->flash_tier ? sim_open_path(p->flash_tier) : TL_OPEN_NOT_FOUND;
 }
 
 static int64_t sim_size(void *ctx, int32_t h)
@@ -238,7 +250,7 @@ static _Noreturn void usage_exit(const char *fmt, ...)
 }
 
 typedef struct args {
-    const char *card, *prompts;
+    const char *card, *prompts, *flash_tier;
     unsigned long long chunk_buffer_bytes;
     tl_options opt; /* the precision, and the layout options */
 } args;
@@ -247,9 +259,9 @@ typedef struct args {
  * table (tl_option_set) or unknown; each at most once. Exits on a bad one. */
 static void parse_args(int argc, char **argv, args *a)
 {
-    enum { F_CARD, F_PRECISION, F_PROMPTS, F_CHUNK_BUFFER, F_SELFTEST, F_COUNT };
+    enum { F_CARD, F_PRECISION, F_PROMPTS, F_CHUNK_BUFFER, F_FLASH_TIER, F_SELFTEST, F_COUNT };
     static const char *const flags[F_COUNT] = {"--card", "--precision", "--prompts", "--chunk-buffer-bytes",
-                                               "--selftest-exception"};
+                                               "--flash-tier", "--selftest-exception"};
     uint32_t seen = 0, seen_layout = 0;
     char msg[200];
     for (int i = 1; i < argc; i++) {
@@ -270,6 +282,7 @@ static void parse_args(int argc, char **argv, args *a)
         case F_CARD: a->card = val; break;
         case F_PRECISION: a->opt.precision = val; break;
         case F_PROMPTS: a->prompts = val; break;
+        case F_FLASH_TIER: a->flash_tier = val; break;
         default:
             if (tl_parse_count(val, TL_DEFAULT_CHUNK_BUFFER_BYTES, &a->chunk_buffer_bytes))
                 usage_exit("'%s' '%s'", name, val);
@@ -288,14 +301,15 @@ static int run(void)
     int argc = sim_args(&argv);
     /* --arena sizes the arena handed to the core; the engine's budget is then all of it
      * (tl_options' arena_bytes: `load ... arena=N` can only ask for less) */
-    args a = {NULL, "card", TL_DEFAULT_CHUNK_BUFFER_BYTES,
+    args a = {NULL, "card", NULL, TL_DEFAULT_CHUNK_BUFFER_BYTES,
               {.precision = "float32", .arena_bytes = TL_DEFAULT_ARENA_BYTES}};
     parse_args(argc, argv, &a);
 
-    sim_port sp = {a.card};
+    sim_port sp = {a.card, a.flash_tier};
     size_t arena_bytes = a.opt.arena_bytes, available = (size_t)(__arena_end - __arena_start);
     tl_port port = {
         .ctx = &sp, .open = sim_open, .size = sim_size, .read_at = sim_read_at, .close = sim_close,
+        .open_flash_tier = sim_open_flash_tier,
         .time_us = sim_time_us, .cycles = sim_cycles, .write = sim_console,
         .arena = __arena_start, .arena_bytes = arena_bytes,
         .chunk_buffer = a.chunk_buffer_bytes ? chunk_buffer : NULL, .chunk_buffer_bytes = (size_t)a.chunk_buffer_bytes,

@@ -31,8 +31,10 @@ static void print_info(tl_engine *e)
                 (unsigned long)e->arena.size, (unsigned long)e->arena.used, m->context,
                 (unsigned long long)m->resident_bytes);
     tl_w_printf(w, "\"lm_head\":\"%s\",\"chunk_buffer\":\"%s\",\"chunk_bytes\":%lu,\"chunk_buffers\":%d,"
-                "\"read_ahead\":%d}", m->prune.on ? "pruned" : "full", m->stream_in_port ? "port" : "arena",
+                "\"read_ahead\":%d,", m->prune.on ? "pruned" : "full", m->stream_in_port ? "port" : "arena",
                 (unsigned long)m->stream_bytes, m->stream2 ? 2 : 1, m->stream2 && e->port->read_start ? 1 : 0);
+    tl_w_printf(w, "\"flash_tier\":\"%s\",\"flash_tier_bytes\":%llu}", m->tier.status,
+                (unsigned long long)m->tier.bytes);
     tl_w_endline(w);
 }
 
@@ -186,9 +188,16 @@ static int parse_long(const char *s, long *out)
     return 0;
 }
 
+/* A gen's storage reads: every tier's, the flash tier's share, and the port's own count below. */
+typedef struct tl_io {
+    uint64_t bytes, reads, flash_bytes, flash_reads;
+    long long disk_reads; /* -1: the port does not count them */
+} tl_io;
+
 static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int k, int full, uint64_t us,
-                         uint64_t cycles, uint64_t bytes, uint64_t reads, long long disk_reads)
+                         uint64_t cycles, const tl_io *io)
 {
+    int tier = e->model.tier.n > 0;
     tl_writer *w = &e->out;
     tl_w_printf(w, "TINYLLM_RESULT {\"precision\":\"%s\",\"lm_head\":\"%s\",\"prompt\":[",
                 tl_config_dtype(&e->model.cfg), e->model.prune.on && !full ? "pruned" : "full");
@@ -197,8 +206,12 @@ static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int
     for (int i = 0; i < n_new; i++) tl_w_printf(w, "%s%ld", i ? "," : "", (long)e->tokens[n_prompt + i]);
     tl_w_printf(w, "],\"n_prompt\":%d,\"total_us\":%llu,\"total_cycles\":%llu,", n_prompt, (unsigned long long)us,
                 (unsigned long long)cycles);
-    tl_w_printf(w, "\"bytes_read\":%llu,\"read_calls\":%llu,", (unsigned long long)bytes, (unsigned long long)reads);
-    if (disk_reads >= 0) tl_w_printf(w, "\"disk_reads\":%lld,", disk_reads);
+    tl_w_printf(w, "\"bytes_read\":%llu,\"read_calls\":%llu,", (unsigned long long)io->bytes,
+                (unsigned long long)io->reads);
+    if (tier)
+        tl_w_printf(w, "\"flash_bytes\":%llu,\"flash_reads\":%llu,", (unsigned long long)io->flash_bytes,
+                    (unsigned long long)io->flash_reads);
+    if (io->disk_reads >= 0) tl_w_printf(w, "\"disk_reads\":%lld,", io->disk_reads);
     tl_w_printf(w, "\"peak_arena\":%lu,\"arena_budget\":%lu,", (unsigned long)e->arena.peak,
                 (unsigned long)e->arena.size);
     if (e->port->internal_ram) {
@@ -213,6 +226,7 @@ static void print_result(tl_engine *e, int n_prompt, int n_new, int n_steps, int
         tl_w_printf(w, "%s{\"pos\":%d,\"token\":%ld,\"us\":%llu,\"cycles\":%llu,\"bytes\":%llu,\"reads\":%llu", p ? "," : "",
                     p, (long)s->token, (unsigned long long)s->us, (unsigned long long)s->cycles,
                     (unsigned long long)s->bytes, (unsigned long long)s->reads);
+        if (tier) tl_w_printf(w, ",\"flash_bytes\":%lu", (unsigned long)s->flash_bytes);
         if (s->candidates >= 0) tl_w_printf(w, ",\"candidates\":%d", (int)s->candidates);
         if (s->candidates == TL_STEP_FALLBACK) tl_w_puts(w, ",\"fallback\":1");
         if (s->ntop >= 0) {
@@ -321,7 +335,7 @@ static int gen_decode(tl_engine *e, const tl_gen *g, int n_steps)
     for (int pos = 0; pos < n_steps; pos++) {
         tl_step *s = &e->steps[pos];
         uint64_t ts = port->time_us(port->ctx), cs = port->cycles(port->ctx);
-        uint64_t bs = m->bytes_read, rs = m->read_calls;
+        uint64_t bs = m->bytes_read, rs = m->read_calls, fs = m->flash_bytes;
         int generating = pos >= g->n_prompt - 1;
         int want_logits = g->tf || generating;
         top.k = g->k;
@@ -332,7 +346,8 @@ static int gen_decode(tl_engine *e, const tl_gen *g, int n_steps)
         s->us = port->time_us(port->ctx) - ts;
         s->cycles = port->cycles(port->ctx) - cs;
         s->bytes = m->bytes_read - bs;
-        s->reads = m->read_calls - rs;
+        s->reads = (uint32_t)(m->read_calls - rs);
+        s->flash_bytes = (uint32_t)(m->flash_bytes - fs);
         s->ntop = (int16_t)(want_logits ? top.n : -1);
         s->candidates = (int16_t)(!want_logits ? TL_STEP_FULL
                                   : m->prune.last_fallback ? TL_STEP_FALLBACK : m->prune.last_candidates);
@@ -356,7 +371,7 @@ static int cmd_gen(tl_engine *e, char *args)
     tl_log(port, TL_TAG_INFER, "Starting inference with prompt length: %d", n_prompt);
     if (port->settle) port->settle(port->ctx);
     uint64_t t0 = port->time_us(port->ctx), c0 = port->cycles(port->ctx);
-    uint64_t b0 = m->bytes_read, r0 = m->read_calls;
+    uint64_t b0 = m->bytes_read, r0 = m->read_calls, f0 = m->flash_bytes, fr0 = m->flash_reads;
     uint64_t d0 = port->disk_reads ? port->disk_reads(port->ctx) : 0;
     if (gen_decode(e, &g, n_steps)) return e->err.code;
     uint64_t us = port->time_us(port->ctx) - t0, cycles = port->cycles(port->ctx) - c0;
@@ -370,8 +385,8 @@ static int cmd_gen(tl_engine *e, char *args)
     double tps = us ? (double)n_new * 1e6 / (double)us : 0.0;
     tl_log(port, TL_TAG_INFER, "Inference completed: %d tokens in %lu ms (%.2f tokens/sec)", n_new, ms, tps);
     long long disk_reads = port->disk_reads ? (long long)(port->disk_reads(port->ctx) - d0) : -1;
-    print_result(e, n_prompt, n_new, n_steps, g.k, g.full, us, cycles, m->bytes_read - b0, m->read_calls - r0,
-                 disk_reads);
+    tl_io io = {m->bytes_read - b0, m->read_calls - r0, m->flash_bytes - f0, m->flash_reads - fr0, disk_reads};
+    print_result(e, n_prompt, n_new, n_steps, g.k, g.full, us, cycles, &io);
     return TL_OK;
 }
 

@@ -23,7 +23,8 @@ typedef struct tl_step {
     int32_t token;
     int16_t ntop;       /* -1: logits not computed at this position */
     int16_t candidates; /* pruned lm_head: float32 rows read; TL_STEP_FULL / TL_STEP_FALLBACK */
-    uint64_t us, cycles, bytes, reads;
+    uint64_t us, cycles, bytes; /* bytes: from every tier */
+    uint32_t reads, flash_bytes; /* flash_bytes: those the flash tier gave (a step reads < 4 GiB) */
     int32_t top_id[TL_MAX_TOPK];
     float top_logit[TL_MAX_TOPK];
 } tl_step;

@@ -213,6 +213,7 @@ int tl_model_layout(tl_model *m, const tl_options *opt, size_t reserve_fixed, si
     tl_rope_inv_freq(m->act.inv_freq, c->head_dim, c->theta);
     m->attn_scale = (float)(1.0 / sqrt((double)c->head_dim)); /* HF: head_dim**-0.5 */
     if (!opt->no_resident && place_resident(m, reserve)) return m->err->code;
+    tl_tier_attach(m, m->card_id, opt->no_flash); /* PSRAM first, then the flash tier, then the card */
     log_residency(m);
     return TL_OK;
 }

@@ -12,6 +12,7 @@
 #include "arena.h"
 #include "config.h"
 #include "error.h"
+#include "flash_tier.h"
 #include "tinyllm/port.h"
 #include "tinyllm/tinyllm.h"
 
@@ -88,6 +89,7 @@ typedef struct tl_model {
     tl_config cfg;
     tl_manifest man;
     char dir[96];   /* weights directory on the card */
+    uint32_t card_id; /* CRC-32 of the set's model_config.json */
     int context;    /* max positions held in the KV cache */
     int chunk_rows; /* rows per streamed chunk */
 
@@ -110,15 +112,21 @@ typedef struct tl_model {
     /* The read in flight (lm_head's next chunk): started, not yet waited for. */
     struct {
         int active, async; /* async: the port's read_start took it; else read_at runs at wait */
+        int flash;         /* fh/off are the flash tier's (the range is one extent) */
+        int mixed;         /* the range spans the card and the tier: split into reads at wait */
         int32_t fh;
         const char *what;
-        uint64_t off;
+        uint64_t off, file_off; /* where it is read (the tier's offset when flash), and in the file */
         void *buf;
         size_t n;
     } pending;
 
-    /* Storage statistics, counted by the core around every port read. */
+    tl_tier tier; /* the flash tier: ranges of the set's files read from flash, not the card */
+
+    /* Storage statistics, counted by the core around every port read: bytes_read and
+     * read_calls count every tier; flash_bytes and flash_reads the flash tier's share. */
     uint64_t bytes_read, read_calls;
+    uint64_t flash_bytes, flash_reads;
     tl_fault *fault; /* the engine's, or NULL */
 } tl_model;
 

@@ -20,6 +20,7 @@ static void set_resident(tl_options *o, unsigned long long v) { o->no_resident =
 static void set_arena(tl_options *o, unsigned long long v) { o->arena_bytes = (size_t)v; }
 static void set_lm_head(tl_options *o, unsigned long long v) { o->lm_head = (int)v; }
 static void set_candidates(tl_options *o, unsigned long long v) { o->max_candidates = (int)v; }
+static void set_flash(tl_options *o, unsigned long long v) { o->no_flash = v == 0; }
 
 /* In the order of TL_LM_HEAD_*: a word's index is its mode. */
 static const char *const lm_head_modes[] = {"auto", "full", "pruned", NULL};
@@ -48,6 +49,7 @@ static const tl_option options[] = {
      "float32 logits: auto (pruned if the set has the proxy and it fits), full, pruned"},
     {"candidates", "N", 1, TL_PRUNE_MAX_CANDIDATES, NULL, set_candidates,
      "pruned lm_head: more candidate rows stream it in full (default: the most)"},
+    {"flash", "0|1", 0, 1, NULL, set_flash, "0: leave the flash tier unused (default 1: used when it matches the set)"},
 };
 #define N_OPTIONS ((int)(sizeof options / sizeof options[0]))
 _Static_assert(TL_DEFAULT_ARENA_BYTES == 3840u * 1024u, "the arena's help names its default");

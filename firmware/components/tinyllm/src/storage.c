@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "crc32.h"
+#include "flash_tier.h"
 #include "output.h"
 
 /* A real model_config.json is 4-8 KB; cJSON needs about twice the text in
@@ -18,10 +19,12 @@
 
 /* ------------------------------------------------------------------- reads */
 
-/* Every storage read ends here, so the statistics are the core's own. */
-static int read_done(tl_model *m, const char *what, uint64_t off, void *buf, size_t n, int64_t got)
+/* Every storage read ends here, so the statistics are the core's own. `flash`: it came from
+ * the flash tier. */
+static int read_done(tl_model *m, const char *what, uint64_t off, void *buf, size_t n, int64_t got, int flash)
 {
     m->read_calls++;
+    m->flash_reads += (uint64_t)(flash != 0);
 #ifdef TINYLLM_FAULT_INJECTION
     if (m->fault && m->fault->kind != TL_FAULT_NONE && --m->fault->countdown == 0) {
         if (m->fault->kind == TL_FAULT_FLIP && got > 0) /* silent corruption: bit 0 of the middle byte */
@@ -31,38 +34,68 @@ static int read_done(tl_model *m, const char *what, uint64_t off, void *buf, siz
         m->fault->kind = TL_FAULT_NONE; /* one fault per `fault` command */
     }
 #endif
-    if (got > 0) m->bytes_read += (uint64_t)got;
+    if (got > 0) {
+        m->bytes_read += (uint64_t)got;
+        if (flash) m->flash_bytes += (uint64_t)got;
+    }
     if (got != (int64_t)n)
-        return tl_fail(m->err, TL_E_IO, "read %s: offset %llu, wanted %lu bytes, got %lld", what,
-                       (unsigned long long)off, (unsigned long)n, (long long)got);
+        return tl_fail(m->err, TL_E_IO, "read %s%s: offset %llu, wanted %lu bytes, got %lld", what,
+                       flash ? " (flash tier)" : "", (unsigned long long)off, (unsigned long)n, (long long)got);
     return TL_OK;
 }
 
+/* One read from one tier: bytes [off, off + n) of file fh, all within one extent or all on the card. */
+static int read_piece(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n,
+                      const tl_extent *x)
+{
+    const tl_port *p = m->port;
+    if (!x) return read_done(m, what, off, buf, n, p->read_at(p->ctx, fh, off, buf, n), 0);
+    return read_done(m, what, off, buf, n, p->read_at(p->ctx, m->tier.fh, x->tier_off + (off - x->file_off), buf, n), 1);
+}
+
+/* A range that the tier's extents cut is read piece by piece, each from its own tier. */
 int tl_read_exact(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n)
 {
-    return read_done(m, what, off, buf, n, m->port->read_at(m->port->ctx, fh, off, buf, n));
+    if (m->tier.n == 0) return read_piece(m, fh, what, off, buf, n, NULL);
+    size_t done = 0;
+    do {
+        uint64_t len;
+        const tl_extent *x = tl_tier_at(m, fh, off + done, &len);
+        size_t k = len < n - done ? (size_t)len : n - done;
+        if (read_piece(m, fh, what, off + done, (uint8_t *)buf + done, k, x)) return m->err->code;
+        done += k;
+    } while (done < n);
+    return TL_OK;
 }
 
 void tl_read_start(tl_model *m, int32_t fh, const char *what, uint64_t off, void *buf, size_t n)
 {
+    uint64_t len = UINT64_MAX;
+    const tl_extent *x = m->tier.n ? tl_tier_at(m, fh, off, &len) : NULL;
     m->pending.active = 1;
-    m->pending.fh = fh;
+    m->pending.mixed = len < n; /* read in pieces, in turn, at wait */
+    m->pending.flash = x != NULL && !m->pending.mixed;
+    m->pending.fh = m->pending.flash ? m->tier.fh : fh;
     m->pending.what = what;
-    m->pending.off = off;
+    m->pending.off = m->pending.flash ? x->tier_off + (off - x->file_off) : off;
+    m->pending.file_off = off;
     m->pending.buf = buf;
     m->pending.n = n;
-    m->pending.async = m->port->read_start && m->port->read_wait &&
-                       m->port->read_start(m->port->ctx, fh, off, buf, n) == 0;
+    m->pending.async = !m->pending.mixed && m->port->read_start && m->port->read_wait &&
+                       m->port->read_start(m->port->ctx, m->pending.fh, m->pending.off, buf, n) == 0;
+    if (m->pending.mixed) m->pending.fh = fh;
 }
 
 int tl_read_wait(tl_model *m)
 {
     if (!m->pending.active) return TL_OK;
     m->pending.active = 0;
+    if (m->pending.mixed) return tl_read_exact(m, m->pending.fh, m->pending.what, m->pending.off, m->pending.buf,
+                                               m->pending.n);
     int64_t got = m->pending.async ? m->port->read_wait(m->port->ctx)
                                    : m->port->read_at(m->port->ctx, m->pending.fh, m->pending.off, m->pending.buf,
                                                       m->pending.n);
-    return read_done(m, m->pending.what, m->pending.off, m->pending.buf, m->pending.n, got);
+    return read_done(m, m->pending.what, m->pending.file_off, m->pending.buf, m->pending.n, got, m->pending.flash);
 }
 
 int tl_read_drain(tl_model *m, int code)
@@ -104,7 +137,7 @@ static int read_config(tl_model *m, uint32_t *card_id, const char *precision)
     int rc = text ? tl_read_exact(m, fh, path, 0, text, (size_t)size) : m->err->code;
     m->port->close(m->port->ctx, fh);
     if (rc == TL_OK) {
-        *card_id = tl_crc32(0, text, (size_t)size);
+        *card_id = m->card_id = tl_crc32(0, text, (size_t)size);
         tl_log(m->port, TL_TAG_LOADER, "Loaded %s (%lld bytes), card id %08lx", path, (long long)size,
                (unsigned long)*card_id);
         rc = tl_config_parse(text, (size_t)size, precision, &m->cfg, &m->man, m->err);
@@ -165,6 +198,7 @@ int tl_model_open(tl_model *m, const tl_options *opt, uint32_t *card_id)
     snprintf(m->dir, sizeof m->dir, "%s", opt->weights_dir ? opt->weights_dir : "");
     for (int id = 0; id < TL_NT; id++) m->w[id].fh = m->scale[id].fh = -1;
     m->proxy.fh = -1;
+    m->tier.fh = -1;
 
     if (read_config(m, card_id, opt->precision ? opt->precision : "float32")) return m->err->code;
     const tl_config *c = &m->cfg;
@@ -198,6 +232,7 @@ void tl_model_close(tl_model *m)
     }
     if (m->proxy.fh >= 0) m->port->close(m->port->ctx, m->proxy.fh);
     m->proxy.fh = -1;
+    tl_tier_close(m);
 }
 
 uint64_t tl_model_total_file_bytes(const tl_model *m)

@@ -46,6 +46,12 @@ typedef struct tl_port {
      * so far (the ESP32 app: read() calls into FatFs, each at most one SD
      * transfer). Reported per `gen` as "disk_reads" beside the core's read calls. */
     uint64_t (*disk_reads)(void *ctx);
+    /* Optional (NULL: none): opens the flash tier (docs/contracts.md §1b), a read-only region
+     * holding copies of some weight bytes: the ESP32 app's "weights" data partition,
+     * memory-mapped; linux and xtensa-sim: a file standing in for it (--flash-tier FILE).
+     * Returns a handle that size, read_at, read_start and close take as a file's (the core
+     * checks its header and CRCs at every load and closes it with the set), or a TL_OPEN_* code. */
+    int32_t (*open_flash_tier)(void *ctx);
     /* Optional (NULL: none): the port's own memory beside the arena (the ESP32
      * app: its internal-RAM heap, where the chunk buffers, FatFs and the tasks
      * live): the most of it ever in use since boot, and its size, in bytes.

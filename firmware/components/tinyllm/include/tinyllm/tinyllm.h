@@ -39,6 +39,7 @@ typedef struct tl_options {
     const char *precision;   /* "float32" or "int8"; must equal model_config.json "dtype" */
     int context;             /* context: 0 = max_position_embeddings, else min(that, context) */
     int chunk_rows;          /* chunk: rows per streamed chunk (lm_head, streamed matrices); 0: 256 */
+    int no_flash;            /* flash=0: every streamed byte from the card, the flash tier left unused */
     int no_resident;         /* resident=0: stream every matrix from the card even if it would fit */
     size_t arena_bytes;      /* arena: memory budget; 0 = the port's whole arena, else at most that */
     int lm_head;             /* lm_head: TL_LM_HEAD_*, how a float32 set computes its logits */
