@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from pathlib import Path
 
 import pytest
 
 from harness import REPO_ROOT
 from harness.card.export import SET_DIRS
+from harness.card.flash_tier import flash_with_tier, write_tier
 from harness.model.prompts import load_prompt_set
 from harness.oracle import budgets
 from harness.pipeline import run_prompts
@@ -87,6 +89,30 @@ def qemu_extra_args(request, model) -> str | None:
     return f"{extra} {user}" if user else extra
 
 
+@pytest.fixture
+def flash_tier(cards, model, precision, tmp_path) -> Path:
+    """The flash tier for the case's set (its weights partition's image, docs/contracts.md §1b)."""
+    tier = tmp_path / f"flash-tier-{model}-{precision}.bin"
+    write_tier(cards[model].dir / SET_DIRS[precision], tier)
+    return tier
+
+
+@pytest.fixture
+def qemu_image_path(request, flash_tier) -> str | None:
+    """QEMU boots the build's flash image with the tier in its weights partition (a copy)."""
+    if _environment(request.config) != "qemu" or esp32.unavailable("qemu"):
+        return request.config.getoption("qemu_image_path", None)
+    image = esp32.Esp32QemuTarget(config="qemu").flash_image
+    if not image.is_file():
+        return None  # pytest-embedded makes the plain image; the case then says the tier is missing
+    return str(flash_with_tier(image, flash_tier, flash_tier.with_suffix(".flash.bin")))
+
+
+@pytest.fixture
+def skip_regenerate_image(qemu_image_path) -> bool:
+    return qemu_image_path is not None  # ours, with the tier: pytest-embedded would merge it again without
+
+
 def _skip_reason(request, model: str) -> str | None:
     env = _environment(request.config)
     if env is None:
@@ -121,6 +147,9 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
     mux = esp32.sd_mux_command()
     if env == "board" and mux:
         esp32.write_image_with_mux(mux, card.image.path)
+    tier = request.getfixturevalue("flash_tier")
+    if env == "board":  # esptool writes the weights partition; the dut fixture then flashes the app
+        esp32.write_flash_tier(request.config.getoption("port"), tier)
 
     raw = request.getfixturevalue("dut")  # boots: QEMU with the SD image, or flash + reset the board
     request.node.user_properties.append(("firmware_log", raw.logfile))
@@ -137,6 +166,7 @@ def test_esp32_end_to_end(request, cards, oracle, record_property, model, precis
         protocol.check_human_lines(t)
     if precision != "float32":
         esp32.check_card(dut.load(precision), esp32.expected_card_id(card.dir / SET_DIRS[precision]), card.image.path)
+    assert dut.boot.info["flash_tier"] == "used", f"the flash tier was written but is not used: {dut.boot.info}"
 
     prompts = [p for name in PROMPT_SETS[model] for p in load_prompt_set(name, card.spec)]
     boot_results = dict(zip(dut.card_prompts, dut.boot_runs, strict=True))
@@ -165,6 +195,7 @@ def _record(record_property, entry: dict, environment: str, model: str, precisio
     (`tinyllm-harness esp32-report` tables them)."""
     perf = {"target": "esp32", "environment": environment, "virtual": environment == "virtual-board",
             "model": model, "precision": precision, "tokens_per_s": entry["tokens_per_s"],
+            "flash_bytes_per_token": entry["flash_bytes_per_token"], "card_bytes_per_token": entry["card_bytes_per_token"],
             "cycles_per_token": entry["cycles_per_token"], "per_prompt": entry["prompts"]}
     record_property("esp32_perf", perf)
     out = REPO_ROOT / "build" / "esp32" / f"perf-{environment}-{model}-{precision}.json"

@@ -64,6 +64,14 @@ def cmd_image(args: argparse.Namespace) -> dict[str, Any]:
     return {**info.to_json(), "seconds": round(time.perf_counter() - start, 3)}
 
 
+def cmd_flash_tier(args: argparse.Namespace) -> dict[str, Any]:
+    from harness.card.export import SET_DIRS
+    from harness.card.flash_tier import write_tier
+
+    info = write_tier(args.card / SET_DIRS[args.precision], args.out, capacity=args.bytes)
+    return {**info, "write_with": f"esptool.py --chip esp32 write_flash {info['partition_offset']:#x} {args.out}"}
+
+
 def cmd_reference(args: argparse.Namespace) -> dict[str, Any]:
     from harness.oracle.card_oracle import reference_json
 
@@ -120,11 +128,12 @@ def _e2e(args: argparse.Namespace) -> dict[str, Any]:
         prompts = args.prompts or target_class(name).default_prompts
         out = args.out if len(names) == 1 else args.out / name
         record = pipeline.run_e2e(args.model, name, out, tuple(prompts.split(",")), args.precision,
-                                  hf_folder=args.hf_folder)
+                                  hf_folder=args.hf_folder, flash_tier=args.flash_tier)
         records.append(record)
         results[name] = {"ok": record["ok"], "prompts": prompts, "report": record["report"], "perf": str(out / "perf.json"),
-                         **{p: {k: e.get(k) for k in ("tokens_match", "logits_ok", "bytes_per_token", "reads_per_token",
-                                                      "instructions_per_token", "sd_commands_per_token", "peak_arena")}
+                         **{p: {k: e.get(k) for k in ("tokens_match", "logits_ok", "bytes_per_token",
+                                                      "flash_bytes_per_token", "reads_per_token", "instructions_per_token",
+                                                      "sd_commands_per_token", "peak_arena")}
                             for p, e in record["precisions"].items()}}
     report = records[0]["report"] if len(records) == 1 else str(write_comparison(records, args.out))
     return {"ok": all(r["ok"] for r in records), "targets": names, "report": report, **results}
@@ -249,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FAT type (default auto: FAT16 when the cluster count allows, else FAT32)")
     p.set_defaults(func=cmd_image)
 
+    p = sub.add_parser("flash-tier", help="the flash tier's image for one weight set: the bytes the card streams at "
+                       "every token, for the app's weights partition (esptool write_flash 0xd0000 FILE; "
+                       "docs/contracts.md §1b)")
+    p.add_argument("--card", type=_path, required=True, help="the card folder (an export)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="the set the tier serves (default float32, the set the app boots)")
+    p.add_argument("--out", type=_path, required=True)
+    p.add_argument("--bytes", type=_size, help="at most this many bytes (default: the whole weights partition)")
+    p.set_defaults(func=cmd_flash_tier)
+
     p = sub.add_parser("reference", help="greedy tokens and per-step top-k logits from the HF reference")
     p.add_argument("--card", type=_path, required=True, help=f"card folder holding {SET_DIRS['float32']}/")
     p.add_argument("--prompts", default="smoke")
@@ -267,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ", ".join(f"{t.default_prompts} on {t.name}" for t in TARGETS) + ")")
     p.add_argument("--precision", type=_precisions, default=PRECISIONS)
     p.add_argument("--out", type=_path, default=Path("build/e2e"))
+    p.add_argument("--no-flash-tier", dest="flash_tier", action="store_false",
+                   help="run from the card alone (default: each precision with the flash tier made for its set, "
+                        "as the ESP32 app's weights partition or a file standing in for it)")
     p.set_defaults(func=cmd_e2e)
 
     p = sub.add_parser("bench", help="speed figures: the C core vs PyTorch on this host (one thread, interleaved "

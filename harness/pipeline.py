@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from harness.card.export import SET_DIRS
 from harness.card.fatimage import build_image
+from harness.card.flash_tier import write_tier
 from harness.card.stage import export_card
 from harness.errors import HarnessError
 from harness.model.prompts import Prompt, load_prompt_set
@@ -44,6 +46,7 @@ class _Tally:
         self.vs_float32 = LogitComparison(rank_tolerance=float("inf"))
         self.sd: dict[str, int] = {}
         self.sd_steps = 0
+        self.sd_read_bytes = 0
 
 
 def _run_prompt(dut: ConsoleProtocol, target: Target, oracle: CardOracle, precision: str, prompt: Prompt,
@@ -67,6 +70,7 @@ def _run_prompt(dut: ConsoleProtocol, target: Target, oracle: CardOracle, precis
         tally.sd_steps += len(tf.results[0]["steps"])
         for name, count in tf.sd_commands.items():
             tally.sd[name] = tally.sd.get(name, 0) + count
+        tally.sd_read_bytes += tf.sd_read_bytes or 0
     if precision == "int8":
         forced32 = Prompt(prompt.name, tuple((list(prompt.ids) + r.tokens)[:-1]), 1)
         tally.vs_float32.add(dut.generate(forced32, teacher_forced=True, timeout=timeout(True)).results[0]["steps"],
@@ -90,6 +94,10 @@ def _entry(tally: _Tally, target: Target, spec_name: str, precision: str, info: 
         "tokens_per_s": total_tokens / sum(f["us_per_token"] * f["n_tokens"] / 1e6 for f in figures),
         "bytes_per_token": max(f["bytes_per_token"] for f in figures),
         "reads_per_token": max(f["reads_per_token"] for f in figures),
+        # the flash tier's share of those bytes, and what the card gave (contracts.md §1b)
+        "flash_tier": info.get("flash_tier", "none"), "flash_tier_bytes": info.get("flash_tier_bytes", 0),
+        "flash_bytes_per_token": max(f["flash_bytes_per_token"] for f in figures),
+        "card_bytes_per_token": max(f["bytes_per_token"] - f["flash_bytes_per_token"] for f in figures),
         "cycles_per_token": cycles, "instructions_per_token": target.instructions(cycles),
         "peak_arena": max(f["peak_arena"] for f in figures),
         **({"internal_ram_peak": max(f["internal_ram_peak"] for f in figures),
@@ -108,9 +116,11 @@ def _entry(tally: _Tally, target: Target, spec_name: str, precision: str, info: 
         entry["sd_read_commands_per_token"] = sd_data_reads(tally.sd) / tally.sd_steps
         entry["sd_commands_per_token"] = sum(tally.sd.values()) / tally.sd_steps
         entry["sd_commands_by_name"] = tally.sd
+        entry["sd_read_bytes_per_token"] = tally.sd_read_bytes / tally.sd_steps  # what the card itself sent
         if entry["instructions_per_token"] is not None:  # modelled ESP32-CAM speed from these counts
-            entry.update(board.model_entries(entry["bytes_per_token"], entry["sd_read_commands_per_token"],
+            entry.update(board.model_entries(entry["card_bytes_per_token"], entry["sd_read_commands_per_token"],
                                              entry["instructions_per_token"], entry["resident_bytes"] or 0,
+                                             flash_bytes=entry["flash_bytes_per_token"],
                                              **board.firmware_layout(info)))
     return entry
 
@@ -154,10 +164,11 @@ def _reference_record(refs: dict[Prompt, PromptResult]) -> dict[str, Any]:
 
 def _run_firmware(target: Target, binary: Path, card: Path, oracle: CardOracle, out: Path,
                   precisions: tuple[str, ...], prompts: list[Prompt], card_prompts: list[Prompt],
-                  progress: bool) -> dict[str, dict[str, Any]]:
+                  progress: bool, tiers: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """Boots the firmware and runs every prompt in each precision. A device boots once and
-    `load` switches the weight set; a process target boots once per precision."""
-    device = target.is_device
+    `load` switches the weight set, unless each precision has a flash tier of its own (`tiers`):
+    then it boots once per precision with that tier in its flash, as a process target does."""
+    device = target.is_device and not tiers
     entries: dict[str, dict[str, Any]] = {}
     dut = None
     try:
@@ -170,7 +181,7 @@ def _run_firmware(target: Target, binary: Path, card: Path, oracle: CardOracle, 
                 _say(progress, f"booting the firmware on {target.name}" + (
                     f" (it runs the card's {len(card_prompts)} boot prompts first)" if device else ""))
                 dut = start_firmware(target, binary, card, precision, out / "logs" / f"{precision}.log",
-                                     card_prompts=card_prompts, line_timeout=3600)
+                                     card_prompts=card_prompts, line_timeout=3600, flash_tier=tiers.get(precision))
             boot_results = dict(zip(dut.card_prompts, dut.boot_runs, strict=True))
             entries[precision] = run_prompts(dut, target, oracle, precision, prompts, boot_results, progress)
     finally:
@@ -181,9 +192,11 @@ def _run_firmware(target: Target, binary: Path, card: Path, oracle: CardOracle, 
 
 def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...] = ("smoke", "edge"),
             precisions: tuple[str, ...] = ("float32", "int8"), hf_folder: Path | None = None,
-            progress: bool = True) -> dict[str, Any]:
-    """The whole chain on one target (export -> image -> build -> boot -> compare -> report);
-    returns the perf/accuracy record (also written as perf.json beside report.md)."""
+            progress: bool = True, flash_tier: bool = True) -> dict[str, Any]:
+    """The whole chain on one target (export -> image -> flash tiers -> build -> boot -> compare
+    -> report); returns the perf/accuracy record (also written as perf.json beside report.md).
+    `flash_tier`: each precision runs with the flash tier made for its set (the ESP32 app's
+    weights partition; a file standing in for it elsewhere), else from the card alone."""
     target = get_target(target_name)
     reason = target.unavailable()
     if reason:
@@ -194,6 +207,8 @@ def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...
     exported = _timed(timings, "export_s", lambda: export_card(model, out / "card", prompt_sets[0], precisions,
                                                                 hf_folder=hf_folder))
     image = _timed(timings, "image_s", lambda: build_image(out / "card", out / "sd.img"))
+    tiers = _timed(timings, "flash_tier_s", lambda: {
+        p: write_tier(out / "card" / SET_DIRS[p], out / f"flash-tier-{p}.bin") for p in precisions} if flash_tier else {})
     _say(progress, f"building the {target_name} firmware")
     binary = _timed(timings, "build_s", target.build)
     card = target.prepare_card(image.path, out)
@@ -209,11 +224,13 @@ def run_e2e(model: str, target_name: str, out: Path, prompt_sets: tuple[str, ...
         "model": spec.name, "target": target_name, "params": spec.n_params(),
         "image": {"bytes": image.size, "fat_type": image.fat_type, "cluster_bytes": image.cluster_bytes,
                   "sha256": image.sha256, "seconds": round(timings["image_s"], 3)},
-        "export": exported, "timings": timings, "reference": _reference_record(refs), "precisions": {}, "ok": True,
+        "export": exported, "flash_tiers": tiers, "timings": timings, "reference": _reference_record(refs),
+        "precisions": {}, "ok": True,
     }
     card_prompts = load_prompt_set(prompt_sets[0], spec)  # the card's prompts.txt
     record["precisions"] = _timed(timings, "firmware_s", lambda: _run_firmware(
-        target, binary, card, oracle, out, precisions, prompts, card_prompts, progress))
+        target, binary, card, oracle, out, precisions, prompts, card_prompts, progress,
+        {p: Path(t["file"]) for p, t in tiers.items()}))
     record["ok"] = all(e["tokens_match"] and e["logits_ok"] and not e["over_budget"]
                        for e in record["precisions"].values())
     static = target.static_ram(binary)  # bare metal: the image's own RAM besides the arena

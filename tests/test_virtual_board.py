@@ -24,6 +24,7 @@ from esptool.reset import ClassicReset, HardReset
 
 from harness import REPO_ROOT
 from harness.card.export import SET_DIRS
+from harness.card.flash_tier import write_tier
 from harness.cli import main as cli_main
 from harness.errors import HarnessError
 from harness.targets import esp32, protocol
@@ -32,11 +33,12 @@ from harness.targets import virtual_board as vb
 FAKE_QEMU = Path(__file__).with_name("fake_esp32_qemu.py")
 
 
-def _read_until(port: serial.SerialBase, pattern: bytes, timeout: float) -> bytes:
-    """Everything read until `pattern` appears; fails the test with what came instead."""
+def _read_until(port: serial.SerialBase, pattern: bytes, timeout: float, after: bytes = b"") -> bytes:
+    """Everything read until `pattern` appears (after the last `after`, when given); fails the
+    test with what came instead."""
     seen = b""
     deadline = time.monotonic() + timeout
-    while pattern not in seen:
+    while (start := seen.rfind(after) if after else 0) < 0 or pattern not in seen[start:]:
         if time.monotonic() > deadline:
             pytest.fail(f"no {pattern!r} within {timeout} s; read: {seen[-2000:]!r}")
         seen += port.read(4096)
@@ -365,6 +367,9 @@ def test_plain_esptool_flashes_the_board_build_and_a_reset_boots_it(request, fir
     files = [x for offset, name in sorted(flasher["flash_files"].items(), key=lambda kv: int(kv[0], 16))
              for x in (offset, str(board_build.build_dir / name))]
     card = cards["micro"]
+    # the weights partition too, as a board is given it: the flash tier of the set it boots
+    tier = write_tier(card.dir / SET_DIRS["float32"], tmp_path / "tier.bin")
+    files += [f"{tier['partition_offset']:#x}", tier["file"]]
     sd = tmp_path / "sd.img"
     sd.write_bytes(card.image.path.read_bytes())
     flash = tmp_path / "flash.bin"
@@ -391,11 +396,19 @@ def test_plain_esptool_flashes_the_board_build_and_a_reset_boots_it(request, fir
         with serial.serial_for_url(url, timeout=0.5) as port:
             port.dtr = False  # opened with both lines asserted; esptool's reset releases DTR first too
             HardReset(port)()  # EN pulsed through RTS: the freshly flashed app boots
-            text = _read_until(port, b"TINYLLM_READY", 300).decode(errors="replace")
+            text = _read_until(port, b"TINYLLM_READY", 300, after=f"{vb.BANNER} power on".encode()).decode(
+                errors="replace")
+        # the boot: from the last power-on (esptool's own reset booted the app first, and what it
+        # printed until the reset above may come before it, a line cut mid-way as a board's reset
+        # cuts it) to its TINYLLM_READY line (the card's prompts run on after it, and the last read
+        # may end inside one of their lines)
+        text = text[text.rfind(f"{vb.BANNER} power on"):]
+        text = text[:text.index("\n", text.index("TINYLLM_READY")) + 1]
         assert "virtual-board: power on" in text and "boot from flash" in text
         boot = protocol.parse(text)
         esp32.check_app(text, board_build.build_dir / f"{esp32.APP_NAME}.elf")
         esp32.check_card(boot, esp32.expected_card_id(card.dir / SET_DIRS["float32"]), sd)
+        assert boot.info["flash_tier"] == "used" and boot.info["flash_tier_bytes"] == tier["tier_bytes"], boot.info
         # the lab's two guards name what is wrong: another build's app, another model's card
         with pytest.raises(HarnessError, match="stale or other build"):
             esp32.check_app(text, esp32.build_dir("qemu") / f"{esp32.APP_NAME}.elf")

@@ -115,6 +115,8 @@ def per_token(result: dict[str, Any]) -> dict[str, float]:
         "cycles_per_token": mean("cycles"),
         "bytes_per_token": mean("bytes"),
         "reads_per_token": mean("reads"),
+        # of those bytes, what the flash tier gave (docs/contracts.md §1b; 0 without one)
+        "flash_bytes_per_token": mean("flash_bytes") if all("flash_bytes" in s for s in decode) else 0.0,
         "prompt_us": sum(s["us"] for s in result["steps"] if "top" not in s),
         "cycles_per_prompt_step": (sum(s["cycles"] for s in prompt) / len(prompt)) if (prompt := [
             s for s in result["steps"] if "top" not in s]) else 0.0,

@@ -89,7 +89,7 @@ def _summary(record: dict[str, Any]) -> list[str]:
         f"{record['reference']['min_margin']:.4f}",
         "",
         "| precision | tokens match | logits vs oracle (max abs / NMSE) | tokens/s | MiB read/token "
-        "| reads/token | cycles/token | instructions/token | peak arena | int8 top-1 = float32 |",
+        "(of it from flash) | reads/token | cycles/token | instructions/token | peak arena | int8 top-1 = float32 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for precision, e in record["precisions"].items():
@@ -97,7 +97,8 @@ def _summary(record: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {precision} | {'yes' if e['tokens_match'] else '**NO**'} | {e['logits']['max_abs']:.2e} / "
             f"{e['logits']['nmse']:.1e} ({e['oracle']}) | {e['tokens_per_s']:.1f} | "
-            f"{e['bytes_per_token'] / 2**20:.2f} | {e['reads_per_token']:.0f} | "
+            f"{e['bytes_per_token'] / 2**20:.2f} ({e.get('flash_bytes_per_token', 0) / 2**20:.2f}) | "
+            f"{e['reads_per_token']:.0f} | "
             f"{e['cycles_per_token']:.3g} | "
             f"{'-' if e.get('instructions_per_token') is None else format(e['instructions_per_token'], '.3g')} | "
             f"{e['peak_arena'] / 1024:.0f} KiB of {(e['arena_budget'] or 0) / 1024:.0f} | "
@@ -125,6 +126,17 @@ def _notes(record: dict[str, Any]) -> list[str]:
                   f"read per token on average (most in one step: {f32['max_candidates']}), "
                   f"{f32['fallback_steps']} steps fell back to the full stream; tokens and top-k logits are the full "
                   "stream's bit for bit (docs/contracts.md §2)."]
+    tiers = {p: e for p, e in record["precisions"].items() if e.get("flash_tier", "none") != "none"}
+    if tiers:
+        lines += ["", "Flash tier (docs/contracts.md §1b; the ESP32 app's weights partition, a file standing in for it "
+                  "elsewhere): " + "; ".join(
+                      f"{p} {e['flash_tier']}, {e['flash_bytes_per_token'] / 2**20:.2f} MiB of "
+                      f"{e['bytes_per_token'] / 2**20:.2f} MiB per token from flash" for p, e in tiers.items()) + "."]
+    sd = {p: e for p, e in record["precisions"].items() if "sd_read_bytes_per_token" in e}
+    if sd:
+        lines += ["", "What QEMU's SD card model saw per token (teacher-forced steps): " + "; ".join(
+            f"{p} {e['sd_read_bytes_per_token'] / 2**20:.2f} MiB in {e['sd_read_commands_per_token']:.0f} data-read "
+            f"commands ({e['sd_commands_per_token']:.0f} commands in all)" for p, e in sd.items()) + "."]
     lines += _board_section(record)
     over = [problem for e in record["precisions"].values() for problem in e.get("over_budget", [])]
     lines += ["", "Budgets (fixtures/budgets.json): " + ("all within" if not over else "**over**: " + "; ".join(over))]
@@ -181,9 +193,13 @@ def write_comparison(records: list[dict[str, Any]], out: Path) -> Path:
         ("logits within tolerance", lambda e: "yes" if e["logits_ok"] else "**NO**"),
         ("logits max abs error", lambda e: f"{e['logits']['max_abs']:.2e}"),
         ("MiB read per token", lambda e: f"{e['bytes_per_token'] / 2**20:.2f}"),
+        ("of it from the flash tier", lambda e: f"{e.get('flash_bytes_per_token', 0) / 2**20:.2f} "
+         f"({e.get('flash_tier', 'none')})"),
         ("read calls per token", lambda e: f"{e['reads_per_token']:.0f}"),
         ("instructions per token (QEMU -icount)", lambda e: cell(e, "instructions_per_token", ".4g")),
         ("SD read commands per token (QEMU's card)", lambda e: cell(e, "sd_read_commands_per_token", ".0f")),
+        ("SD MiB sent per token (QEMU's card, 512-byte blocks)", lambda e: "-" if e.get("sd_read_bytes_per_token") is None
+         else f"{e['sd_read_bytes_per_token'] / 2**20:.2f}"),
         ("SD commands per token (QEMU's card)", lambda e: cell(e, "sd_commands_per_token", ".0f")),
         ("float32 lm_head / candidate rows per token", lambda e: e.get("lm_head", "-") if e.get("lm_head") != "pruned"
          else f"pruned / {e['candidates_per_token']:.1f}"),

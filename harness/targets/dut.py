@@ -39,6 +39,9 @@ READY_EXIT_OR_RESET = re.compile(rb"TINYLLM_READY\r?\n|TINYLLM_EXIT (-?\d+)\r?\n
 EXIT_LINE = re.compile(rb"TINYLLM_EXIT (-?\d+)\r?\n")
 # a QEMU `-trace sdcard_normal_command` record: "sdcard_normal_command SD  READ_MULTIPLE_BLOCK/ CMD18 arg ..."
 SD_COMMAND = re.compile(rb"sdcard_normal_command .*?/ (CMD\d+) ")
+# a `-trace sdcard_read_block` record: one 512-byte block the card sent
+SD_READ_BLOCK = b"sdcard_read_block "
+SD_BLOCK_BYTES = 512
 TAIL_LINES = 15  # log lines a timeout or desync error quotes
 
 
@@ -199,6 +202,7 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         self.started = time.monotonic()
         self.sd_trace = sd_trace
         self._sd_offset = 0  # bytes of sd_trace already counted
+        self.sd_read_bytes: int | None = None  # data bytes the card sent in the last counted span
         self.boot_runs: list[protocol.Transcript] = []
         self.precision: str | None = None  # the weight set loaded (start_firmware, load())
         self.card_prompts: list[Prompt] = []  # the prompt-file lines boot_runs answer
@@ -247,6 +251,7 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         t = self._read(f"command {line[:60]!r}", timeout)
         self._check_answer(line, t)
         t.sd_commands = self.sd_commands()
+        t.sd_read_bytes = self.sd_read_bytes
         if self._exit_line is None:
             self._pause()
         return t
@@ -301,6 +306,7 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         counts: dict[str, int] = {}
         for name in SD_COMMAND.findall(data[:end]):
             counts[name.decode()] = counts.get(name.decode(), 0) + 1
+        self.sd_read_bytes = SD_BLOCK_BYTES * data.count(SD_READ_BLOCK, 0, end)  # the card's data sent, by block
         return counts
 
     def log_text(self) -> str:

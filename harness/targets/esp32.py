@@ -397,7 +397,8 @@ class Esp32QemuTarget:
 
             binary = flash_with_tier(binary, flash_tier, flash_tier.with_suffix(".flash.bin"))
         qemu = self.qemu_binary() or "qemu-system-xtensa"
-        trace = ["-trace", "sdcard_normal_command", "-D", str(sd_trace)] if sd_trace else []
+        trace = (["-trace", "sdcard_normal_command", "-trace", "sdcard_read_block", "-D", str(sd_trace)]
+                 if sd_trace else [])
         return [qemu, "-nographic", "-machine", "esp32", "-drive", f"file={binary},if=mtd,format=raw",
                 *self.qemu_args(card), *trace]
 
@@ -481,6 +482,23 @@ def sd_mux_command(option: str | None = None, env: Mapping[str, str] | None = No
     """The lab's SD-multiplexer command: a pytest option value, else $TINYLLM_SD_MUX_CMD, else None."""
     env = os.environ if env is None else env
     return option or env.get(SD_MUX_ENV) or None
+
+
+def write_flash_tier(port: str, tier: Path, run: Runner = subprocess.run, timeout: float = 1800) -> None:
+    """Writes a flash tier image (harness.card.flash_tier) to the board's weights partition with
+    esptool (`write-flash OFFSET FILE`: the app's partitions are left as they are, so the app can
+    be flashed before or after it)."""
+    from harness.card.flash_tier import weights_partition
+
+    argv = [sys.executable, "-m", "esptool", "--chip", TARGET, "--port", port, "--baud", "921600",
+            "write-flash", f"{weights_partition().offset:#x}", str(tier)]
+    try:
+        result = run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise HarnessError(f"esptool could not write the flash tier: {shlex.join(argv)}: {exc}") from exc
+    if result.returncode != 0:
+        raise HarnessError(f"esptool could not write the flash tier (exit {result.returncode}): {shlex.join(argv)}\n"
+                           f"{(result.stdout + result.stderr)[-2000:]}")
 
 
 def write_image_with_mux(command: str, image: Path, run: Runner = subprocess.run, timeout: float = 1800) -> None:

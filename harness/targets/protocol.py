@@ -58,6 +58,8 @@ class Transcript:
     # what the SD card saw while the command ran, counted by QEMU's SD model (esp32 in QEMU):
     # command name (e.g. "CMD18") -> how many; None where nothing counts them
     sd_commands: dict[str, int] | None = None
+    # the data bytes the card sent meanwhile (QEMU's `sdcard_read_block` records x 512); None: not traced
+    sd_read_bytes: int | None = None
 
 
 def parse(text: str) -> Transcript:

@@ -299,13 +299,18 @@ class VirtualBoard:
         """The chip's UART0 TX to the client, until QEMU stops; a QEMU that ends by itself (crashed,
         killed) leaves a dead board until the next reset, and says so."""
         assert proc.stdout is not None
-        self._copy_uart(proc.stdout)
+        self._copy_uart(proc)
         if self._proc is proc:
             code = proc.wait()
             self.say(f"QEMU (pid {proc.pid}) ended by itself (exit {code}): the chip is dead until a reset "
                      "(EN through RTS) or a restart of the virtual board")
 
-    def _copy_uart(self, uart: IO[bytes]) -> None:
+    def _copy_uart(self, proc: subprocess.Popen[bytes]) -> None:
+        """QEMU's output to the log and, while it is the powered chip, to the client: what a chip
+        already reset still had in its pipe goes to the log only (else it would interleave with
+        the next power-on's first lines, as seen on a busy host: a RESULT line cut mid-way)."""
+        assert proc.stdout is not None
+        uart = proc.stdout
         tail = b""
         with open(self.log_dir / "uart.log", "ab") as log:
             while True:
@@ -320,7 +325,7 @@ class VirtualBoard:
                     self._stub_running = True
                 tail = (tail + data)[-len(STUB_HELLO):]
                 output = self._output
-                if output is not None:
+                if output is not None and self._proc is proc:
                     try:
                         output(data)
                     except OSError:
