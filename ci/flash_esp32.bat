@@ -30,4 +30,13 @@ set "BUILD=build_esp32_%CONFIG%"
 cd /d "%~dp0..\firmware" || exit /b 2
 call idf.py -B "%BUILD%" -D "SDKCONFIG=%BUILD%/sdkconfig" -D "SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.%CONFIG%" -D IDF_TARGET=esp32 build || exit /b 1
 call idf.py -B "%BUILD%" -D "SDKCONFIG=%BUILD%/sdkconfig" -p %PORT% flash || exit /b 1
+rem The flash tier (docs/contracts.md 1b): set TINYLLM_CARD_DIR to the card folder (an export) and the
+rem precision's tier is made with the harness's Python (%PYTHON%, default python) and written to 0xd0000.
+if defined TINYLLM_CARD_DIR (
+  if not defined PYTHON set "PYTHON=python"
+  pushd "%~dp0.." || exit /b 2
+  call %PYTHON% -m harness.cli flash-tier --card "%TINYLLM_CARD_DIR%" --precision %PRECISION% --out "build\flash-tier-%PRECISION%.bin" || exit /b 1
+  call esptool.py --chip esp32 -p %PORT% write_flash 0xd0000 "build\flash-tier-%PRECISION%.bin" || exit /b 1
+  popd
+)
 call idf.py -B "%BUILD%" -D "SDKCONFIG=%BUILD%/sdkconfig" -p %PORT% monitor

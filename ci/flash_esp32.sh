@@ -6,6 +6,9 @@
 #   ESPPORT=/dev/ttyUSB0 ci/flash_esp32.sh
 #
 # Put the card image on the micro-SD card first (tinyllm-harness write-card build/sd.img /dev/sdX).
+# The flash tier (docs/contracts.md §1b): with the card's folder in TINYLLM_CARD_DIR (an export,
+# e.g. build/e2e/esp32/card), the precision's tier is made from it and written to the weights
+# partition after the app (esptool write_flash 0xd0000); without it the app streams from the card.
 # One build serves both precisions: the firmware boots the float32 set, and `load int8` (typed in
 # the monitor, or a line of the card's prompts.txt) switches. In the monitor, type commands such as
 # `gen 1 450 263 n=16`; Ctrl-] quits.
@@ -34,6 +37,13 @@ cd "$here/firmware"
 idf.py -B "$build" -D SDKCONFIG="$build/sdkconfig" \
   -D "SDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.$config" -D IDF_TARGET=esp32 build
 idf.py -B "$build" -D SDKCONFIG="$build/sdkconfig" -p "$port" flash
+if [ -n "${TINYLLM_CARD_DIR:-}" ]; then
+  # the harness's Python (numpy and the rest), not ESP-IDF's, makes the tier; ESP-IDF's esptool writes it
+  PY=$(bash "$here/ci/python.sh")
+  tier="$here/build/flash-tier-$precision.bin"
+  (cd "$here" && "$PY" -m harness.cli flash-tier --card "$TINYLLM_CARD_DIR" --precision "$precision" --out "$tier")
+  esptool.py --chip esp32 -p "$port" write_flash 0xd0000 "$tier"
+fi
 if [ "$monitor" = 1 ]; then
   exec idf.py -B "$build" -D SDKCONFIG="$build/sdkconfig" -p "$port" monitor
 fi

@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_TARGETS=(fuzz_config fuzz_commands fuzz_prompt_file)
+ALL_TARGETS=(fuzz_config fuzz_commands fuzz_prompt_file fuzz_flash_tier)
 seconds=${FUZZ_SECONDS:-60}
 targets=("${ALL_TARGETS[@]}")
 build_only=0
@@ -90,8 +90,8 @@ fi
 # The micro card (both weight sets), remade when the harness or the model fixture changed.
 card=$OUT/card
 stamp=$(find harness -name "*.py" | LC_ALL=C sort | xargs cat fixtures/models/micro.json | sha256sum | cut -c1-16)
+PY=$(bash ci/python.sh) # the harness: the card, and fuzz_flash_tier's matching seeds
 if [ "$(cat "$card/.stamp" 2>/dev/null || true)" != "$stamp" ]; then
-  PY=$(bash ci/python.sh)
   rm -rf "$card.new"
   echo "ci/fuzz.sh: exporting the micro card into $card"
   if ! "$PY" -m harness.cli export --model micro --out "$card.new" > "$OUT/card.log" 2>&1; then
@@ -111,8 +111,10 @@ if [ "$build_only" = 1 ]; then
 fi
 
 # --- run -------------------------------------------------------------------------------------
-max_len_of() { case "$1" in fuzz_config) echo 32768 ;; fuzz_commands) echo 4096 ;; fuzz_prompt_file) echo 10240 ;; esac; }
-dict_of() { case "$1" in fuzz_config) echo firmware/fuzz/dict/fuzz_config.dict ;; *) echo firmware/fuzz/dict/fuzz_commands.dict ;; esac; }
+max_len_of() { case "$1" in fuzz_config) echo 32768 ;; fuzz_commands) echo 4096 ;; fuzz_prompt_file) echo 10240 ;;
+  fuzz_flash_tier) echo 65536 ;; esac; }
+dict_of() { case "$1" in fuzz_config|fuzz_flash_tier) echo "firmware/fuzz/dict/$1.dict" ;;
+  *) echo firmware/fuzz/dict/fuzz_commands.dict ;; esac; }
 
 export TINYLLM_FUZZ_CARD="$PWD/$card"
 mkdir -p "$OUT/artifacts" "$OUT/logs" "$OUT/tmp"
@@ -143,6 +145,14 @@ for t in "${targets[@]}"; do
     esac
     cp "$f" "$corpus/"
   done
+  if [ "$t" = fuzz_flash_tier ]; then # tiers that match this card (its card id is the export's)
+    for p in float32 int8; do
+      if ! "$PY" -m harness.cli flash-tier --card "$card" --precision "$p" --out "$corpus/made-$p.bin" > /dev/null; then
+        echo "ci/fuzz.sh: could not make the $p flash tier seed with $PY" >&2
+        exit 2
+      fi
+    done
+  fi
   echo "ci/fuzz.sh: $t: fuzzing for ${seconds} s (corpus $(ls "$corpus" | wc -l) seeds, log $log)"
   start=$(date +%s.%N)
   rc=0

@@ -66,7 +66,7 @@ checked() {
 }
 
 # libFuzzer on the core (ci/fuzz.sh; FUZZ_SECONDS, default 60), this shard's targets; 1 on a finding
-FUZZ_TARGETS=(fuzz_config fuzz_commands fuzz_prompt_file)
+FUZZ_TARGETS=(fuzz_config fuzz_commands fuzz_prompt_file fuzz_flash_tier)
 fuzz() {
   local j rc failed=0
   for j in "${!FUZZ_TARGETS[@]}"; do

@@ -22,7 +22,7 @@ from harness import REPO_ROOT
 
 pytestmark = pytest.mark.host
 
-TARGETS = ("fuzz_config", "fuzz_commands", "fuzz_prompt_file")
+TARGETS = ("fuzz_config", "fuzz_commands", "fuzz_prompt_file", "fuzz_flash_tier")
 CORPUS = REPO_ROOT / "firmware" / "fuzz" / "corpus"
 BUILD = REPO_ROOT / "build" / "fuzz"
 NO_CLANG_EXIT = 3  # ci/fuzz.sh: no clang or no libFuzzer runtime

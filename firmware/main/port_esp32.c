@@ -63,7 +63,8 @@ static int32_t esp_open_flash_tier(void *ctx)
 {
     esp32_port *p = (esp32_port *)ctx;
     if (p->tier_map) return ESP32_FLASH_TIER_HANDLE;
-    const esp_partition_t *part = esp_partition_find_first(ESP_PARTITION_TYPE_DATA, ESP32_FLASH_TIER_SUBTYPE,
+    const esp_partition_t *part = esp_partition_find_first((esp_partition_type_t)ESP32_FLASH_TIER_TYPE,
+                                                           (esp_partition_subtype_t)ESP32_FLASH_TIER_SUBTYPE,
                                                            ESP32_FLASH_TIER_LABEL);
     if (!part) return TL_OPEN_NOT_FOUND;
     const void *map = NULL;

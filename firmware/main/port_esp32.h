@@ -45,9 +45,10 @@ typedef struct esp32_port {
 
 /* The flash tier's handle: no VFS descriptor (those are < ESP32_PORT_MAX_FDS) has it. */
 #define ESP32_FLASH_TIER_HANDLE 0x7ff0
-/* partitions.csv's weights partition: data, the first custom subtype. */
+/* partitions.csv's weights partition: the first application-defined type, subtype 0. */
 #define ESP32_FLASH_TIER_LABEL "weights"
-#define ESP32_FLASH_TIER_SUBTYPE 0x40
+#define ESP32_FLASH_TIER_TYPE 0x40
+#define ESP32_FLASH_TIER_SUBTYPE 0x00
 
 /* Fills `port` (callbacks + ctx); arena fields are set by the caller. Takes,
  * from internal DMA-capable RAM, a bounce buffer of `bounce_bytes` (rounded
