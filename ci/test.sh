@@ -3,12 +3,12 @@
 # run; others are skipped with their reason) with JUnit XML reports under build/reports/.
 #
 # Two lanes side by side, one per core, each a chain of steps balanced to end together:
-#  lane 1: the esp32 end-to-end and pruned-lm_head cases (the ESP-IDF app in one single-threaded
-#          Espressif QEMU; they share its tiny-llm card and boots), then libFuzzer on the core
+#  lane 1: the esp32 end-to-end, pruned-lm_head and tiny-llm flash-tier cases (the ESP-IDF app in
+#          one single-threaded Espressif QEMU; they share its tiny-llm card and boots), then libFuzzer on the core
 #          (ci/fuzz.sh, 60 s per target);
-#  lane 2: everything else (harness tests, linux, xtensa-sim), then the esp32 error and hang
-#          cases (a second esp32 pytest process in its own test-runs folder: micro cards and
-#          short boots).
+#  lane 2: everything else (harness tests, linux, xtensa-sim), then the esp32 error, hang and
+#          micro flash-tier cases (a second esp32 pytest process in its own test-runs folder: micro
+#          cards and short boots).
 #  lane 3 (where the esp32 target runs): the board job against the virtual ESP32-CAM
 #          (ci/board.sh --virtual), then plain esptool flashing it (tests/test_virtual_board.py).
 # Then, where the esp32 target runs here, the app once more through pytest-embedded's own
@@ -100,8 +100,10 @@ if [ -n "$qemu" ] && [ "$#" = 0 ] && [ "$shard" = 1 ]; then
 fi
 
 status=0
-ESP32_LANE1=(tests/test_e2e.py tests/test_pruned_lm_head.py)
-ESP32_LANE2=(tests/test_firmware_errors.py tests/test_error_catalog.py tests/test_hangs.py)
+TIER_TINY=tests/test_flash_tier.py::test_tiny_llm_takes_at_least_half_its_bytes_from_flash  # tiny-llm's card: lane 1's
+ESP32_LANE1=(tests/test_e2e.py tests/test_pruned_lm_head.py "$TIER_TINY")
+ESP32_LANE2=(tests/test_firmware_errors.py tests/test_error_catalog.py tests/test_hangs.py tests/test_flash_tier.py
+             --deselect "$TIER_TINY")
 rm -f build/reports/esp32.rc build/reports/fuzz.rc
 ( rc=0
   TINYLLM_TEST_RUNS=test-runs-esp32 "$PY" -m pytest "${ESP32_LANE1[@]}" --target esp32 "${SPLIT_ESP32[@]}" \
@@ -112,7 +114,7 @@ lane1_pid=$!
 rc=0; "$PY" -m pytest --target linux,xtensa-sim --deselect firmware/pytest_tinyllm_esp32.py::test_esp32_end_to_end "${SPLIT_HOST[@]}" \
   --junitxml=build/reports/junit.xml "$@" || rc=$?
 checked "$rc" "linux, xtensa-sim and harness tests" || status=1
-echo "---- esp32 error cases and hangs (a second esp32 process) ----"
+echo "---- esp32 error cases, hangs and the flash tier (a second esp32 process) ----"
 rc=0; TINYLLM_TEST_RUNS=test-runs-esp32-errors "$PY" -m pytest "${ESP32_LANE2[@]}" --target esp32 "${SPLIT_ESP32_ERRORS[@]}" \
   --junitxml=build/reports/junit-esp32-errors.xml "$@" || rc=$?
 checked "$rc" "esp32 error cases" || status=1

@@ -160,7 +160,10 @@ def _beyond_partition(out: bytearray) -> None:
 # A short image on esp32 is the start of the partition, the rest of it erased (QEMU's flash image
 # and esptool both write the tier into a partition of fixed size): the CRC of the payload is what
 # refuses it there.
-ON_ESP32 = {"smaller-than-its-header": "payload crc32", "cut-short": "payload crc32"}
+ON_ESP32 = {"cut-short": "payload crc32"}
+# Left out on esp32 (the same core code as on linux and xtensa-sim, and a boot costs ~12 s of
+# QEMU): an image shorter than its header is cut-short there, and the rest are table checks.
+NOT_ON_ESP32 = {"smaller-than-its-header", "unknown-file", "past-the-file", "not-a-tier"}
 
 
 # name -> (the bad image from the good one (float32 set) and the int8 set's, what the firmware says)
@@ -184,6 +187,9 @@ def test_a_tier_that_does_not_match_is_never_used(firmwares, target_name, tmp_pa
     """Erased or empty flash, a partition too small, a damaged header or payload, another set's
     tier, an extent naming a file the set lacks or bytes past its end: one loader line naming
     why, TINYLLM_INFO says the same, and every byte comes from the card (same tokens, no flash)."""
+    if target_name == "esp32" and case in NOT_ON_ESP32:
+        pytest.skip("esp32: the tier's checks are the core's, the same code as on linux and xtensa-sim, and a boot "
+                    "costs ~12 s of QEMU; erased, zeros, cut short, damaged, another set's and too small run on esp32")
     firmwares.target(target_name)
     card = _card(firmwares, tmp_path)
     flash_tier.write_tier(card / SET_DIRS["float32"], tmp_path / "good.bin")
