@@ -49,7 +49,7 @@ def _regressions() -> list[object]:
 
 @pytest.fixture(scope="module")
 def fuzz_bin() -> Path:
-    """ci/fuzz.sh --build-only: the three targets in build/fuzz/ and the micro card they boot on."""
+    """ci/fuzz.sh --build-only: the four targets in build/fuzz/ and the micro card they boot on."""
     result = subprocess.run(["bash", "ci/fuzz.sh", "--build-only"], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=900)
     if result.returncode == NO_CLANG_EXIT:

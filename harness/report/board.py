@@ -268,6 +268,13 @@ def model_entries(bytes_per_token: float, sd_read_commands: float, instructions:
 FLASH_TIER_BYTES = weights_partition().size
 
 
+def _tier_bytes(plan: dict[str, Any]) -> int:
+    """The --bytes of a tier holding the plan's bytes per token: them and the tier's header."""
+    from harness.card.flash_tier import HEADER_BYTES
+
+    return min(int(plan["partition_bytes"]), HEADER_BYTES + int(plan["flash_bytes_per_token"]))
+
+
 def firmware_layout(info: dict[str, Any]) -> dict[str, bool]:
     """From a TINYLLM_INFO line: where the firmware's streamed chunks land (PSRAM unless its
     port's internal-SRAM chunk buffer holds them) and whether it reads them ahead."""
@@ -312,6 +319,9 @@ def markdown_tables(entries: dict[str, dict[str, Any]], seed_ranges: dict[str, t
         for what, m in (("**as run**", b), ("card only", c), ("fastest (model)", t)):
             lines.append(f"| {p} | {what} | {m['sd_bytes_per_token'] / 1e6:.2f} | {m['flash_bytes_per_token'] / 1e6:.2f} | "
                          f"{m['sd_s']:.3f} | {m['flash_s']:.3f} | **{m['tokens_per_s']:.2f}** |")
+    lines += ["", "A tier of the fastest split: " + "; ".join(
+        f"`tinyllm-harness flash-tier --card CARD --precision {p} --bytes {_tier_bytes(e['board_flash_tier'])} --out FILE`"
+        for p, e in entries.items()) + " (the split depends on the board's SD bus and flash clock)."]
     a = first["board_model"]["assumptions"]
     lines += ["", f"Board configuration from {first['board_model']['config_source']} (firmware/; Kconfig defaults for "
               "what they leave out). Constants (harness/report/board.py): ESP-IDF's published FatFs read rates on "
