@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import struct
+import subprocess
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -278,3 +279,22 @@ def test_tiny_llm_takes_at_least_half_its_bytes_from_flash(firmwares, target_nam
         record = {"sd_bytes_per_step": per_step, "design_bytes_per_token": design, "flash_bytes": tier["tier_bytes"]}
         request.node.user_properties.append(("sd_card", record))
         assert per_step <= design / 2, record
+
+
+def test_a_board_gets_the_tier_with_esptool_at_the_partition(tmp_path):
+    """The board path's step (the pytest-embedded case on a board or the virtual one): esptool's
+    write-flash at the weights partition, and its failure named with the command."""
+    from harness.errors import HarnessError
+    from harness.targets import esp32
+
+    seen: list[list[str]] = []
+
+    def run(argv, **kwargs):
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 0 if len(seen) == 1 else 2, "", "A fatal error occurred")
+
+    esp32.write_flash_tier("rfc2217://localhost:5555", tmp_path / "tier.bin", run=run)
+    assert seen[0][-5:] == ["--baud", "921600", "write-flash", "0xd0000", str(tmp_path / "tier.bin")][-5:]
+    assert "--port" in seen[0] and "rfc2217://localhost:5555" in seen[0]
+    with pytest.raises(HarnessError, match="esptool writing the flash tier exited 2: .*write-flash 0xd0000"):
+        esp32.write_flash_tier("/dev/ttyUSB0", tmp_path / "tier.bin", run=run)

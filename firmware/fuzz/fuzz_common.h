@@ -49,6 +49,9 @@ tl_engine *fz_boot_engine(fz_port *p, const char *root);
  * tl_engine_exec_bytes on a NUL-terminated copy, then checks its output. */
 int fz_exec_checked(tl_engine *e, fz_port *p, const char *line, size_t len);
 
+/* Writes an input to `path` whole (a prompt file, a flash tier); exits with a message if it cannot. */
+void fz_write_file(const char *path, const uint8_t *data, size_t size);
+
 /* With TINYLLM_FUZZ_ECHO=1 in the environment, writes the captured output to stderr. */
 void fz_echo(const fz_port *p);
 

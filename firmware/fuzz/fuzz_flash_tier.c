@@ -10,8 +10,6 @@
  * the fuzz card's float32 set to the seeds (the committed ones cannot match a fresh export's
  * card id), so the checks after the CRCs and the reads through a used tier run too.
  */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,25 +66,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-static void write_tier(const uint8_t *data, size_t size)
-{
-    int fd = open(tier_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    size_t done = 0;
-    while (fd >= 0 && done < size) {
-        ssize_t n = write(fd, data + done, size - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        done += (size_t)n;
-    }
-    if (fd < 0 || done != size || close(fd) != 0) {
-        fprintf(stderr, "fuzz_flash_tier: cannot write %s: %s\n", tier_path, strerror(errno));
-        exit(2);
-    }
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    write_tier(data, size);
+    fz_write_file(tier_path, data, size);
     run_ok(FZ_LOAD, "a load failed on a flash tier (a tier that does not match must only go unused)");
     run_ok(FZ_GEN, "a gen failed with a flash tier attached");
     char got[256];

@@ -5,10 +5,13 @@
  */
 #include "fuzz_common.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* A deterministic clock: every reading advances it, so step times are never
  * zero and every run of an input prints the same numbers. */
@@ -235,5 +238,21 @@ void fz_end_input(tl_engine *e, fz_port *p, int dirty)
         snprintf(what, sizeof what, "file handles leaked: %d open after this input, %d after boot",
                  p->card.open_handles, p->boot_handles);
         fz_break(what, p->out, p->out_len);
+    }
+}
+
+void fz_write_file(const char *path, const uint8_t *data, size_t size)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    size_t done = 0;
+    while (fd >= 0 && done < size) {
+        ssize_t n = write(fd, data + done, size - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        done += (size_t)n;
+    }
+    if (fd < 0 || done != size || close(fd) != 0) {
+        fprintf(stderr, "fuzz: cannot write %s: %s\n", path, strerror(errno));
+        exit(2);
     }
 }

@@ -67,22 +67,6 @@ static void make_scratch(const char *card)
     snprintf(prompt_path, sizeof prompt_path, "%s/%s", scratch, FZ_PROMPT_FILE);
 }
 
-static void write_prompt_file(const uint8_t *data, size_t size)
-{
-    int fd = open(prompt_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    size_t done = 0;
-    while (fd >= 0 && done < size) {
-        ssize_t n = write(fd, data + done, size - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        done += (size_t)n;
-    }
-    if (fd < 0 || done != size || close(fd) != 0) {
-        fprintf(stderr, "fuzz_prompt_file: cannot write %s: %s\n", prompt_path, strerror(errno));
-        exit(2);
-    }
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -108,7 +92,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (n && word[0] != '#' && ++commands > FZ_MAX_COMMANDS) return -1;
         dirty |= fz_changes_state(line, len);
     }
-    write_prompt_file(data, size);
+    fz_write_file(prompt_path, data, size);
     tl_session session = {0, 0};
     fz_reset_output(&port);
     int failed = tl_engine_run_script(engine, FZ_PROMPT_FILE, &session);

@@ -492,13 +492,20 @@ def write_flash_tier(port: str, tier: Path, run: Runner = subprocess.run, timeou
 
     argv = [sys.executable, "-m", "esptool", "--chip", TARGET, "--port", port, "--baud", "921600",
             "write-flash", f"{weights_partition().offset:#x}", str(tier)]
+    _run_lab_tool(argv, "esptool writing the flash tier", run, timeout)
+
+
+def _run_lab_tool(argv: list[str], what: str, run: Runner, timeout: float) -> None:
+    """Runs a tool the board job drives (esptool, the lab's SD multiplexer); HarnessError naming
+    the command and quoting its output when it cannot run or fails."""
+    line = shlex.join(argv)
     try:
         result = run(argv, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise HarnessError(f"esptool could not write the flash tier: {shlex.join(argv)}: {exc}") from exc
+        raise HarnessError(f"{what} failed to run: {line}: {exc}") from exc
     if result.returncode != 0:
-        raise HarnessError(f"esptool could not write the flash tier (exit {result.returncode}): {shlex.join(argv)}\n"
-                           f"{(result.stdout + result.stderr)[-2000:]}")
+        raise HarnessError(f"{what} exited {result.returncode}: {line}\n"
+                           f"{(result.stdout or '')[-2000:]}{(result.stderr or '')[-2000:]}")
 
 
 def write_image_with_mux(command: str, image: Path, run: Runner = subprocess.run, timeout: float = 1800) -> None:
@@ -512,10 +519,4 @@ def write_image_with_mux(command: str, image: Path, run: Runner = subprocess.run
     argv = shlex.split(line)
     if not argv:
         raise HarnessError(f"{SD_MUX_ENV} is empty")
-    try:
-        result = run(argv, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise HarnessError(f"SD multiplexer command failed to run: {line}: {exc}") from exc
-    if result.returncode != 0:
-        raise HarnessError(f"SD multiplexer command exited {result.returncode}: {line}\n"
-                           f"{(result.stdout or '')[-2000:]}{(result.stderr or '')[-2000:]}")
+    _run_lab_tool(argv, "SD multiplexer command", run, timeout)
