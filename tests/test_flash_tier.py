@@ -28,9 +28,10 @@ MODEL = "micro"
 NOT_USED = "Flash tier not used:"
 
 
-def _card(firmwares, tmp_path: Path) -> Path:
+def _card(firmwares, tmp_path: Path, model: str = MODEL) -> Path:
+    """A copy of the model's card without its prompts.txt (nothing runs at boot)."""
     card = tmp_path / "card"
-    shutil.copytree(firmwares.cards[MODEL].dir, card)
+    shutil.copytree(firmwares.cards[model].dir, card)
     (card / "prompts.txt").unlink()
     return card
 
@@ -257,9 +258,7 @@ def test_tiny_llm_takes_at_least_half_its_bytes_from_flash(firmwares, target_nam
         pytest.skip("tiny-llm on xtensa-sim costs ~750 M instructions per float32 token; the tier's code is the same "
                     "core, run there on micro (the tests above), and tiny-llm runs on linux and esp32")
     firmwares.target(target_name)
-    card = tmp_path / "card"
-    shutil.copytree(firmwares.cards["tiny-llm"].dir, card)
-    (card / "prompts.txt").unlink()
+    card = _card(firmwares, tmp_path, "tiny-llm")
     tier = flash_tier.write_tier(card / SET_DIRS[precision], tmp_path / "tier.bin")
     dut = firmwares.boot_folder(target_name, card, precision, flash_tier=tmp_path / "tier.bin")
     request.node.user_properties.append(("firmware_log", dut.logfile))

@@ -114,11 +114,10 @@ def build(folder: Path, extents: list[Extent]) -> bytes:
         image[x.tier_offset:x.tier_offset + x.bytes] = data
         payload_crc = zlib.crc32(data, payload_crc)
     table = b"".join(_EXTENT.pack(x.file.encode(), x.file_offset, x.bytes, x.tier_offset) for x in extents)
-    cid = int(card_id(folder), 16)
-    fixed = _FIXED.pack(MAGIC, cid, len(extents), payload_crc, 0, sum(x.bytes for x in extents), 0)
-    header_crc = zlib.crc32(fixed + table)
-    image[:_FIXED.size + len(table)] = _FIXED.pack(MAGIC, cid, len(extents), payload_crc, header_crc,
-                                                   sum(x.bytes for x in extents), 0) + table
+    head = bytearray(_FIXED.pack(MAGIC, int(card_id(folder), 16), len(extents), payload_crc, 0,
+                                 sum(x.bytes for x in extents), 0) + table)
+    struct.pack_into("<I", head, 20, zlib.crc32(head))  # the header CRC covers it with this field 0
+    image[:len(head)] = head
     return bytes(image)
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.card.flash_tier import weights_partition
+from harness.card.flash_tier import HEADER_BYTES, weights_partition
 
 MIB = 1024 * 1024
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
@@ -263,15 +263,12 @@ def model_entries(bytes_per_token: float, sd_read_commands: float, instructions:
             "board_flash_tier": flash_tier(card_only, base, how, FLASH_TIER_BYTES)}
 
 
-# The weights partition of firmware/partitions.csv: 4 MiB less the bootloader and partition table
-# (64 KiB) and the factory app (768 KiB; the app is ~0.3 MiB).
+# The flash tier's room: the weights partition of firmware/partitions.csv.
 FLASH_TIER_BYTES = weights_partition().size
 
 
 def _tier_bytes(plan: dict[str, Any]) -> int:
     """The --bytes of a tier holding the plan's bytes per token: them and the tier's header."""
-    from harness.card.flash_tier import HEADER_BYTES
-
     return min(int(plan["partition_bytes"]), HEADER_BYTES + int(plan["flash_bytes_per_token"]))
 
 

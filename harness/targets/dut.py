@@ -121,7 +121,7 @@ class ConsoleProtocol:
         it out again); `options` as on a command line (`--resident 0` is `resident=0`)."""
         from harness.targets.esp32 import load_command
 
-        [line] = load_command(precision, options, default_precision="")
+        [line] = load_command(precision, options, default_precision="")  # "": always a line, even bare
         t = self.command(line, timeout)
         if t.errors or t.info is None or t.info.get("precision") != precision:
             raise RuntimeError(f"load {precision} failed: {t.errors}; log {self.logfile}")
@@ -202,7 +202,6 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         self.started = time.monotonic()
         self.sd_trace = sd_trace
         self._sd_offset = 0  # bytes of sd_trace already counted
-        self.sd_read_bytes: int | None = None  # data bytes the card sent in the last counted span
         self.boot_runs: list[protocol.Transcript] = []
         self.precision: str | None = None  # the weight set loaded (start_firmware, load())
         self.card_prompts: list[Prompt] = []  # the prompt-file lines boot_runs answer
@@ -246,12 +245,11 @@ class TinyLLMDut(ConsoleProtocol, Dut):
             raise RuntimeError(f"firmware exited ({self.pexpect_proc.proc.returncode}); log: {self.logfile}")
         self._resume()
         self._check_quiet(line)
-        self.sd_commands()  # what came before this command is not its own
+        self._sd_seen()  # what came before this command is not its own
         self.write(line)
         t = self._read(f"command {line[:60]!r}", timeout)
         self._check_answer(line, t)
-        t.sd_commands = self.sd_commands()
-        t.sd_read_bytes = self.sd_read_bytes
+        t.sd_commands, t.sd_read_bytes = self._sd_seen()
         if self._exit_line is None:
             self._pause()
         return t
@@ -292,12 +290,13 @@ class TinyLLMDut(ConsoleProtocol, Dut):
             if self.alive:
                 os.kill(self.pexpect_proc.proc.pid, signal.SIGCONT)
 
-    def sd_commands(self) -> dict[str, int] | None:
-        """SD commands QEMU's card model logged since the last call, by name (None: not traced).
+    def _sd_seen(self) -> tuple[dict[str, int] | None, int | None]:
+        """What QEMU's card model logged since the last call (None, None: not traced): the SD
+        commands by name, and the data bytes the card sent (512 per `sdcard_read_block` record).
         QEMU flushes its log after every record, so by the time the firmware printed
         TINYLLM_READY every command of the step is in the file."""
         if self.sd_trace is None or not Path(self.sd_trace).exists():
-            return None
+            return None, None
         with open(self.sd_trace, "rb") as fp:
             fp.seek(self._sd_offset)
             data = fp.read()
@@ -306,8 +305,7 @@ class TinyLLMDut(ConsoleProtocol, Dut):
         counts: dict[str, int] = {}
         for name in SD_COMMAND.findall(data[:end]):
             counts[name.decode()] = counts.get(name.decode(), 0) + 1
-        self.sd_read_bytes = SD_BLOCK_BYTES * data.count(SD_READ_BLOCK, 0, end)  # the card's data sent, by block
-        return counts
+        return counts, SD_BLOCK_BYTES * data.count(SD_READ_BLOCK, 0, end)
 
     def log_text(self) -> str:
         return Path(self.logfile).read_text(errors="replace")

@@ -298,7 +298,6 @@ class VirtualBoard:
     def _pump(self, proc: subprocess.Popen[bytes]) -> None:
         """The chip's UART0 TX to the client, until QEMU stops; a QEMU that ends by itself (crashed,
         killed) leaves a dead board until the next reset, and says so."""
-        assert proc.stdout is not None
         self._copy_uart(proc)
         if self._proc is proc:
             code = proc.wait()
@@ -307,8 +306,8 @@ class VirtualBoard:
 
     def _copy_uart(self, proc: subprocess.Popen[bytes]) -> None:
         """QEMU's output to the log and, while it is the powered chip, to the client: what a chip
-        already reset still had in its pipe goes to the log only (else it would interleave with
-        the next power-on's first lines, as seen on a busy host: a RESULT line cut mid-way)."""
+        already reset still had in its pipe goes to the log only (a chip in reset says nothing;
+        it would otherwise reach the client after the next power-on's banner)."""
         assert proc.stdout is not None
         uart = proc.stdout
         tail = b""

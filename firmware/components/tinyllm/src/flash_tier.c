@@ -45,16 +45,6 @@ static const tl_tensor *file_named(const tl_model *m, const char *name)
     return m->proxy.fh >= 0 && strcmp(m->proxy.name, name) == 0 ? &m->proxy : NULL;
 }
 
-/* The set's file whose handle is fh (for the loader's lines). */
-static const char *file_of(const tl_model *m, int32_t fh)
-{
-    for (int id = 0; id < TL_NT; id++) {
-        if (m->w[id].fh == fh) return m->w[id].name;
-        if (m->scale[id].fh == fh) return m->scale[id].name;
-    }
-    return m->proxy.name;
-}
-
 static int all_bytes(const uint8_t *p, size_t n, uint8_t v)
 {
     for (size_t i = 0; i < n; i++)
@@ -70,7 +60,7 @@ static int read_extent(tl_model *m, int i, const uint8_t *e, uint64_t tier_size)
     name[TL_TIER_NAME_BYTES] = '\0';
     const tl_tensor *t = file_named(m, name);
     tl_extent *x = &m->tier.ext[i];
-    *x = (tl_extent){t ? t->fh : -1, le64(e + 32), le32(e + 40), le32(e + 44)};
+    *x = (tl_extent){t, le64(e + 32), le32(e + 40), le32(e + 44)};
     if (!t) {
         for (char *c = name; *c; c++) { /* flash bytes: printable, and nothing that ends a JSON string */
             unsigned char u = (unsigned char)*c;
@@ -91,7 +81,7 @@ static int read_extent(tl_model *m, int i, const uint8_t *e, uint64_t tier_size)
     }
     for (int j = 0; j < i; j++) { /* one byte of a file has one place */
         const tl_extent *y = &m->tier.ext[j];
-        if (y->fh == x->fh && x->file_off < y->file_off + y->bytes && y->file_off < x->file_off + x->bytes) {
+        if (y->file == x->file && x->file_off < y->file_off + y->bytes && y->file_off < x->file_off + x->bytes) {
             refuse(m, "extents %d and %d overlap in %s", j, i, name);
             return -1;
         }
@@ -195,7 +185,7 @@ void tl_tier_attach(tl_model *m, uint32_t card_id, int off)
     for (int i = 0; i < n; i++) {
         const tl_extent *x = &tier->ext[i];
         tl_log(m->port, TL_TAG_LOADER, "Flash tier: %s bytes %llu..%llu (%llu bytes) read from flash, not the card",
-               file_of(m, x->fh), (unsigned long long)x->file_off, (unsigned long long)(x->file_off + x->bytes),
+               x->file->name, (unsigned long long)x->file_off, (unsigned long long)(x->file_off + x->bytes),
                (unsigned long long)x->bytes);
     }
 }
@@ -205,7 +195,7 @@ const tl_extent *tl_tier_at(const tl_model *m, int32_t fh, uint64_t off, uint64_
     *len = UINT64_MAX;
     for (int i = 0; i < m->tier.n; i++) {
         const tl_extent *x = &m->tier.ext[i];
-        if (x->fh != fh) continue;
+        if (x->file->fh != fh) continue;
         if (off >= x->file_off && off - x->file_off < x->bytes) {
             *len = x->bytes - (off - x->file_off);
             return x;

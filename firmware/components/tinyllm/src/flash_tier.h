@@ -18,9 +18,11 @@
 #define TL_TIER_MAX_EXTENTS 8
 #define TL_TIER_NAME_BYTES 32u     /* an extent's file name, NUL-padded */
 
+struct tl_tensor;
+
 /* One range of one of the set's files, copied into the tier. */
 typedef struct tl_extent {
-    int32_t fh;         /* the file's handle (the tensor's), matched by name at load */
+    const struct tl_tensor *file; /* the set's file, matched by name at load */
     uint64_t file_off;  /* where the range starts in the file */
     uint64_t bytes;     /* its length */
     uint64_t tier_off;  /* where its copy starts in the tier */
@@ -45,5 +47,7 @@ void tl_tier_close(struct tl_model *m);
 /* The extent covering byte `off` of file fh, with *len the bytes it covers from there; or NULL
  * with *len the bytes up to the next extent of that file (UINT64_MAX when none follows). */
 const tl_extent *tl_tier_at(const struct tl_model *m, int32_t fh, uint64_t off, uint64_t *len);
+/* Where byte `off` of the extent's file is in the tier. */
+static inline uint64_t tl_tier_offset(const tl_extent *x, uint64_t off) { return x->tier_off + (off - x->file_off); }
 
 #endif

@@ -50,7 +50,7 @@ static int read_piece(tl_model *m, int32_t fh, const char *what, uint64_t off, v
 {
     const tl_port *p = m->port;
     if (!x) return read_done(m, what, off, buf, n, p->read_at(p->ctx, fh, off, buf, n), 0);
-    return read_done(m, what, off, buf, n, p->read_at(p->ctx, m->tier.fh, x->tier_off + (off - x->file_off), buf, n), 1);
+    return read_done(m, what, off, buf, n, p->read_at(p->ctx, m->tier.fh, tl_tier_offset(x, off), buf, n), 1);
 }
 
 /* A range that the tier's extents cut is read piece by piece, each from its own tier. */
@@ -77,13 +77,12 @@ void tl_read_start(tl_model *m, int32_t fh, const char *what, uint64_t off, void
     m->pending.flash = x != NULL && !m->pending.mixed;
     m->pending.fh = m->pending.flash ? m->tier.fh : fh;
     m->pending.what = what;
-    m->pending.off = m->pending.flash ? x->tier_off + (off - x->file_off) : off;
+    m->pending.off = m->pending.flash ? tl_tier_offset(x, off) : off;
     m->pending.file_off = off;
     m->pending.buf = buf;
     m->pending.n = n;
     m->pending.async = !m->pending.mixed && m->port->read_start && m->port->read_wait &&
                        m->port->read_start(m->port->ctx, m->pending.fh, m->pending.off, buf, n) == 0;
-    if (m->pending.mixed) m->pending.fh = fh;
 }
 
 int tl_read_wait(tl_model *m)
