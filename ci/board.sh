@@ -45,6 +45,7 @@ if [ "$virtual" = 1 ]; then
   grep -q "serving rfc2217" "$vb/server.log" || { cat "$vb/server.log" >&2; echo "ci/board.sh: the virtual board did not start in 60 s" >&2; exit 1; }
   port="rfc2217://localhost:$vport"
   export TINYLLM_SD_MUX_CMD="$PY -m harness.cli virtual-board-card --port $vport --sd $vb/sd.img"
+  export ESPTOOL_CFGFILE="$PWD/harness/targets/esptool-virtual-board.cfg"  # longer esptool timeouts (the file says why)
   select=(-k "end_to_end and (micro or (tiny-llm and float32))")
 else
   select=(-k "end_to_end and tiny-llm")

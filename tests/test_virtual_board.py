@@ -205,7 +205,7 @@ def test_esptool_resets_select_download_then_flash_boot(served):
 def test_the_rom_is_fed_slowly_until_the_stub_runs(served):
     """Bytes reach the ROM's download mode at most ROM_FEED_BYTES_PER_S (a busy host's ROM loses
     bytes of faster packets), and at full speed once esptool's stub said hello."""
-    line = b"x" * 2500
+    line = b"x" * 1000  # the stand-in QEMU takes no CPU: fed at the floor rate
     with served.open() as port:
         ClassicReset(port)()
         _read_until(port, b"fake-esp32 boot=download", 10)
@@ -225,6 +225,60 @@ def test_the_rom_is_fed_slowly_until_the_stub_runs(served):
         ClassicReset(port)()
         _read_until(port, b"fake-esp32 boot=download", 10)
         assert served.board.paced
+
+
+class _Clocks:
+    """A host clock and an emulator's CPU clock that a fake sleep advances: the emulator gets
+    `share` of every host second slept (None: its CPU time cannot be read)."""
+
+    def __init__(self, share: float | None) -> None:
+        self.share, self.host, self.emulator = share, 0.0, 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.host += seconds
+        self.emulator += seconds * (self.share or 0.0)
+
+    def cpu(self) -> float | None:
+        return None if self.share is None else self.emulator
+
+
+@pytest.mark.host
+@pytest.mark.parametrize(("share", "expected_rate"), [
+    (1.0, vb.ROM_FEED_BYTES_PER_S),  # an idle host: QEMU polls on a whole core
+    (2.0, vb.ROM_FEED_BYTES_PER_S),  # never faster than the rate per host second
+    (0.25, 0.25 * vb.ROM_FEED_BYTES_PER_S),  # a busy host: as fast as QEMU runs
+    (0.0, vb.ROM_FEED_FLOOR * vb.ROM_FEED_BYTES_PER_S),  # an emulator that takes no CPU still gets its bytes
+    (None, vb.ROM_FEED_BYTES_PER_S),  # no CPU clock: the rate per host second
+])
+def test_the_rom_feed_follows_the_cpu_its_qemu_gets(share, expected_rate):
+    clocks = _Clocks(share)
+    feed = vb.RomFeed(vb.ROM_FEED_BYTES_PER_S, clocks.cpu, wall=lambda: clocks.host, sleep=clocks.sleep)
+    total = 6144 + 16  # one stub packet of esptool's, in the bridge's slices
+    for start in range(0, total, vb.ROM_FEED_SLICE):
+        feed.take(min(vb.ROM_FEED_SLICE, total - start))
+    assert total / clocks.host == pytest.approx(expected_rate, rel=0.02)
+    clocks.sleep(60)  # an idle minute banks at most two slices
+    before = clocks.host
+    for _ in range(10):
+        feed.take(vb.ROM_FEED_SLICE)
+    assert clocks.host - before == pytest.approx(8 * vb.ROM_FEED_SLICE / expected_rate, rel=0.05)
+
+
+@pytest.mark.host
+def test_esptool_clients_wait_long_enough_for_a_stub_packet_fed_at_the_floor_rate():
+    """esptool reads the virtual board's settings file: its command timeout outlasts one stub packet
+    (6 KiB) fed at the slowest pace the board ever feeds the ROM."""
+    probe = "import esptool.loader as loader; print(loader.DEFAULT_TIMEOUT)"
+    env = {**os.environ, "ESPTOOL_CFGFILE": str(vb.ESPTOOL_CFG)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    timeout = float(out.stdout.split()[-1])
+    assert timeout > 2 * 6160 / (vb.ROM_FEED_FLOOR * vb.ROM_FEED_BYTES_PER_S), out.stdout
+
+
+def test_qemu_cpu_seconds_reads_a_live_process_and_none_for_a_gone_one():
+    own = vb.qemu_cpu_seconds(os.getpid())
+    assert own is not None and own > 0
+    assert vb.qemu_cpu_seconds(2**22 + 7) is None  # above the kernel's largest pid
 
 
 @pytest.mark.host
@@ -385,10 +439,11 @@ def test_plain_esptool_flashes_the_board_build_and_a_reset_boots_it(request, fir
         assert "serving rfc2217" in line, line
         url = f"rfc2217://localhost:{port_number}"
         esptool = [sys.executable, "-m", "esptool", "--chip", "esp32", "--port", url]
-        out = subprocess.run([*esptool, "chip-id"], capture_output=True, text=True, timeout=300)
+        env = {**os.environ, "ESPTOOL_CFGFILE": str(vb.ESPTOOL_CFG)}  # as the server's start-up line says
+        out = subprocess.run([*esptool, "chip-id"], capture_output=True, text=True, timeout=300, env=env)
         assert out.returncode == 0 and "Stub flasher running" in out.stdout, out.stdout + out.stderr
         out = subprocess.run([*esptool, "--baud", "921600", "write-flash", *flasher["write_flash_args"], *files],
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=600, env=env)
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout.count("Hash of data verified") == len(files) // 2, out.stdout
         assert flash.read_bytes()[0x1000] == 0xE9  # the bootloader's image magic, in the flash file

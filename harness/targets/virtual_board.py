@@ -63,9 +63,18 @@ ICOUNT = "shift=3,align=off,sleep=on"
 # bytes of a large packet: esptool's stub upload then fails with "Failed to write to target RAM
 # (result was 0107: Checksum error)" (3 of 6 flashes beside three busy loops on 2 cores; the bytes
 # that reached QEMU were checked intact). So until esptool's flasher stub says hello, the bridge
-# feeds the ROM at most ROM_FEED_BYTES_PER_S (43 % of 115200 baud; the stub, ~12 KB, takes ~2.5 s
-# more): 11 of 11 with the same load. The stub itself keeps up at 921600 baud.
+# feeds the ROM ROM_FEED_BYTES_PER_S per second of CPU time its QEMU gets (the ROM polls its UART,
+# so an idle host's QEMU takes a whole core and that is 43 % of 115200 baud; the stub, ~12 KB,
+# takes ~2.5 s more). A fixed rate per host second was not enough: beside ten busy loops and a
+# disk writer 4 of 8 stub uploads failed so, 8 of 8 passed paced by QEMU's CPU time. The stub
+# itself keeps up at 921600 baud.
 ROM_FEED_BYTES_PER_S = 5000.0
+# ...but never slower than this share of that rate per host second, so a QEMU that does not take
+# the CPU (or whose CPU time cannot be read) still gets its bytes.
+ROM_FEED_FLOOR = 0.1
+# Fed slowly, a 6 KiB packet can take longer than esptool's 3 s default command timeout on a busy
+# host: its clients read this file (ESPTOOL_CFGFILE) for longer ones.
+ESPTOOL_CFG = Path(__file__).with_name("esptool-virtual-board.cfg")
 ROM_FEED_SLICE = 32  # bytes per write while paced
 STUB_HELLO = b"\xc0OHAI\xc0"  # the SLIP packet esptool's stub sends when it starts
 CLIENT_HANDOVER_S = 3.0  # how long a new client waits for the previous one's teardown before it is turned away
@@ -94,6 +103,47 @@ class Lines:
     @property
     def io0_low(self) -> bool:
         return self.dtr and not self.rts
+
+
+def qemu_cpu_seconds(pid: int) -> float | None:
+    """The CPU time all of a process's threads have run (Linux: /proc/PID/task/*/schedstat, in ns),
+    or None where it cannot be read."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
+class RomFeed:
+    """Credit for bytes to the ROM: `rate` per second of the emulator's CPU time (`cpu`), at most
+    `rate` and at least `rate * floor` per host second; at most two slices banked (a late wake-up
+    carries over, an idle moment never becomes a burst)."""
+
+    def __init__(self, rate: float, cpu: Callable[[], float | None], floor: float = ROM_FEED_FLOOR,
+                 wall: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate, self.cpu, self.floor, self.wall, self.sleep = rate, cpu, floor, wall, sleep
+        self._credit = 0.0
+        self._last_wall, self._last_cpu = wall(), cpu()
+
+    def take(self, n: int) -> None:
+        """Returns once `n` bytes may go to the chip."""
+        self._accrue(n)
+        while self._credit < n - 1e-6:
+            self.sleep(max(0.001, (n - self._credit) / self.rate))
+            self._accrue(n)
+        self._credit -= n
+
+    def _accrue(self, n: int) -> None:
+        wall, cpu = self.wall(), self.cpu()
+        host_s = wall - self._last_wall
+        cpu_s = host_s if cpu is None or self._last_cpu is None else cpu - self._last_cpu
+        self._last_wall, self._last_cpu = wall, cpu
+        self._credit = min(self._credit + self.rate * min(host_s, max(cpu_s, self.floor * host_s)),
+                           max(n, 2 * ROM_FEED_SLICE))
 
 
 def check_flash(path: Path) -> None:
@@ -150,7 +200,8 @@ class VirtualBoard:
         self._output: Callable[[bytes], None] | None = None
         self._thread = threading.Thread(target=self._run, name="virtual-board", daemon=True)
         self.rom_feed_rate = rom_feed_rate
-        self._rx: queue.Queue[tuple[IO[bytes], bytes] | None] = queue.Queue()  # client -> chip, in order
+        self._rx: queue.Queue[tuple[IO[bytes], RomFeed, bytes] | None] = queue.Queue()  # client -> chip, in order
+        self._rom_feed: RomFeed | None = None  # this power-on's pace for the ROM
         self._stub_running = False  # esptool's flasher stub said OHAI since this power-on
         self._feeder = threading.Thread(target=self._feed, name="virtual-board-rx", daemon=True)
         self._feeder.start()
@@ -177,8 +228,8 @@ class VirtualBoard:
         """Bytes from the client to the chip's UART0 RX (queued: the client's session never waits
         on the chip); lost while the chip is in reset."""
         with self._uart_lock:
-            if self._uart is not None:
-                self._rx.put((self._uart, data))
+            if self._uart is not None and self._rom_feed is not None:
+                self._rx.put((self._uart, self._rom_feed, data))
 
     def close(self) -> None:
         if self._thread.is_alive():
@@ -198,13 +249,13 @@ class VirtualBoard:
         """The client's bytes into QEMU's UART, paced while the ROM reads them (see ROM_FEED_BYTES_PER_S);
         bytes queued for a chip that has since been reset go nowhere (its pipe is closed)."""
         while (item := self._rx.get()) is not None:
-            uart, data = item
+            uart, feed, data = item
             try:
                 if self.paced:
                     for start in range(0, len(data), ROM_FEED_SLICE):
                         piece = data[start:start + ROM_FEED_SLICE]
+                        feed.take(len(piece))
                         uart.write(piece)
-                        time.sleep(len(piece) / self.rom_feed_rate)
                 else:
                     uart.write(data)
             except (OSError, ValueError):
@@ -289,8 +340,10 @@ class VirtualBoard:
         output = self._output
         if output is not None:
             output(banner)
+        pid = self._proc.pid
         with self._uart_lock:
             self._uart = self._proc.stdin
+            self._rom_feed = RomFeed(self.rom_feed_rate, lambda: qemu_cpu_seconds(pid))
         assert self._proc.stdout is not None
         threading.Thread(target=self._pump, args=(self._proc,), name="virtual-board-uart", daemon=True).start()
         self.say(f"power on {self.powered_on}: {self.mode} boot (QEMU pid {self._proc.pid})")
@@ -333,7 +386,7 @@ class VirtualBoard:
     def _stop_chip(self) -> None:
         proc, self._proc = self._proc, None
         with self._uart_lock:
-            self._uart = None
+            self._uart, self._rom_feed = None, None
         if proc is not None:
             # a chip in reset keeps nothing: no orderly shutdown (the flash file has every write)
             proc.kill()
@@ -506,6 +559,8 @@ def run(port: int, flash: Path, sd: Path, qemu: str, log_dir: Path, create_flash
         board.start()
         say(f"serving rfc2217://localhost:{server.getsockname()[1]} (flash {flash}, card {sd}, logs {log_dir}); "
             "Ctrl-C ends it")
+        say(f"esptool clients: ESPTOOL_CFGFILE={ESPTOOL_CFG} (longer command timeouts: on a busy host the ROM "
+            "is fed as fast as its QEMU gets the CPU)")
         serve(board, server, say, stop)
     finally:
         server.close()
