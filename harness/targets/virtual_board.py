@@ -70,7 +70,7 @@ ICOUNT = "shift=3,align=off,sleep=on"
 # itself keeps up at 921600 baud.
 ROM_FEED_BYTES_PER_S = 5000.0
 # ...but never slower than this share of that rate per host second, so a QEMU that does not take
-# the CPU (or whose CPU time cannot be read) still gets its bytes.
+# the CPU still gets its bytes (one whose CPU time cannot be read gets the whole rate per host second).
 ROM_FEED_FLOOR = 0.1
 # Fed slowly, a 6 KiB packet can take longer than esptool's 3 s default command timeout on a busy
 # host: its clients read this file (ESPTOOL_CFGFILE) for longer ones.
