@@ -275,6 +275,7 @@ def test_esptool_clients_wait_long_enough_for_a_stub_packet_fed_at_the_floor_rat
     assert timeout > 2 * 6160 / (vb.ROM_FEED_FLOOR * vb.ROM_FEED_BYTES_PER_S), out.stdout
 
 
+@pytest.mark.host
 def test_qemu_cpu_seconds_reads_a_live_process_and_none_for_a_gone_one():
     own = vb.qemu_cpu_seconds(os.getpid())
     assert own is not None and own > 0

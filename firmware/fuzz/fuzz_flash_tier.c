@@ -60,8 +60,6 @@ static void generated_line(const fz_port *p, char *out, size_t n)
     out[len] = '\0';
 }
 
-static uint32_t le32(const uint8_t *p) { return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
-
 static void put_le32(uint8_t *p, uint32_t v)
 {
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
@@ -72,14 +70,14 @@ static void put_le32(uint8_t *p, uint32_t v)
 static size_t repair(const uint8_t *data, size_t size)
 {
     if (size < TL_TIER_HEADER_BYTES || size > sizeof repaired || memcmp(data, TL_TIER_MAGIC, 8) != 0) return 0;
-    uint32_t n = le32(data + 12);
+    uint32_t n = tl_le32(data + 12);
     if (n < 1 || n > TL_TIER_MAX_EXTENTS) return 0;
     memcpy(repaired, data, size);
     put_le32(repaired + 8, card_id);
     uint32_t crc = 0; /* the payload: every extent's copy in table order (one the tier cannot hold is refused before) */
     for (uint32_t i = 0; i < n; i++) {
         const uint8_t *e = repaired + TL_TIER_FIXED_BYTES + i * TL_TIER_EXTENT_BYTES;
-        uint64_t bytes = le32(e + 40), at = le32(e + 44);
+        uint64_t bytes = tl_le32(e + 40), at = tl_le32(e + 44);
         if (at <= size && bytes <= size - at) crc = tl_crc32(crc, repaired + at, (size_t)bytes);
     }
     put_le32(repaired + 16, crc);

@@ -8,12 +8,7 @@
 #include "crc32.h"
 #include "model.h"
 
-static uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t le64(const uint8_t *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
+static uint64_t le64(const uint8_t *p) { return (uint64_t)tl_le32(p) | (uint64_t)tl_le32(p + 4) << 32; }
 
 void tl_tier_close(tl_model *m)
 {
@@ -60,7 +55,7 @@ static int read_extent(tl_model *m, int i, const uint8_t *e, uint64_t tier_size)
     name[TL_TIER_NAME_BYTES] = '\0';
     const tl_tensor *t = file_named(m, name);
     tl_extent *x = &m->tier.ext[i];
-    *x = (tl_extent){t, le64(e + 32), le32(e + 40), le32(e + 44)};
+    *x = (tl_extent){t, le64(e + 32), tl_le32(e + 40), tl_le32(e + 44)};
     if (!t) {
         for (char *c = name; *c; c++) { /* flash bytes: printable, and nothing that ends a JSON string */
             unsigned char u = (unsigned char)*c;
@@ -116,7 +111,7 @@ static int check_header(tl_model *m, uint8_t *head, size_t size, uint32_t card_i
                   : "the partition holds no tier (no " TL_TIER_MAGIC " header)");
         return 0;
     }
-    uint32_t n = le32(head + 12), stored = le32(head + 20);
+    uint32_t n = tl_le32(head + 12), stored = tl_le32(head + 20);
     if (n < 1 || n > TL_TIER_MAX_EXTENTS) {
         refuse(m, "its header lists %lu extents, expected 1..%d", (unsigned long)n, TL_TIER_MAX_EXTENTS);
         return 0;
@@ -128,8 +123,8 @@ static int check_header(tl_model *m, uint8_t *head, size_t size, uint32_t card_i
                (unsigned long)stored);
         return 0;
     }
-    if (le32(head + 8) != card_id) {
-        refuse(m, "it was made for the set with card id %08lx, this set's is %08lx", (unsigned long)le32(head + 8),
+    if (tl_le32(head + 8) != card_id) {
+        refuse(m, "it was made for the set with card id %08lx, this set's is %08lx", (unsigned long)tl_le32(head + 8),
                (unsigned long)card_id);
         return 0;
     }
@@ -171,7 +166,7 @@ void tl_tier_attach(tl_model *m, uint32_t card_id, int off)
         if (read_extent(m, i, head + TL_TIER_FIXED_BYTES + (size_t)i * TL_TIER_EXTENT_BYTES, (uint64_t)size)) return;
         tier->bytes += tier->ext[i].bytes;
     }
-    uint32_t crc, want = le32(head + 16);
+    uint32_t crc, want = tl_le32(head + 16);
     if (payload_crc(m, &crc)) {
         refuse(m, "its payload could not be read");
         return;

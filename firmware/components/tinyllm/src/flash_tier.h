@@ -47,6 +47,11 @@ void tl_tier_close(struct tl_model *m);
 /* The extent covering byte `off` of file fh, with *len the bytes it covers from there; or NULL
  * with *len the bytes up to the next extent of that file (UINT64_MAX when none follows). */
 const tl_extent *tl_tier_at(const struct tl_model *m, int32_t fh, uint64_t off, uint64_t *len);
+/* A little-endian u32 of the tier's header (docs/contracts.md §1b). */
+static inline uint32_t tl_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
 /* Where byte `off` of the extent's file is in the tier. */
 static inline uint64_t tl_tier_offset(const tl_extent *x, uint64_t off) { return x->tier_off + (off - x->file_off); }
 
